@@ -1,0 +1,360 @@
+//! The machine's configuration, validated when it is built.
+
+use std::time::Duration;
+
+use crate::backoff::{Backoff, MAX_DELAY_MS};
+
+/// A configuration that cannot work, rejected by [`ConfigBuilder::build`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A duration that must be positive is zero (or below one millisecond).
+    #[error("{field} must be at least 1 ms")]
+    Zero {
+        /// The offending setting.
+        field: &'static str,
+    },
+    /// A duration is larger than the machine can represent exactly.
+    #[error("{field} must be at most {max_ms} ms")]
+    TooLarge {
+        /// The offending setting.
+        field: &'static str,
+        /// The largest accepted value.
+        max_ms: u64,
+    },
+    /// The backoff multiplier is below 1, or not a finite number.
+    #[error("backoff multiplier must be a finite number >= 1, got {multiplier}")]
+    MultiplierBelowOne {
+        /// The rejected multiplier.
+        multiplier: f64,
+    },
+    /// The backoff cap is below the first delay.
+    #[error("backoff cap ({max_ms} ms) is below the first delay ({initial_ms} ms)")]
+    CapBelowInitial {
+        /// The first delay.
+        initial_ms: u64,
+        /// The cap.
+        max_ms: u64,
+    },
+    /// Proportional jitter outside `[0, 1]`.
+    #[error("jitter fraction must be within [0, 1], got {fraction}")]
+    JitterOutOfRange {
+        /// The rejected fraction.
+        fraction: f64,
+    },
+    /// `max_attempts` of zero would never try at all.
+    #[error("max_attempts must be at least 1")]
+    ZeroAttempts,
+    /// The blocked timeout is shorter than twice the liveness timeout
+    /// (a blocked broker may legitimately delay heartbeats).
+    #[error(
+        "blocked_timeout ({blocked_ms} ms) must be at least twice the liveness timeout ({min_ms} ms)"
+    )]
+    BlockedTimeoutTooShort {
+        /// The rejected blocked timeout.
+        blocked_ms: u64,
+        /// The smallest accepted value.
+        min_ms: u64,
+    },
+}
+
+/// A validated machine configuration. Build one with [`Config::builder`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub(crate) backoff: Backoff,
+    pub(crate) immediate_first_retry: bool,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) max_elapsed_ms: Option<u64>,
+    pub(crate) stable_period_ms: u64,
+    pub(crate) connect_timeout_ms: u64,
+    pub(crate) liveness_timeout_ms: Option<u64>,
+    pub(crate) blocked_timeout_ms: Option<u64>,
+    pub(crate) close_timeout_ms: u64,
+    pub(crate) resume_grace_ms: Option<u64>,
+    pub(crate) permanent_retries: u32,
+    pub(crate) seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        ConfigBuilder::default()
+            .seed(0)
+            .build()
+            .expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// A builder holding the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// The backoff policy.
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+    /// Whether the first attempt after losing a stable link is immediate.
+    pub fn immediate_first_retry(&self) -> bool {
+        self.immediate_first_retry
+    }
+    /// Attempts per outage before giving up, if limited.
+    pub fn max_attempts(&self) -> Option<u32> {
+        self.max_attempts
+    }
+    /// Longest outage before giving up, if limited.
+    pub fn max_elapsed(&self) -> Option<Duration> {
+        self.max_elapsed_ms.map(Duration::from_millis)
+    }
+    /// How long a link must stay up before the attempt counter resets.
+    pub fn stable_period(&self) -> Duration {
+        Duration::from_millis(self.stable_period_ms)
+    }
+    /// How long one attempt may take.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// Silence after which a link is declared dead (`None`: disabled).
+    pub fn liveness_timeout(&self) -> Option<Duration> {
+        self.liveness_timeout_ms.map(Duration::from_millis)
+    }
+    /// How long a link may stay blocked before it is replaced (`None`: forever).
+    pub fn blocked_timeout(&self) -> Option<Duration> {
+        self.blocked_timeout_ms.map(Duration::from_millis)
+    }
+    /// How long the driver may take to close after a shutdown.
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+    /// How long a lost link is given to resume by itself (`None`: not at all).
+    pub fn resume_grace(&self) -> Option<Duration> {
+        self.resume_grace_ms.map(Duration::from_millis)
+    }
+    /// How many permanent failures per outage are retried like transient ones.
+    pub fn permanent_retries(&self) -> u32 {
+        self.permanent_retries
+    }
+    /// The PRNG seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
+/// Builds a [`Config`]; every setting is checked by [`ConfigBuilder::build`].
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    backoff: Backoff,
+    immediate_first_retry: bool,
+    max_attempts: Option<u32>,
+    max_elapsed: Option<Duration>,
+    stable_period: Duration,
+    connect_timeout: Duration,
+    liveness_timeout: Option<Duration>,
+    blocked_timeout: Option<Duration>,
+    close_timeout: Duration,
+    resume_grace: Option<Duration>,
+    permanent_retries: u32,
+    seed: Option<u64>,
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            immediate_first_retry: true,
+            max_attempts: None,
+            max_elapsed: None,
+            stable_period: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(20),
+            liveness_timeout: Some(Duration::from_secs(60)),
+            blocked_timeout: None,
+            close_timeout: Duration::from_secs(5),
+            resume_grace: None,
+            permanent_retries: 0,
+            seed: None,
+        }
+    }
+}
+
+impl ConfigBuilder {
+    /// The backoff policy (default: 1 s, x2, cap 60 s, +-50 % jitter).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// Retry at once after losing a link that had been stable (default: true,
+    /// as NATS ADR-40 asks); every later attempt waits per the policy.
+    pub fn immediate_first_retry(mut self, yes: bool) -> Self {
+        self.immediate_first_retry = yes;
+        self
+    }
+    /// Give up after this many failed attempts in one outage (default: never).
+    pub fn max_attempts(mut self, attempts: Option<u32>) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+    /// Give up when an outage would last longer than this (default: never).
+    pub fn max_elapsed(mut self, elapsed: Option<Duration>) -> Self {
+        self.max_elapsed = elapsed;
+        self
+    }
+    /// A link must stay up this long before the attempt counter resets
+    /// (default: 10 s); a link that drops sooner counts as a failed attempt.
+    pub fn stable_period(mut self, period: Duration) -> Self {
+        self.stable_period = period;
+        self
+    }
+    /// How long one attempt may take before it counts as failed (default: 20 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+    /// Declare a link dead after this much inbound silence (default: 60 s).
+    /// `None` disables the watchdog and must be asked for explicitly.
+    pub fn liveness_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.liveness_timeout = timeout;
+        self
+    }
+    /// Replace a link that stays blocked longer than this (default: never);
+    /// must be at least twice the liveness timeout.
+    pub fn blocked_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.blocked_timeout = timeout;
+        self
+    }
+    /// How long the driver may take to close after a shutdown (default: 5 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+    /// For transports that reconnect underneath (SDK callbacks): how long a
+    /// lost link is given to resume by itself before the machine replaces it
+    /// (default: `None`, the machine replaces it at once).
+    pub fn resume_grace(mut self, grace: Option<Duration>) -> Self {
+        self.resume_grace = grace;
+        self
+    }
+    /// Retry this many permanent failures per outage before giving up
+    /// (default: 0, give up at the first).
+    pub fn permanent_retries(mut self, retries: u32) -> Self {
+        self.permanent_retries = retries;
+        self
+    }
+    /// The PRNG seed for jitter. When unset, `build` takes one from the
+    /// standard library's per-process random keys, so that a fleet spreads.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks every setting and returns the configuration.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let stable_period_ms = positive_ms("stable_period", self.stable_period)?;
+        let connect_timeout_ms = positive_ms("connect_timeout", self.connect_timeout)?;
+        let close_timeout_ms = positive_ms("close_timeout", self.close_timeout)?;
+        let max_elapsed_ms = self
+            .max_elapsed
+            .map(|d| positive_ms("max_elapsed", d))
+            .transpose()?;
+        let liveness_timeout_ms = self
+            .liveness_timeout
+            .map(|d| positive_ms("liveness_timeout", d))
+            .transpose()?;
+        if liveness_timeout_ms.is_some_and(|h| h < 2) {
+            return Err(ConfigError::Zero {
+                field: "liveness_timeout / 2",
+            });
+        }
+        let blocked_timeout_ms = self
+            .blocked_timeout
+            .map(|d| positive_ms("blocked_timeout", d))
+            .transpose()?;
+        if let (Some(blocked_ms), Some(h)) = (blocked_timeout_ms, liveness_timeout_ms) {
+            if blocked_ms < 2 * h {
+                return Err(ConfigError::BlockedTimeoutTooShort {
+                    blocked_ms,
+                    min_ms: 2 * h,
+                });
+            }
+        }
+        let resume_grace_ms = self
+            .resume_grace
+            .map(|d| positive_ms("resume_grace", d))
+            .transpose()?;
+        if self.max_attempts == Some(0) {
+            return Err(ConfigError::ZeroAttempts);
+        }
+        let seed = self.seed.unwrap_or_else(random_seed);
+        Ok(Config {
+            backoff: self.backoff,
+            immediate_first_retry: self.immediate_first_retry,
+            max_attempts: self.max_attempts,
+            max_elapsed_ms,
+            stable_period_ms,
+            connect_timeout_ms,
+            liveness_timeout_ms,
+            blocked_timeout_ms,
+            close_timeout_ms,
+            resume_grace_ms,
+            permanent_retries: self.permanent_retries,
+            seed,
+        })
+    }
+}
+
+fn positive_ms(field: &'static str, d: Duration) -> Result<u64, ConfigError> {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return Err(ConfigError::Zero { field });
+    }
+    if ms > MAX_DELAY_MS {
+        return Err(ConfigError::TooLarge {
+            field,
+            max_ms: MAX_DELAY_MS,
+        });
+    }
+    Ok(ms)
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(0u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::builder().build().unwrap();
+        assert_eq!(c.liveness_timeout(), Some(Duration::from_secs(60)));
+        assert!(c.immediate_first_retry());
+    }
+
+    #[test]
+    fn bad_configs_are_typed_errors() {
+        assert_eq!(
+            Config::builder().stable_period(Duration::ZERO).build(),
+            Err(ConfigError::Zero {
+                field: "stable_period"
+            })
+        );
+        assert_eq!(
+            Config::builder().max_attempts(Some(0)).build(),
+            Err(ConfigError::ZeroAttempts)
+        );
+        assert!(matches!(
+            Config::builder()
+                .liveness_timeout(Some(Duration::from_secs(60)))
+                .blocked_timeout(Some(Duration::from_secs(90)))
+                .build(),
+            Err(ConfigError::BlockedTimeoutTooShort { .. })
+        ));
+        assert!(matches!(
+            Config::builder()
+                .connect_timeout(Duration::from_secs(100 * 86_400))
+                .build(),
+            Err(ConfigError::TooLarge { .. })
+        ));
+    }
+}

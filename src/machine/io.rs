@@ -1,0 +1,317 @@
+//! The machine's vocabulary: generations, inputs, outputs and reasons.
+//!
+//! Everything here is plain data (`Copy`, no strings, no pointers), so each
+//! enum maps 1:1 onto a tagged union in another language; with the `serde`
+//! feature they serialise exactly as the conformance vectors spell them.
+
+use std::fmt;
+
+/// The identity of one link. Every link the machine asks for gets a fresh,
+/// strictly increasing generation; an input naming any other generation than
+/// the current one changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Generation(pub u64);
+
+impl Generation {
+    /// The generation that follows this one.
+    #[must_use]
+    pub const fn next(self) -> Self {
+        Self(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Whether a failure is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum ErrorKind {
+    /// Network trouble, timeouts, a broker restarting: retry with backoff.
+    Transient,
+    /// Bad credentials, an unknown vhost, a TLS verification failure:
+    /// retrying cannot help, so by default the machine gives up at once.
+    Permanent,
+}
+
+/// Everything that can happen to the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "type", rename_all = "snake_case"))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Input {
+    /// Begin connecting (only meaningful in `Idle`).
+    Start,
+    /// The open of link `generation` completed: the link is ready for traffic.
+    AttemptSucceeded {
+        /// The link.
+        generation: Generation,
+    },
+    /// The open of link `generation` failed.
+    AttemptFailed {
+        /// The link.
+        generation: Generation,
+        /// Whether to retry.
+        kind: ErrorKind,
+    },
+    /// Link `generation` died (socket error, broker close, an SDK's interrupt callback).
+    LinkLost {
+        /// The link.
+        generation: Generation,
+        /// Whether to retry.
+        kind: ErrorKind,
+    },
+    /// Link `generation`, reported lost earlier, was restored by the transport itself
+    /// (SDKs that reconnect underneath).
+    LinkResumed {
+        /// The link.
+        generation: Generation,
+    },
+    /// Inbound traffic was seen on link `generation` since the last liveness check.
+    Activity {
+        /// The link.
+        generation: Generation,
+    },
+    /// The broker stopped accepting publishes on link `generation` (flow control).
+    Blocked {
+        /// The link.
+        generation: Generation,
+    },
+    /// The broker accepts publishes on link `generation` again.
+    Unblocked {
+        /// The link.
+        generation: Generation,
+    },
+    /// The user asks for a new link now (skips a backoff wait; leaves `Failed`).
+    ReconnectNow,
+    /// The user asks to stop: close the link and never reconnect.
+    Shutdown,
+    /// The driver finished closing the last link after a shutdown.
+    CloseCompleted,
+    /// Time passed: process whatever timer is due at `now`.
+    Timeout,
+}
+
+impl Input {
+    /// The generation this input names, if any.
+    pub fn generation(&self) -> Option<Generation> {
+        match *self {
+            Input::AttemptSucceeded { generation }
+            | Input::AttemptFailed { generation, .. }
+            | Input::LinkLost { generation, .. }
+            | Input::LinkResumed { generation }
+            | Input::Activity { generation }
+            | Input::Blocked { generation }
+            | Input::Unblocked { generation } => Some(generation),
+            Input::Start
+            | Input::ReconnectNow
+            | Input::Shutdown
+            | Input::CloseCompleted
+            | Input::Timeout => None,
+        }
+    }
+}
+
+/// What the machine asks its driver to do, or tells its observers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "type", rename_all = "snake_case"))]
+pub enum Output {
+    /// Open link `generation`; answer with `AttemptSucceeded` or `AttemptFailed`.
+    Open {
+        /// The fresh generation of the new link.
+        generation: Generation,
+        /// The attempt number within the current outage (1-based).
+        attempt: u32,
+    },
+    /// Release everything that belongs to link `generation`, aborting its open if it
+    /// is still in progress. Emitted exactly once per `Open`, always before
+    /// the next `Open`.
+    Close {
+        /// The retired link.
+        generation: Generation,
+    },
+    /// The state changed.
+    StateChanged {
+        /// The state before.
+        from: StateKind,
+        /// The state after.
+        to: StateKind,
+        /// The machine's current generation after the change.
+        generation: Generation,
+        /// Why.
+        reason: Reason,
+    },
+    /// No inbound traffic on link `generation` for the liveness timeout: it is dead.
+    LivenessLost {
+        /// The link.
+        generation: Generation,
+    },
+    /// The machine stopped retrying and entered `Failed`.
+    GaveUp {
+        /// Why.
+        cause: FailCause,
+    },
+}
+
+/// The name of a state, without its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum StateKind {
+    /// Built, not started.
+    Idle,
+    /// A link is being opened.
+    Connecting,
+    /// A link is open and ready.
+    Connected,
+    /// A link is open but the broker refuses publishes (flow control).
+    Blocked,
+    /// No link; waiting for the next attempt.
+    BackingOff,
+    /// Shutting down: the last link is being closed.
+    Closing,
+    /// Shut down (terminal).
+    Closed,
+    /// Gave up (sticky until the user asks to reconnect or shuts down).
+    Failed,
+}
+
+impl StateKind {
+    /// Every state, in the order of the spec's transition table.
+    pub const ALL: [StateKind; 8] = [
+        StateKind::Idle,
+        StateKind::Connecting,
+        StateKind::Connected,
+        StateKind::Blocked,
+        StateKind::BackingOff,
+        StateKind::Closing,
+        StateKind::Closed,
+        StateKind::Failed,
+    ];
+
+    /// The state's name as the spec and the vectors write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StateKind::Idle => "idle",
+            StateKind::Connecting => "connecting",
+            StateKind::Connected => "connected",
+            StateKind::Blocked => "blocked",
+            StateKind::BackingOff => "backing_off",
+            StateKind::Closing => "closing",
+            StateKind::Closed => "closed",
+            StateKind::Failed => "failed",
+        }
+    }
+
+    /// Stable small integer, used to pack the state into an atomic.
+    pub const fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`StateKind::to_u8`].
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(StateKind::Idle),
+            1 => Some(StateKind::Connecting),
+            2 => Some(StateKind::Connected),
+            3 => Some(StateKind::Blocked),
+            4 => Some(StateKind::BackingOff),
+            5 => Some(StateKind::Closing),
+            6 => Some(StateKind::Closed),
+            7 => Some(StateKind::Failed),
+            _ => None,
+        }
+    }
+
+    /// A link is up (connected, possibly flow-blocked).
+    pub const fn is_link_up(self) -> bool {
+        matches!(self, StateKind::Connected | StateKind::Blocked)
+    }
+
+    /// The seeds' "actively reconnecting" flag, derived from the state.
+    pub const fn is_reconnecting(self) -> bool {
+        matches!(self, StateKind::Connecting | StateKind::BackingOff)
+    }
+
+    /// `Closing` or `Closed`: the user asked to stop.
+    pub const fn is_shutting_down(self) -> bool {
+        matches!(self, StateKind::Closing | StateKind::Closed)
+    }
+}
+
+impl fmt::Display for StateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Reason {
+    /// `Start` was handled.
+    Start,
+    /// An attempt succeeded.
+    AttemptSucceeded,
+    /// An attempt failed.
+    AttemptFailed,
+    /// An attempt exceeded the connect timeout.
+    ConnectTimeout,
+    /// The link reported its own loss.
+    LinkLost,
+    /// The transport restored the link by itself.
+    LinkResumed,
+    /// The liveness watchdog declared the link dead.
+    LivenessLost,
+    /// The broker blocked publishing.
+    Blocked,
+    /// The broker unblocked publishing.
+    Unblocked,
+    /// The link stayed blocked longer than the blocked timeout.
+    BlockedTooLong,
+    /// The user asked to reconnect.
+    ReconnectRequested,
+    /// The backoff wait ended.
+    BackoffElapsed,
+    /// The user asked to shut down.
+    Shutdown,
+    /// The driver finished closing.
+    CloseCompleted,
+    /// Closing took longer than the close timeout.
+    CloseTimeout,
+    /// The machine gave up (see the `GaveUp` output for the cause).
+    GaveUp,
+}
+
+/// Why the machine gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum FailCause {
+    /// `max_attempts` attempts failed in one outage.
+    RetriesExhausted,
+    /// The outage lasted longer than `max_elapsed`.
+    DeadlineExhausted,
+    /// A permanent error (bad credentials, unknown vhost, TLS).
+    Permanent,
+}
+
+impl fmt::Display for FailCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailCause::RetriesExhausted => "retries exhausted",
+            FailCause::DeadlineExhausted => "reconnect deadline exhausted",
+            FailCause::Permanent => "permanent error",
+        })
+    }
+}

@@ -1,0 +1,591 @@
+//! The sans-IO reconnect state machine.
+//!
+//! No threads, no I/O, no clock reads, no global randomness: time is an
+//! argument, jitter comes from a PRNG seeded by the [`Config`].
+//!
+//! # The contract
+//!
+//! 1. Feed every event with [`Machine::handle`]`(now, input)`.
+//! 2. Drain [`Machine::poll`]`(now)` until it returns `None`, executing each
+//!    [`Output`] in order (`Close` before the `Open` that follows it).
+//! 3. Call `handle(now, Input::Timeout)` (or just `poll(now)`) when
+//!    [`Machine::poll_timeout`] is reached. Early or spurious timeouts are
+//!    harmless no-ops.
+//!
+//! `now` must never go backwards; an earlier `now` is treated as the latest
+//! one seen.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use redial::machine::{Config, ErrorKind, Input, Machine, Output};
+//!
+//! let mut m = Machine::new(Config::builder().seed(7).build().unwrap());
+//! let t0 = Instant::now();
+//! m.handle(t0, Input::Start);
+//! let mut opened = None;
+//! while let Some(out) = m.poll(t0) {
+//!     if let Output::Open { generation, .. } = out {
+//!         opened = Some(generation); // the driver starts opening link `generation`
+//!     }
+//! }
+//! let generation = opened.unwrap();
+//! m.handle(t0 + Duration::from_millis(5), Input::AttemptSucceeded { generation });
+//! assert!(m.is_connected());
+//! // A late report about an older link changes nothing.
+//! m.handle(t0 + Duration::from_millis(6), Input::LinkLost { generation: generation.next(), kind: ErrorKind::Transient });
+//! assert!(m.is_connected());
+//! ```
+
+mod config;
+mod io;
+mod state;
+pub mod table;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+pub use config::{Config, ConfigBuilder, ConfigError};
+pub use io::{ErrorKind, FailCause, Generation, Input, Output, Reason, StateKind};
+pub use state::{Link, Liveness, State};
+
+use crate::backoff::BackoffState;
+
+/// Counters kept by the machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineStats {
+    /// Inputs naming a generation other than the current one (dropped).
+    pub stale_inputs: u64,
+    /// Inputs of the current generation (or none) that the state ignores:
+    /// duplicates, reports that do not apply.
+    pub ignored_inputs: u64,
+    /// `Open` outputs emitted.
+    pub opens: u64,
+    /// `Close` outputs emitted.
+    pub closes: u64,
+    /// Attempts that failed (including links that dropped before the stable period).
+    pub failed_attempts: u64,
+    /// Times an up link went down.
+    pub outages: u64,
+}
+
+/// The bookkeeping of the current outage; reset only when a link that stayed
+/// up for the stable period is lost, or the user asks to reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outage {
+    started: Instant,
+    attempts: u32,
+    permanent_failures: u32,
+}
+
+/// The reconnect state machine. See the [module docs](self) for the contract.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    config: Config,
+    state: State,
+    generation: Generation,
+    outage: Option<Outage>,
+    backoff: BackoffState,
+    outputs: VecDeque<Output>,
+    now: Option<Instant>,
+    stats: MachineStats,
+}
+
+impl Machine {
+    /// A machine in `Idle`, whose first link will be generation 1.
+    pub fn new(config: Config) -> Self {
+        let backoff = BackoffState::new(config.backoff(), config.seed());
+        Self {
+            config,
+            state: State::Idle,
+            generation: Generation(1),
+            outage: None,
+            backoff,
+            outputs: VecDeque::new(),
+            now: None,
+            stats: MachineStats::default(),
+        }
+    }
+
+    // ---- getters -------------------------------------------------------
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// The current state with its data.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+    /// The current state's name.
+    pub fn kind(&self) -> StateKind {
+        self.state.kind()
+    }
+    /// The current generation: the live link's, or the one the next link will get.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+    /// A link is up (connected, possibly blocked).
+    pub fn is_connected(&self) -> bool {
+        self.kind().is_link_up()
+    }
+    /// The seeds' "actively reconnecting" flag, derived from the state.
+    pub fn is_reconnecting(&self) -> bool {
+        self.kind().is_reconnecting()
+    }
+    /// Attempts made in the current outage (0 before the first).
+    pub fn attempts(&self) -> u32 {
+        self.outage.map_or(0, |o| o.attempts)
+    }
+    /// The counters.
+    pub fn stats(&self) -> MachineStats {
+        self.stats
+    }
+
+    // ---- outputs -------------------------------------------------------
+
+    /// The next output, or `None` when there is nothing to do. Fires a due
+    /// timer first when no output is queued.
+    #[must_use]
+    pub fn poll(&mut self, now: Instant) -> Option<Output> {
+        if self.outputs.is_empty() && self.poll_timeout().is_some_and(|t| t <= now) {
+            self.handle(now, Input::Timeout);
+        }
+        self.outputs.pop_front()
+    }
+
+    /// When the machine next needs [`Input::Timeout`], if ever.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Connecting { deadline, .. } | State::Closing { deadline } => Some(*deadline),
+            State::Connected(link) => link.liveness.map(|l| l.next_check),
+            State::Blocked { link, deadline } => {
+                let live = link.liveness.map(|l| l.next_check);
+                match (live, *deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            State::BackingOff { until, .. } => Some(*until),
+            State::Idle | State::Closed | State::Failed { .. } => None,
+        }
+    }
+
+    // ---- inputs --------------------------------------------------------
+
+    /// Feeds one input at time `now`.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        let now = self.advance_clock(now);
+        if input.generation().is_some_and(|g| g != self.generation) {
+            self.stats.stale_inputs += 1;
+            tracing::trace!(?input, current = %self.generation, "stale input dropped");
+            return;
+        }
+        let handled = match input {
+            Input::Start => self.on_start(now),
+            Input::AttemptSucceeded { .. } => self.on_attempt_succeeded(now),
+            Input::AttemptFailed { kind, .. } => {
+                self.on_attempt_failed(now, kind, Reason::AttemptFailed)
+            }
+            Input::LinkLost { kind, .. } => self.on_link_lost(now, kind),
+            Input::LinkResumed { .. } => self.on_link_resumed(now),
+            Input::Activity { .. } => self.on_activity(),
+            Input::Blocked { .. } => self.on_blocked(now),
+            Input::Unblocked { .. } => self.on_unblocked(),
+            Input::ReconnectNow => self.on_reconnect_now(now),
+            Input::Shutdown => self.on_shutdown(now),
+            Input::CloseCompleted => self.on_close_completed(),
+            Input::Timeout => self.on_timeout(now),
+        };
+        if !handled {
+            self.stats.ignored_inputs += 1;
+        }
+    }
+
+    fn advance_clock(&mut self, now: Instant) -> Instant {
+        let now = self.now.map_or(now, |last| last.max(now));
+        self.now = Some(now);
+        now
+    }
+
+    fn on_start(&mut self, now: Instant) -> bool {
+        if !matches!(self.state, State::Idle) {
+            return false;
+        }
+        self.new_outage(now);
+        self.open(now, Reason::Start);
+        true
+    }
+
+    fn on_attempt_succeeded(&mut self, now: Instant) -> bool {
+        let State::Connecting {
+            generation,
+            attempt,
+            ..
+        } = self.state
+        else {
+            return false;
+        };
+        let liveness = self.config.liveness_timeout_ms.map(|h| Liveness {
+            next_check: now + ms(h / 2),
+            missed: 0,
+            seen: false,
+        });
+        let link = Link {
+            generation,
+            attempt,
+            since: now,
+            liveness,
+        };
+        self.set_state(State::Connected(link), Reason::AttemptSucceeded);
+        true
+    }
+
+    fn on_attempt_failed(&mut self, now: Instant, kind: ErrorKind, reason: Reason) -> bool {
+        let State::Connecting { generation, .. } = self.state else {
+            return false;
+        };
+        self.stats.failed_attempts += 1;
+        self.retire(generation);
+        if kind == ErrorKind::Permanent && !self.permanent_retry_allowed() {
+            self.give_up(crate::machine::FailCause::Permanent);
+        } else {
+            self.schedule_attempt(now, reason, None);
+        }
+        true
+    }
+
+    fn on_link_lost(&mut self, now: Instant, kind: ErrorKind) -> bool {
+        match self.state {
+            State::Connecting { .. } => self.on_attempt_failed(now, kind, Reason::LinkLost),
+            State::Connected(link) | State::Blocked { link, .. } => {
+                self.link_down(now, link, Reason::LinkLost, kind, true);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn on_link_resumed(&mut self, now: Instant) -> bool {
+        let State::BackingOff {
+            lingering: Some(generation),
+            ..
+        } = self.state
+        else {
+            return false;
+        };
+        let attempt = self.attempts();
+        let liveness = self.config.liveness_timeout_ms.map(|h| Liveness {
+            next_check: now + ms(h / 2),
+            missed: 0,
+            seen: false,
+        });
+        let link = Link {
+            generation,
+            attempt,
+            since: now,
+            liveness,
+        };
+        self.set_state(State::Connected(link), Reason::LinkResumed);
+        true
+    }
+
+    fn on_activity(&mut self) -> bool {
+        match &mut self.state {
+            State::Connected(link) | State::Blocked { link, .. } => {
+                if let Some(l) = &mut link.liveness {
+                    l.seen = true;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn on_blocked(&mut self, now: Instant) -> bool {
+        let State::Connected(link) = self.state else {
+            return false;
+        };
+        let deadline = self.config.blocked_timeout_ms.map(|b| now + ms(b));
+        self.set_state(State::Blocked { link, deadline }, Reason::Blocked);
+        true
+    }
+
+    fn on_unblocked(&mut self) -> bool {
+        let State::Blocked { link, .. } = self.state else {
+            return false;
+        };
+        self.set_state(State::Connected(link), Reason::Unblocked);
+        true
+    }
+
+    fn on_reconnect_now(&mut self, now: Instant) -> bool {
+        match self.state {
+            State::Connected(link) | State::Blocked { link, .. } => {
+                self.stats.outages += 1;
+                self.retire(link.generation);
+                self.new_outage(now);
+            }
+            State::BackingOff { lingering, .. } => {
+                if let Some(generation) = lingering {
+                    self.retire(generation);
+                }
+            }
+            State::Failed { .. } => self.new_outage(now),
+            State::Idle | State::Connecting { .. } | State::Closing { .. } | State::Closed => {
+                return false;
+            }
+        }
+        self.open(now, Reason::ReconnectRequested);
+        true
+    }
+
+    fn on_shutdown(&mut self, now: Instant) -> bool {
+        match self.state.live_link() {
+            _ if self.kind().is_shutting_down() => return false,
+            Some(generation) => {
+                self.retire(generation);
+                let deadline = now + ms(self.config.close_timeout_ms);
+                self.set_state(State::Closing { deadline }, Reason::Shutdown);
+            }
+            None => self.set_state(State::Closed, Reason::Shutdown),
+        }
+        true
+    }
+
+    fn on_close_completed(&mut self) -> bool {
+        if !matches!(self.state, State::Closing { .. }) {
+            return false;
+        }
+        self.set_state(State::Closed, Reason::CloseCompleted);
+        true
+    }
+
+    fn on_timeout(&mut self, now: Instant) -> bool {
+        if self.poll_timeout().is_none_or(|t| t > now) {
+            return false;
+        }
+        match self.state {
+            State::Connecting { .. } => {
+                self.on_attempt_failed(now, ErrorKind::Transient, Reason::ConnectTimeout);
+            }
+            State::Connected(mut link) => {
+                if self.liveness_expired(&mut link, now) {
+                    self.outputs.push_back(Output::LivenessLost {
+                        generation: link.generation,
+                    });
+                    self.link_down(now, link, Reason::LivenessLost, ErrorKind::Transient, false);
+                } else {
+                    self.state = State::Connected(link);
+                }
+            }
+            State::Blocked { mut link, deadline } => {
+                if self.liveness_expired(&mut link, now) {
+                    self.outputs.push_back(Output::LivenessLost {
+                        generation: link.generation,
+                    });
+                    self.link_down(now, link, Reason::LivenessLost, ErrorKind::Transient, false);
+                } else if deadline.is_some_and(|d| d <= now) {
+                    self.link_down(
+                        now,
+                        link,
+                        Reason::BlockedTooLong,
+                        ErrorKind::Transient,
+                        false,
+                    );
+                } else {
+                    self.state = State::Blocked { link, deadline };
+                }
+            }
+            State::BackingOff { lingering, .. } => {
+                if let Some(generation) = lingering {
+                    self.retire(generation);
+                }
+                self.open(now, Reason::BackoffElapsed);
+            }
+            State::Closing { .. } => self.set_state(State::Closed, Reason::CloseTimeout),
+            State::Idle | State::Closed | State::Failed { .. } => return false,
+        }
+        true
+    }
+
+    // ---- the moves every transition is built from ----------------------
+
+    /// Runs the due liveness checks; true when the link is dead.
+    fn liveness_expired(&self, link: &mut Link, now: Instant) -> bool {
+        let Some(h) = self.config.liveness_timeout_ms else {
+            return false;
+        };
+        let Some(l) = &mut link.liveness else {
+            return false;
+        };
+        // At most three rounds: a reset, then two misses, whatever the jump.
+        while l.next_check <= now {
+            if l.seen {
+                l.missed = 0;
+                l.seen = false;
+            } else {
+                l.missed += 1;
+            }
+            l.next_check += ms(h / 2);
+            if l.missed >= 2 {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// An up link went down. A link that stayed up for the stable period
+    /// starts a fresh outage; one that did not counts as a failed attempt.
+    fn link_down(
+        &mut self,
+        now: Instant,
+        link: Link,
+        reason: Reason,
+        kind: ErrorKind,
+        may_linger: bool,
+    ) {
+        self.stats.outages += 1;
+        let stable = now.saturating_duration_since(link.since) >= ms(self.config.stable_period_ms);
+        if stable {
+            self.new_outage(now);
+        } else {
+            self.stats.failed_attempts += 1;
+        }
+        if kind == ErrorKind::Permanent && !self.permanent_retry_allowed() {
+            self.retire(link.generation);
+            self.give_up(FailCause::Permanent);
+            return;
+        }
+        let lingering = if may_linger && self.config.resume_grace_ms.is_some() {
+            Some(link.generation)
+        } else {
+            self.retire(link.generation);
+            None
+        };
+        self.schedule_attempt(now, reason, lingering);
+    }
+
+    /// Decides when the next attempt runs: at once (first attempt of an
+    /// outage), after a backoff delay, or never (limits reached).
+    fn schedule_attempt(&mut self, now: Instant, reason: Reason, lingering: Option<Generation>) {
+        let outage = self.outage.expect("an outage is under way");
+        if self
+            .config
+            .max_attempts
+            .is_some_and(|max| outage.attempts >= max)
+        {
+            self.give_up_lingering(lingering, FailCause::RetriesExhausted);
+            return;
+        }
+        let first = outage.attempts == 0;
+        if first && self.config.immediate_first_retry && lingering.is_none() {
+            self.open(now, reason);
+            return;
+        }
+        let mut wait = if first && self.config.immediate_first_retry {
+            0
+        } else {
+            self.backoff.next_delay_ms(&self.config.backoff)
+        };
+        if lingering.is_some() {
+            wait = wait.max(self.config.resume_grace_ms.unwrap_or(0));
+        }
+        if let Some(max) = self.config.max_elapsed_ms {
+            let elapsed = now.saturating_duration_since(outage.started).as_millis();
+            if elapsed + u128::from(wait) > u128::from(max) {
+                self.give_up_lingering(lingering, FailCause::DeadlineExhausted);
+                return;
+            }
+        }
+        let next = State::BackingOff {
+            attempt: outage.attempts + 1,
+            until: now + ms(wait),
+            lingering,
+        };
+        self.set_state(next, reason);
+    }
+
+    /// Emits `Open` for the current (fresh) generation.
+    fn open(&mut self, now: Instant, reason: Reason) {
+        let outage = self.outage.as_mut().expect("an outage is under way");
+        outage.attempts += 1;
+        let attempt = outage.attempts;
+        let generation = self.generation;
+        let deadline = now + ms(self.config.connect_timeout_ms);
+        self.set_state(
+            State::Connecting {
+                generation,
+                attempt,
+                deadline,
+            },
+            reason,
+        );
+        self.stats.opens += 1;
+        self.outputs.push_back(Output::Open {
+            generation,
+            attempt,
+        });
+    }
+
+    /// Retires link `generation`: the generation advances first, so every late
+    /// report about `generation` is stale, then `Close` is emitted.
+    fn retire(&mut self, generation: Generation) {
+        debug_assert_eq!(
+            generation, self.generation,
+            "only the current link can be retired"
+        );
+        self.generation = generation.next();
+        self.stats.closes += 1;
+        self.outputs.push_back(Output::Close { generation });
+    }
+
+    fn give_up_lingering(&mut self, lingering: Option<Generation>, cause: FailCause) {
+        if let Some(generation) = lingering {
+            self.retire(generation);
+        }
+        self.give_up(cause);
+    }
+
+    fn give_up(&mut self, cause: FailCause) {
+        self.set_state(State::Failed { cause }, Reason::GaveUp);
+        self.outputs.push_back(Output::GaveUp { cause });
+    }
+
+    fn permanent_retry_allowed(&mut self) -> bool {
+        let outage = self.outage.as_mut().expect("an outage is under way");
+        outage.permanent_failures += 1;
+        outage.permanent_failures <= self.config.permanent_retries
+    }
+
+    fn new_outage(&mut self, now: Instant) {
+        self.outage = Some(Outage {
+            started: now,
+            attempts: 0,
+            permanent_failures: 0,
+        });
+        self.backoff.reset(&self.config.backoff);
+    }
+
+    /// The one place the state changes; emits `StateChanged`.
+    fn set_state(&mut self, next: State, reason: Reason) {
+        let from = self.state.kind();
+        let to = next.kind();
+        debug_assert!(
+            table::allows(from, reason, to),
+            "transition {from} -> {to} ({reason:?}) is not in the table"
+        );
+        self.state = next;
+        tracing::debug!(%from, %to, generation = %self.generation, ?reason, "state changed");
+        self.outputs.push_back(Output::StateChanged {
+            from,
+            to,
+            generation: self.generation,
+            reason,
+        });
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
