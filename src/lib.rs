@@ -7,3 +7,10 @@
 pub mod backoff;
 pub mod machine;
 pub mod rng;
+
+#[cfg(feature = "tokio")]
+pub(crate) mod loom;
+#[cfg(feature = "tokio")]
+pub mod runtime;
+#[cfg(feature = "tokio")]
+pub mod testing;

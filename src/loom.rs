@@ -1,0 +1,19 @@
+//! Switches the shared-state primitives to loom's models under `--cfg loom`,
+//! so the handle's concurrency is checked exhaustively (see the README's
+//! contributing section).
+
+pub(crate) mod sync {
+    pub(crate) mod atomic {
+        #[cfg(all(test, loom))]
+        pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+        #[cfg(not(all(test, loom)))]
+        pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    }
+}
+
+pub(crate) mod task {
+    #[cfg(not(all(test, loom)))]
+    pub(crate) use futures::task::AtomicWaker;
+    #[cfg(all(test, loom))]
+    pub(crate) use loom::future::AtomicWaker;
+}

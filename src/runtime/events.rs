@@ -1,0 +1,55 @@
+//! Events broadcast by the driver.
+
+use std::sync::Arc;
+
+use crate::machine::{ErrorKind, FailCause, Generation, Reason, StateKind};
+
+/// A transport error, shared between event subscribers.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Something the engine did or saw, in the order it happened.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// The state changed.
+    StateChanged {
+        /// Before.
+        from: StateKind,
+        /// After.
+        to: StateKind,
+        /// The current generation after the change.
+        generation: Generation,
+        /// Why.
+        reason: Reason,
+    },
+    /// The driver started opening a link.
+    AttemptStarted {
+        /// The link.
+        generation: Generation,
+        /// The attempt number within the outage.
+        attempt: u32,
+    },
+    /// An open failed.
+    AttemptFailed {
+        /// The link.
+        generation: Generation,
+        /// The attempt number within the outage.
+        attempt: u32,
+        /// Transient or permanent.
+        kind: ErrorKind,
+        /// The transport's error.
+        error: SharedError,
+    },
+    /// The watchdog declared a link dead.
+    LivenessLost {
+        /// The link.
+        generation: Generation,
+    },
+    /// The engine gave up.
+    GaveUp {
+        /// Why.
+        cause: FailCause,
+        /// The last transport error, if one caused it.
+        error: Option<SharedError>,
+    },
+}

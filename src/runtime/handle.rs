@@ -1,0 +1,256 @@
+//! The thread-safe handle: plain methods, callable from any thread, never
+//! blocking the caller.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::machine::{ErrorKind, FailCause, Generation, Reason, StateKind};
+use crate::runtime::events::Event;
+use crate::runtime::shared::{LinkEvent, Report, Shared};
+
+/// What the driver last published about the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The state.
+    pub state: StateKind,
+    /// The current generation (the live link's, or the next link's).
+    pub generation: Generation,
+    /// Attempts made in the current outage.
+    pub attempt: u32,
+    /// Why the state last changed (`None` before the first change).
+    pub reason: Option<Reason>,
+    /// Why the engine gave up, when it is `Failed`.
+    pub failure: Option<FailCause>,
+}
+
+/// Counters, readable at any time from the handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Links the driver asked the transport to open.
+    pub attempts: u64,
+    /// Opens that succeeded.
+    pub connects: u64,
+    /// Times an up link went down.
+    pub outages: u64,
+    /// Reports received from links and callbacks, in total.
+    pub reports: u64,
+    /// Reports dropped because they named an old generation (at the handle
+    /// or in the machine).
+    pub stale_reports: u64,
+    /// Reports merged into a batch the driver had not taken yet.
+    pub coalesced_reports: u64,
+    /// Times a report woke the driver.
+    pub wakeups: u64,
+    /// Duration of the last completed outage (loss to reconnected).
+    pub last_recovery: Option<Duration>,
+    /// Time spent without a link, in total (including the first connect).
+    pub disconnected_total: Duration,
+}
+
+/// The driver's counters, shared with the handle.
+#[derive(Debug, Default)]
+pub(crate) struct DriverCounters {
+    pub(crate) attempts: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) outages: AtomicU64,
+    pub(crate) machine_stale: AtomicU64,
+    /// Milliseconds + 1, so that 0 means "none yet".
+    pub(crate) last_recovery_ms_plus_one: AtomicU64,
+    pub(crate) disconnected_total_ms: AtomicU64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The engine is shutting down or shut down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) shared: Shared,
+    pub(crate) snapshot: watch::Receiver<Snapshot>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) counters: DriverCounters,
+}
+
+/// The engine's handle: cheap to clone, `Send + Sync`, every method but
+/// [`Handle::shutdown`] is a plain call that never blocks.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Handle {
+    /// Reports that link `generation` died (an SDK's interrupt callback, a
+    /// socket error). A report about an old generation is dropped.
+    pub fn report_lost(&self, generation: Generation, kind: ErrorKind) -> Report {
+        self.inner.shared.report(generation, LinkEvent::Lost(kind))
+    }
+
+    /// Reports that link `generation` came back by itself (an SDK's resume callback).
+    pub fn report_resumed(&self, generation: Generation) -> Report {
+        self.inner.shared.report(generation, LinkEvent::Resumed)
+    }
+
+    /// Reports inbound traffic on link `generation` (liveness).
+    pub fn report_activity(&self, generation: Generation) -> Report {
+        self.inner.shared.report(generation, LinkEvent::Activity)
+    }
+
+    /// Reports that the broker blocked publishing on link `generation`.
+    pub fn report_blocked(&self, generation: Generation) -> Report {
+        self.inner.shared.report(generation, LinkEvent::Blocked)
+    }
+
+    /// Reports that the broker unblocked publishing on link `generation`.
+    pub fn report_unblocked(&self, generation: Generation) -> Report {
+        self.inner.shared.report(generation, LinkEvent::Unblocked)
+    }
+
+    /// A reporter bound to `generation`, for a link's own tasks and callbacks.
+    pub fn reporter(&self, generation: Generation) -> LinkReporter {
+        LinkReporter {
+            handle: self.clone(),
+            generation,
+        }
+    }
+
+    /// A link is up. One atomic load.
+    #[inline]
+    pub fn is_connected(&self) -> bool {
+        self.inner.shared.snapshot().1.is_link_up()
+    }
+
+    /// The seeds' "actively reconnecting" flag, derived from the state
+    /// (connecting or backing off). One atomic load.
+    #[inline]
+    pub fn is_reconnecting(&self) -> bool {
+        self.inner.shared.snapshot().1.is_reconnecting()
+    }
+
+    /// The current generation. One atomic load.
+    #[inline]
+    pub fn generation(&self) -> Generation {
+        self.inner.shared.snapshot().0
+    }
+
+    /// The current state. One atomic load.
+    #[inline]
+    pub fn state(&self) -> StateKind {
+        self.inner.shared.snapshot().1
+    }
+
+    /// The last snapshot the driver published.
+    pub fn snapshot(&self) -> Snapshot {
+        *self.inner.snapshot.borrow()
+    }
+
+    /// Watches the snapshot: every state change is visible, intermediate
+    /// ones may be skipped by a slow reader (use [`Handle::events`] for all).
+    pub fn watch(&self) -> watch::Receiver<Snapshot> {
+        self.inner.snapshot.clone()
+    }
+
+    /// Every event from now on. The channel holds the last 1024 events; a
+    /// reader that falls further behind gets `RecvError::Lagged(n)` telling
+    /// how many it missed, never a silent gap.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let r = &self.inner.shared.counters;
+        let last = c.last_recovery_ms_plus_one.load(Ordering::Relaxed);
+        Stats {
+            attempts: c.attempts.load(Ordering::Relaxed),
+            connects: c.connects.load(Ordering::Relaxed),
+            outages: c.outages.load(Ordering::Relaxed),
+            reports: r.reports.load(Ordering::Relaxed),
+            stale_reports: r.stale.load(Ordering::Relaxed)
+                + c.machine_stale.load(Ordering::Relaxed),
+            coalesced_reports: r.coalesced.load(Ordering::Relaxed),
+            wakeups: r.wakeups.load(Ordering::Relaxed),
+            last_recovery: (last > 0).then(|| Duration::from_millis(last - 1)),
+            disconnected_total: Duration::from_millis(
+                c.disconnected_total_ms.load(Ordering::Relaxed),
+            ),
+        }
+    }
+
+    /// Replaces the link now, skips a backoff wait, or leaves `Failed`
+    /// (resetting the attempt counter). A no-op while an attempt is running.
+    pub fn reconnect_now(&self) -> Result<(), EngineError> {
+        if self.state().is_shutting_down() {
+            return Err(EngineError::ShuttingDown);
+        }
+        self.inner.shared.command(true, false);
+        Ok(())
+    }
+
+    /// Stops reconnecting, closes the link and returns once the engine is
+    /// closed. A second call returns at once.
+    pub async fn shutdown(&self) {
+        self.inner.shared.command(false, true);
+        let mut rx = self.inner.snapshot.clone();
+        // An error means the driver is gone, which also means closed.
+        let _ = rx.wait_for(|s| s.state == StateKind::Closed).await;
+    }
+
+    /// Waits until the engine reaches `state` (or the driver stops).
+    pub async fn wait_for(&self, state: StateKind) -> Snapshot {
+        let mut rx = self.inner.snapshot.clone();
+        let result = rx.wait_for(|s| s.state == state).await.map(|s| *s);
+        result.unwrap_or_else(|_| *rx.borrow())
+    }
+}
+
+/// A [`Handle`] bound to one link's generation; what a transport keeps in
+/// its I/O tasks and callbacks.
+#[derive(Debug, Clone)]
+pub struct LinkReporter {
+    handle: Handle,
+    generation: Generation,
+}
+
+impl LinkReporter {
+    /// The link's generation.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+    /// The link died.
+    pub fn lost(&self, kind: ErrorKind) -> Report {
+        self.handle.report_lost(self.generation, kind)
+    }
+    /// The link came back by itself.
+    pub fn resumed(&self) -> Report {
+        self.handle.report_resumed(self.generation)
+    }
+    /// Inbound traffic arrived.
+    pub fn activity(&self) -> Report {
+        self.handle.report_activity(self.generation)
+    }
+    /// The broker blocked publishing.
+    pub fn blocked(&self) -> Report {
+        self.handle.report_blocked(self.generation)
+    }
+    /// The broker unblocked publishing.
+    pub fn unblocked(&self) -> Report {
+        self.handle.report_unblocked(self.generation)
+    }
+    /// Whether this link is still the current one (one atomic load).
+    pub fn is_current(&self) -> bool {
+        self.handle.generation() == self.generation
+    }
+    /// The engine's handle.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}

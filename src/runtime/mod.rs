@@ -1,0 +1,92 @@
+//! The runtime: a thread-safe [`Handle`], a tokio driver, and the
+//! [`Transport`] trait adapters implement.
+//!
+//! ```no_run
+//! # async fn demo<T: redial::runtime::Transport>(transport: T) {
+//! use redial::machine::Config;
+//! use redial::runtime::Engine;
+//!
+//! let engine = Engine::spawn(Config::builder().build().unwrap(), transport);
+//! let handle = engine.handle();
+//! // From any thread, e.g. an SDK callback:
+//! let generation = handle.generation();
+//! handle.report_lost(generation, redial::machine::ErrorKind::Transient);
+//! engine.shutdown().await;
+//! # }
+//! ```
+
+mod driver;
+mod events;
+mod handle;
+pub(crate) mod shared;
+mod transport;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use driver::CurrentLink;
+pub use events::{Event, SharedError};
+pub use handle::{EngineError, Handle, LinkReporter, Snapshot, Stats};
+pub use shared::{LinkEvent, Report};
+pub use transport::{Classify, OpenContext, Transport};
+
+use crate::machine::{Config, Machine};
+use handle::{DriverCounters, Inner};
+use shared::Shared;
+
+/// A running engine: the driver task, its handle, and the current link.
+#[derive(Debug)]
+pub struct Engine<T: Transport> {
+    handle: Handle,
+    links: watch::Receiver<Option<CurrentLink<T::Link>>>,
+    task: JoinHandle<()>,
+}
+
+impl<T: Transport> Engine<T> {
+    /// Spawns the driver on the current tokio runtime and starts connecting.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn(config: Config, transport: T) -> Self {
+        let machine = Machine::new(config);
+        let (snapshot_tx, snapshot_rx, events, links_tx) = driver::channels::<T::Link>();
+        let links = links_tx.subscribe();
+        let inner = Arc::new(Inner {
+            shared: Shared::new(machine.generation(), machine.kind()),
+            snapshot: snapshot_rx,
+            events,
+            counters: DriverCounters::default(),
+        });
+        let handle = Handle {
+            inner: inner.clone(),
+        };
+        let driver = driver::Driver::new(machine, transport, inner, snapshot_tx, links_tx);
+        let task = tokio::spawn(driver.run());
+        Self {
+            handle,
+            links,
+            task,
+        }
+    }
+
+    /// A clone of the handle.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The current link (`None` while there is none), for publishers.
+    pub fn links(&self) -> watch::Receiver<Option<CurrentLink<T::Link>>> {
+        self.links.clone()
+    }
+
+    /// Shuts down gracefully and waits for the driver task to end.
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+        let _ = self.task.await;
+    }
+}

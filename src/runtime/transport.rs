@@ -1,0 +1,60 @@
+//! What an adapter implements: open a link, close a link.
+//!
+//! The trait uses return-position `impl Future + Send` (stable since Rust
+//! 1.75) rather than `async-trait`: no boxing per call, and implementors can
+//! still write `async fn`. The futures are `'static` so that the driver can
+//! run an open as its own task and abort it when the machine retires the
+//! link (connect timeout, shutdown) without borrowing the transport.
+
+use std::future::Future;
+
+use crate::machine::{ErrorKind, Generation};
+use crate::runtime::handle::LinkReporter;
+
+/// An error that says whether retrying can help.
+pub trait Classify {
+    /// Transient errors are retried with backoff; permanent ones (bad
+    /// credentials, an unknown vhost, a TLS verification failure) stop the
+    /// engine unless the configuration allows a few retries.
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Everything an adapter needs to open one link.
+#[derive(Debug, Clone)]
+pub struct OpenContext {
+    /// The link's generation; every report about the link must carry it
+    /// (the reporter does so for you).
+    pub generation: Generation,
+    /// The attempt number within the current outage.
+    pub attempt: u32,
+    /// Reports the link's death, inbound activity and flow control from any
+    /// thread. Keep a clone in the link's I/O task and callbacks.
+    pub reporter: LinkReporter,
+}
+
+/// A way to open links to a broker.
+///
+/// Rules for implementors:
+/// * `open` returns only when the link is ready for traffic (topology and
+///   subscriptions restored). The driver enforces the connect timeout by
+///   aborting the future, so it must be cancel-safe: drop what it built.
+/// * The link reports its own death with `reporter.lost(kind)` and inbound
+///   traffic with `reporter.activity()`; reports are cheap and never block.
+/// * `close` releases everything of the link. The driver always closes the
+///   old link before it opens the next one.
+pub trait Transport: Send + Sync + 'static {
+    /// An open link. The driver keeps it until it closes it and shares a
+    /// clone with publishers through [`crate::runtime::Engine::links`].
+    type Link: Clone + Send + Sync + 'static;
+    /// Why an open failed.
+    type Error: std::error::Error + Classify + Send + Sync + 'static;
+
+    /// Opens link `ctx.generation`.
+    fn open(
+        &self,
+        ctx: OpenContext,
+    ) -> impl Future<Output = Result<Self::Link, Self::Error>> + Send + 'static;
+
+    /// Closes a link (gracefully when it still can).
+    fn close(&self, link: Self::Link) -> impl Future<Output = ()> + Send + 'static;
+}
