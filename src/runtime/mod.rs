@@ -85,8 +85,24 @@ impl<T: Transport> Engine<T> {
     }
 
     /// Shuts down gracefully and waits for the driver task to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.handle.shutdown().await;
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+
+    /// Whether the driver task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl<T: Transport> Drop for Engine<T> {
+    /// Dropping the engine asks the driver to shut down gracefully in the
+    /// background (handles keep working until it has); call
+    /// [`Engine::shutdown`] to wait for it.
+    fn drop(&mut self) {
+        if !self.task.is_finished() {
+            self.handle.inner.shared.command(false, true);
+        }
     }
 }
