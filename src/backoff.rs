@@ -80,10 +80,10 @@ impl Backoff {
         if max_ms < initial_ms {
             return Err(ConfigError::CapBelowInitial { initial_ms, max_ms });
         }
-        if let Jitter::Proportional { fraction } = jitter {
-            if !(0.0..=1.0).contains(&fraction) {
-                return Err(ConfigError::JitterOutOfRange { fraction });
-            }
+        if let Jitter::Proportional { fraction } = jitter
+            && !(0.0..=1.0).contains(&fraction)
+        {
+            return Err(ConfigError::JitterOutOfRange { fraction });
         }
         Ok(Self {
             initial_ms,

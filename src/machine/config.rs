@@ -45,8 +45,9 @@ pub enum ConfigError {
     /// `max_attempts` of zero would never try at all.
     #[error("max_attempts must be at least 1")]
     ZeroAttempts,
-    /// The blocked timeout is shorter than twice the liveness timeout
-    /// (a blocked broker may legitimately delay heartbeats).
+    /// The blocked timeout is shorter than twice the liveness timeout (seed
+    /// 001's rule: throttled links must not be replaced faster than dead
+    /// ones are detected).
     #[error(
         "blocked_timeout ({blocked_ms} ms) must be at least twice the liveness timeout ({min_ms} ms)"
     )]
@@ -268,13 +269,13 @@ impl ConfigBuilder {
             .blocked_timeout
             .map(|d| positive_ms("blocked_timeout", d))
             .transpose()?;
-        if let (Some(blocked_ms), Some(h)) = (blocked_timeout_ms, liveness_timeout_ms) {
-            if blocked_ms < 2 * h {
-                return Err(ConfigError::BlockedTimeoutTooShort {
-                    blocked_ms,
-                    min_ms: 2 * h,
-                });
-            }
+        if let (Some(blocked_ms), Some(h)) = (blocked_timeout_ms, liveness_timeout_ms)
+            && blocked_ms < 2 * h
+        {
+            return Err(ConfigError::BlockedTimeoutTooShort {
+                blocked_ms,
+                min_ms: 2 * h,
+            });
         }
         let resume_grace_ms = self
             .resume_grace

@@ -37,6 +37,7 @@
 //! ```
 
 mod config;
+pub mod invariants;
 mod io;
 mod state;
 pub mod table;
@@ -274,7 +275,11 @@ impl Machine {
         else {
             return false;
         };
-        let attempt = self.attempts();
+        // The transport's own reconnect counts as an attempt of the outage,
+        // so a link that keeps resuming and dropping still backs off.
+        let outage = self.outage.as_mut().expect("an outage is under way");
+        outage.attempts += 1;
+        let attempt = outage.attempts;
         let liveness = self.config.liveness_timeout_ms.map(|h| Liveness {
             next_check: now + ms(h / 2),
             missed: 0,

@@ -85,6 +85,59 @@ pub fn mermaid() -> String {
     out
 }
 
+/// The state diagram as Graphviz DOT source, generated from [`EDGES`].
+///
+/// Parallel edges (same `from` and `to`) are drawn as one arrow labelled with
+/// every reason. Render it with
+/// `dot -Tsvg docs/state-diagram.dot -o docs/state-diagram.svg`.
+/// `closed` is terminal (double border); `failed` is sticky (dashed border):
+/// only `reconnect_now` and `shutdown` leave it.
+pub fn dot() -> String {
+    let mut out = String::from(
+        "// Generated from redial::machine::table::EDGES by table::dot().\n\
+         // Regenerate: REDIAL_BLESS=1 cargo test --test diagram\n\
+         digraph redial {\n    \
+         rankdir=LR;\n    \
+         node [shape=box, style=rounded, fontname=\"Helvetica\"];\n    \
+         edge [fontname=\"Helvetica\", fontsize=10];\n    \
+         __start [shape=point, width=0.15, label=\"\"];\n    \
+         __end [shape=doublecircle, width=0.1, style=filled, fillcolor=black, label=\"\"];\n",
+    );
+    for kind in StateKind::ALL {
+        let extra = match kind {
+            S::Closed => ", peripheries=2",
+            S::Failed => ", style=\"rounded,dashed\"",
+            _ => "",
+        };
+        out.push_str(&format!(
+            "    {name} [label=\"{name}\"{extra}];\n",
+            name = kind.as_str()
+        ));
+    }
+    out.push_str("    __start -> idle;\n");
+    // One arrow per (from, to) pair, labelled with all its reasons, in the
+    // order of their first appearance in the table.
+    for (i, edge) in EDGES.iter().enumerate() {
+        let same_pair = |other: &Edge| other.from == edge.from && other.to == edge.to;
+        if EDGES[..i].iter().any(same_pair) {
+            continue;
+        }
+        let reasons: Vec<&str> = EDGES
+            .iter()
+            .filter(|other| same_pair(other))
+            .map(|other| reason_name(other.reason))
+            .collect();
+        out.push_str(&format!(
+            "    {} -> {} [label=\"{}\"];\n",
+            edge.from.as_str(),
+            edge.to.as_str(),
+            reasons.join("\\n")
+        ));
+    }
+    out.push_str("    closed -> __end;\n}\n");
+    out
+}
+
 /// The reason's name as the spec and the vectors write it.
 pub const fn reason_name(reason: Reason) -> &'static str {
     match reason {

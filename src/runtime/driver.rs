@@ -124,8 +124,7 @@ impl<T: Transport> Driver<T> {
     /// Takes the user's commands and the links' reports and feeds them.
     async fn take_work(&mut self) {
         let shared = &self.handle.inner.shared;
-        let commands = shared.take_commands();
-        let batch = shared.take_reports();
+        let (commands, batch) = shared.take_work();
         if commands.shutdown {
             self.feed(Input::Shutdown).await;
         } else if commands.reconnect {
@@ -365,12 +364,15 @@ fn driver_is_send<T: Transport>(d: Driver<T>) {
     assert_send(d.run());
 }
 
-pub(crate) fn channels<L>() -> (
-    watch::Sender<Snapshot>,
-    watch::Receiver<Snapshot>,
-    broadcast::Sender<Event>,
-    watch::Sender<Option<CurrentLink<L>>>,
-) {
+/// The driver's ends of the engine's channels, and the snapshot's reader.
+pub(crate) struct Channels<L> {
+    pub(crate) snapshot_tx: watch::Sender<Snapshot>,
+    pub(crate) snapshot_rx: watch::Receiver<Snapshot>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) links_tx: watch::Sender<Option<CurrentLink<L>>>,
+}
+
+pub(crate) fn channels<L>() -> Channels<L> {
     let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot {
         state: StateKind::Idle,
         generation: Generation(1),
@@ -380,5 +382,10 @@ pub(crate) fn channels<L>() -> (
     });
     let (events, _) = broadcast::channel(1024);
     let (links_tx, _) = watch::channel(None);
-    (snapshot_tx, snapshot_rx, events, links_tx)
+    Channels {
+        snapshot_tx,
+        snapshot_rx,
+        events,
+        links_tx,
+    }
 }

@@ -54,7 +54,12 @@ impl<T: Transport> Engine<T> {
     /// When called outside a tokio runtime, as `tokio::spawn` does.
     pub fn spawn(config: Config, transport: T) -> Self {
         let machine = Machine::new(config);
-        let (snapshot_tx, snapshot_rx, events, links_tx) = driver::channels::<T::Link>();
+        let driver::Channels {
+            snapshot_tx,
+            snapshot_rx,
+            events,
+            links_tx,
+        } = driver::channels::<T::Link>();
         let links = links_tx.subscribe();
         let inner = Arc::new(Inner {
             shared: Shared::new(machine.generation(), machine.kind()),

@@ -1,0 +1,495 @@
+"""A reference model of the redial reconnect machine, written from docs/spec.md.
+
+This is a second, independent implementation of the specification (a "port"
+in Python). `generate.py` uses it to compute the expected outputs of every
+conformance vector; `cargo test --all-features --test vectors` then checks
+the committed JSON against the real Rust machine. When the two disagree, one
+of them (or the spec) is wrong.
+
+All times are integer milliseconds. Section numbers refer to docs/spec.md.
+"""
+
+MASK = (1 << 64) - 1
+MAX_DELAY_MS = 1 << 30
+
+DEFAULT_BACKOFF = {
+    "initial_ms": 1000,
+    "multiplier": 2.0,
+    "max_ms": 60000,
+    "jitter": {"mode": "proportional", "fraction": 0.5},
+}
+
+DEFAULTS = {
+    "seed": 0,
+    "immediate_first_retry": True,
+    "max_attempts": None,
+    "max_elapsed_ms": None,
+    "stable_period_ms": 10000,
+    "connect_timeout_ms": 20000,
+    "liveness_timeout_ms": 60000,
+    "blocked_timeout_ms": None,
+    "close_timeout_ms": 5000,
+    "resume_grace_ms": None,
+    "permanent_retries": 0,
+}
+
+
+class ConfigError(Exception):
+    def __init__(self, kind):
+        super().__init__(kind)
+        self.kind = kind
+
+
+def full_config(cfg):
+    """Fills in the defaults and validates (spec section "Configuration")."""
+    out = dict(DEFAULTS)
+    for k, v in cfg.items():
+        if k == "backoff":
+            continue
+        if k not in DEFAULTS:
+            raise KeyError(k)
+        out[k] = v
+    b = dict(DEFAULT_BACKOFF)
+    b.update(cfg.get("backoff", {}))
+    out["backoff"] = b
+    # backoff
+    if b["initial_ms"] < 1 or b["max_ms"] < 1:
+        raise ConfigError("zero")
+    if b["initial_ms"] > MAX_DELAY_MS or b["max_ms"] > MAX_DELAY_MS:
+        raise ConfigError("too_large")
+    m = b["multiplier"]
+    if m != m or m < 1.0 or m == float("inf"):
+        raise ConfigError("multiplier_below_one")
+    if b["max_ms"] < b["initial_ms"]:
+        raise ConfigError("cap_below_initial")
+    j = b["jitter"]
+    if j["mode"] == "proportional" and not (0.0 <= j["fraction"] <= 1.0):
+        raise ConfigError("jitter_out_of_range")
+    # durations, in the order the builder checks them
+    for k in ("stable_period_ms", "connect_timeout_ms", "close_timeout_ms"):
+        check_ms(out[k])
+    if out["max_elapsed_ms"] is not None:
+        check_ms(out["max_elapsed_ms"])
+    h = out["liveness_timeout_ms"]
+    if h is not None:
+        check_ms(h)
+        if h < 2:
+            raise ConfigError("zero")
+    bt = out["blocked_timeout_ms"]
+    if bt is not None:
+        check_ms(bt)
+        if h is not None and bt < 2 * h:
+            raise ConfigError("blocked_timeout_too_short")
+    if out["resume_grace_ms"] is not None:
+        check_ms(out["resume_grace_ms"])
+    if out["max_attempts"] == 0:
+        raise ConfigError("zero_attempts")
+    return out
+
+
+def check_ms(v):
+    if v < 1:
+        raise ConfigError("zero")
+    if v > MAX_DELAY_MS:
+        raise ConfigError("too_large")
+
+
+class SplitMix64:
+    def __init__(self, seed):
+        self.state = seed & MASK
+
+    def next_u64(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+        return z ^ (z >> 31)
+
+    def uniform_inclusive(self, lo, hi):
+        if hi <= lo:
+            return lo  # no draw
+        r = self.next_u64()
+        n = hi - lo + 1
+        if n > MASK:
+            return r
+        return lo + r % n
+
+
+class Backoff:
+    """Spec section "Backoff"."""
+
+    def __init__(self, policy, seed):
+        self.p = policy
+        self.rng = SplitMix64(seed)
+        self.reset()
+
+    def reset(self):
+        self.step = 0
+        self.base = self.p["initial_ms"]
+        self.prev = self.p["initial_ms"]
+
+    def grow(self, base):
+        product = float(base) * float(self.p["multiplier"])
+        cap = self.p["max_ms"]
+        return cap if product >= cap else int(product)  # floor: product >= 0
+
+    def next_delay(self):
+        self.step += 1
+        if self.step > 1:
+            self.base = self.grow(self.base)
+        base, cap = self.base, self.p["max_ms"]
+        j = self.p["jitter"]
+        mode = j["mode"]
+        if mode == "none":
+            d = base
+        elif mode == "full":
+            d = self.rng.uniform_inclusive(0, base)
+        elif mode == "equal":
+            half = base // 2
+            d = half + self.rng.uniform_inclusive(0, base - half)
+        elif mode == "decorrelated":
+            lo = self.p["initial_ms"]
+            hi = max(self.prev * 3, lo)
+            d = min(self.rng.uniform_inclusive(lo, hi), cap)
+            self.prev = d
+        elif mode == "proportional":
+            spread = int(float(base) * float(j["fraction"]))
+            d = min(self.rng.uniform_inclusive(base - min(spread, base), base + spread), cap)
+        else:
+            raise ValueError(mode)
+        return min(d, cap)
+
+
+GEN_INPUTS = {
+    "attempt_succeeded",
+    "attempt_failed",
+    "link_lost",
+    "link_resumed",
+    "activity",
+    "blocked",
+    "unblocked",
+}
+
+
+class Machine:
+    def __init__(self, cfg):
+        self.c = full_config(cfg)
+        self.state = {"kind": "idle"}
+        self.gen = 1
+        self.outage = None  # {"started", "attempts", "permanent"}
+        self.backoff = Backoff(self.c["backoff"], self.c["seed"])
+        self.out = []
+        self.now = None
+        self.stats = dict(
+            stale_inputs=0, ignored_inputs=0, opens=0, closes=0, failed_attempts=0, outages=0
+        )
+
+    # -- observers ---------------------------------------------------------
+    def kind(self):
+        return self.state["kind"]
+
+    def state_attempt(self):
+        s = self.state
+        if s["kind"] in ("connecting", "backing_off"):
+            return s["attempt"]
+        if s["kind"] in ("connected", "blocked"):
+            return s["link"]["attempt"]
+        return 0
+
+    def poll_timeout(self):
+        s = self.state
+        k = s["kind"]
+        if k in ("connecting", "closing"):
+            return s["deadline"]
+        if k == "connected":
+            lv = s["link"]["liveness"]
+            return lv["next_check"] if lv else None
+        if k == "blocked":
+            lv = s["link"]["liveness"]
+            cands = [x for x in (lv["next_check"] if lv else None, s["deadline"]) if x is not None]
+            return min(cands) if cands else None
+        if k == "backing_off":
+            return s["until"]
+        return None
+
+    def live_link(self):
+        s = self.state
+        if s["kind"] == "connecting":
+            return s["generation"]
+        if s["kind"] in ("connected", "blocked"):
+            return s["link"]["generation"]
+        if s["kind"] == "backing_off":
+            return s["lingering"]
+        return None
+
+    # -- the contract --------------------------------------------------------
+    def handle(self, now, inp):
+        now = now if self.now is None else max(self.now, now)
+        self.now = now
+        t = inp["type"]
+        if t in GEN_INPUTS and inp["generation"] != self.gen:
+            self.stats["stale_inputs"] += 1
+            return
+        handled = getattr(self, "on_" + t)(now, inp)
+        if not handled:
+            self.stats["ignored_inputs"] += 1
+
+    def drain(self):
+        out, self.out = self.out, []
+        return out
+
+    # -- cells ----------------------------------------------------------------
+    def on_start(self, now, inp):
+        if self.kind() != "idle":
+            return False
+        self.new_outage(now)
+        self.open(now, "start")
+        return True
+
+    def on_attempt_succeeded(self, now, inp):
+        s = self.state
+        if s["kind"] != "connecting":
+            return False
+        link = self.new_link(now, s["generation"], s["attempt"])
+        self.set_state({"kind": "connected", "link": link}, "attempt_succeeded")
+        return True
+
+    def on_attempt_failed(self, now, inp, reason="attempt_failed"):
+        s = self.state
+        if s["kind"] != "connecting":
+            return False
+        self.stats["failed_attempts"] += 1
+        self.retire(s["generation"])
+        if inp["kind"] == "permanent" and not self.permanent_retry_allowed():
+            self.give_up("permanent")
+        else:
+            self.schedule(now, reason, None)
+        return True
+
+    def on_link_lost(self, now, inp):
+        s = self.state
+        if s["kind"] == "connecting":
+            return self.on_attempt_failed(now, inp, "link_lost")
+        if s["kind"] in ("connected", "blocked"):
+            self.link_down(now, s["link"], "link_lost", inp["kind"], True)
+            return True
+        return False
+
+    def on_link_resumed(self, now, inp):
+        s = self.state
+        if s["kind"] != "backing_off" or s["lingering"] is None:
+            return False
+        # The transport's own reconnect counts as an attempt of the outage.
+        self.outage["attempts"] += 1
+        link = self.new_link(now, s["lingering"], self.outage["attempts"])
+        self.set_state({"kind": "connected", "link": link}, "link_resumed")
+        return True
+
+    def on_activity(self, now, inp):
+        s = self.state
+        if s["kind"] not in ("connected", "blocked"):
+            return False
+        if s["link"]["liveness"]:
+            s["link"]["liveness"]["seen"] = True
+        return True
+
+    def on_blocked(self, now, inp):
+        s = self.state
+        if s["kind"] != "connected":
+            return False
+        bt = self.c["blocked_timeout_ms"]
+        self.set_state(
+            {"kind": "blocked", "link": s["link"], "deadline": None if bt is None else now + bt},
+            "blocked",
+        )
+        return True
+
+    def on_unblocked(self, now, inp):
+        s = self.state
+        if s["kind"] != "blocked":
+            return False
+        self.set_state({"kind": "connected", "link": s["link"]}, "unblocked")
+        return True
+
+    def on_reconnect_now(self, now, inp):
+        s = self.state
+        k = s["kind"]
+        if k in ("connected", "blocked"):
+            self.stats["outages"] += 1
+            self.retire(s["link"]["generation"])
+            self.new_outage(now)
+        elif k == "backing_off":
+            if s["lingering"] is not None:
+                self.retire(s["lingering"])
+        elif k == "failed":
+            self.new_outage(now)
+        else:
+            return False
+        self.open(now, "reconnect_requested")
+        return True
+
+    def on_shutdown(self, now, inp):
+        if self.kind() in ("closing", "closed"):
+            return False
+        g = self.live_link()
+        if g is not None:
+            self.retire(g)
+            self.set_state(
+                {"kind": "closing", "deadline": now + self.c["close_timeout_ms"]}, "shutdown"
+            )
+        else:
+            self.set_state({"kind": "closed"}, "shutdown")
+        return True
+
+    def on_close_completed(self, now, inp):
+        if self.kind() != "closing":
+            return False
+        self.set_state({"kind": "closed"}, "close_completed")
+        return True
+
+    def on_timeout(self, now, inp):
+        due = self.poll_timeout()
+        if due is None or due > now:
+            return False
+        s = self.state
+        k = s["kind"]
+        if k == "connecting":
+            self.on_attempt_failed(now, {"kind": "transient"}, "connect_timeout")
+        elif k == "connected":
+            if self.liveness_expired(s["link"], now):
+                self.out.append({"type": "liveness_lost", "generation": s["link"]["generation"]})
+                self.link_down(now, s["link"], "liveness_lost", "transient", False)
+        elif k == "blocked":
+            if self.liveness_expired(s["link"], now):
+                self.out.append({"type": "liveness_lost", "generation": s["link"]["generation"]})
+                self.link_down(now, s["link"], "liveness_lost", "transient", False)
+            elif s["deadline"] is not None and s["deadline"] <= now:
+                self.link_down(now, s["link"], "blocked_too_long", "transient", False)
+        elif k == "backing_off":
+            if s["lingering"] is not None:
+                self.retire(s["lingering"])
+            self.open(now, "backoff_elapsed")
+        elif k == "closing":
+            self.set_state({"kind": "closed"}, "close_timeout")
+        return True
+
+    # -- procedures -------------------------------------------------------------
+    def new_link(self, now, gen, attempt):
+        h = self.c["liveness_timeout_ms"]
+        liveness = None if h is None else {"next_check": now + h // 2, "missed": 0, "seen": False}
+        return {"generation": gen, "attempt": attempt, "since": now, "liveness": liveness}
+
+    def liveness_expired(self, link, now):
+        h = self.c["liveness_timeout_ms"]
+        lv = link["liveness"]
+        if h is None or lv is None:
+            return False
+        while lv["next_check"] <= now:
+            if lv["seen"]:
+                lv["missed"] = 0
+                lv["seen"] = False
+            else:
+                lv["missed"] += 1
+            lv["next_check"] += h // 2
+            if lv["missed"] >= 2:
+                return True
+        return False
+
+    def link_down(self, now, link, reason, kind, may_linger):
+        self.stats["outages"] += 1
+        if now - link["since"] >= self.c["stable_period_ms"]:
+            self.new_outage(now)
+        else:
+            self.stats["failed_attempts"] += 1
+        if kind == "permanent" and not self.permanent_retry_allowed():
+            self.retire(link["generation"])
+            self.give_up("permanent")
+            return
+        if may_linger and self.c["resume_grace_ms"] is not None:
+            lingering = link["generation"]
+        else:
+            self.retire(link["generation"])
+            lingering = None
+        self.schedule(now, reason, lingering)
+
+    def schedule(self, now, reason, lingering):
+        o = self.outage
+        ma = self.c["max_attempts"]
+        if ma is not None and o["attempts"] >= ma:
+            self.give_up_lingering(lingering, "retries_exhausted")
+            return
+        first = o["attempts"] == 0
+        if first and self.c["immediate_first_retry"] and lingering is None:
+            self.open(now, reason)
+            return
+        if first and self.c["immediate_first_retry"]:
+            wait = 0
+        else:
+            wait = self.backoff.next_delay()
+        if lingering is not None:
+            wait = max(wait, self.c["resume_grace_ms"])
+        me = self.c["max_elapsed_ms"]
+        if me is not None and (now - o["started"]) + wait > me:
+            self.give_up_lingering(lingering, "deadline_exhausted")
+            return
+        self.set_state(
+            {
+                "kind": "backing_off",
+                "attempt": o["attempts"] + 1,
+                "until": now + wait,
+                "lingering": lingering,
+            },
+            reason,
+        )
+
+    def open(self, now, reason):
+        self.outage["attempts"] += 1
+        a = self.outage["attempts"]
+        g = self.gen
+        self.set_state(
+            {
+                "kind": "connecting",
+                "generation": g,
+                "attempt": a,
+                "deadline": now + self.c["connect_timeout_ms"],
+            },
+            reason,
+        )
+        self.stats["opens"] += 1
+        self.out.append({"type": "open", "generation": g, "attempt": a})
+
+    def retire(self, g):
+        assert g == self.gen
+        self.gen = g + 1
+        self.stats["closes"] += 1
+        self.out.append({"type": "close", "generation": g})
+
+    def give_up_lingering(self, lingering, cause):
+        if lingering is not None:
+            self.retire(lingering)
+        self.give_up(cause)
+
+    def give_up(self, cause):
+        self.set_state({"kind": "failed", "cause": cause}, "gave_up")
+        self.out.append({"type": "gave_up", "cause": cause})
+
+    def permanent_retry_allowed(self):
+        self.outage["permanent"] += 1
+        return self.outage["permanent"] <= self.c["permanent_retries"]
+
+    def new_outage(self, now):
+        self.outage = {"started": now, "attempts": 0, "permanent": 0}
+        self.backoff.reset()
+
+    def set_state(self, nxt, reason):
+        frm = self.kind()
+        self.state = nxt
+        self.out.append(
+            {
+                "type": "state_changed",
+                "from": frm,
+                "to": nxt["kind"],
+                "generation": self.gen,
+                "reason": reason,
+            }
+        )
