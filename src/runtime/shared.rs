@@ -219,6 +219,20 @@ impl Shared {
         }
     }
 
+    /// Driver only: takes the pending reports, then the pending commands.
+    ///
+    /// Reports first: a report made after a shutdown request (by the same
+    /// thread, or one that saw it) is then always taken with that request
+    /// or after it, so the machine handles `Shutdown` before the loss and
+    /// opens nothing. Commands first would let such a loss slip in between
+    /// the two takes and open a link after shutdown began (S41; found by
+    /// `loom_tests::loss_after_shutdown_never_opens`).
+    pub(crate) fn take_work(&self) -> (Commands, Batch) {
+        let batch = self.take_reports();
+        let commands = self.take_commands();
+        (commands, batch)
+    }
+
     /// Driver only: takes every pending report (clears the event bits,
     /// keeps the generation, atomically).
     pub(crate) fn take_reports(&self) -> Batch {
