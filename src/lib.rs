@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod machine;
+pub mod outbox;
 pub mod rng;
 
 #[cfg(feature = "tokio")]

@@ -5,10 +5,15 @@
 pub(crate) mod sync {
     pub(crate) mod atomic {
         #[cfg(all(test, loom))]
-        pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+        pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
         #[cfg(not(all(test, loom)))]
-        pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+        pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
     }
+
+    #[cfg(all(test, loom))]
+    pub(crate) use loom::sync::{Mutex, MutexGuard};
+    #[cfg(not(all(test, loom)))]
+    pub(crate) use std::sync::{Mutex, MutexGuard};
 }
 
 pub(crate) mod task {

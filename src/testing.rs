@@ -7,13 +7,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::machine::{ErrorKind, Generation};
+use crate::outbox::{Deliver, DeliveryError, MessageId};
 use crate::runtime::{Classify, LinkReporter, OpenContext, Transport};
 
 /// What the next open does.
@@ -87,6 +91,7 @@ struct State {
     reporters: HashMap<Generation, LinkReporter>,
     silent: HashMap<Generation, Arc<AtomicBool>>,
     log: Vec<LogEntry>,
+    delivery: DeliveryState,
 }
 
 struct Inner {
@@ -334,5 +339,170 @@ impl Transport for MemoryTransport {
             inner.close_calls.fetch_add(1, Ordering::AcqRel);
             inner.changed.notify_waiters();
         }
+    }
+}
+
+// ---- the outbox's side: publishing through in-memory links ---------------
+
+/// What an in-memory link does with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Script {
+    /// Written; the broker confirms at once.
+    Confirm,
+    /// Written; the broker confirms after a delay.
+    ConfirmAfter(Duration),
+    /// Written; the broker nacks it.
+    Nack,
+    /// Written; the broker returns it as unroutable.
+    Unroutable,
+    /// Written; the broker rejects it permanently.
+    Reject(String),
+    /// Written; the broker never answers (the confirm future never ends).
+    NeverConfirm,
+    /// Written; the link dies before the confirm (the confirm fails with `LinkLost`).
+    ConfirmLinkLost,
+    /// The write fails: the link is dead.
+    LinkLost,
+    /// The write times out (a half-open link).
+    Timeout,
+}
+
+/// One write the in-memory transport accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The link it was written to.
+    pub generation: Generation,
+    /// The outbox's id for it.
+    pub id: MessageId,
+    /// The message.
+    pub message: String,
+}
+
+#[derive(Default)]
+struct DeliveryState {
+    scripts: HashMap<String, VecDeque<Script>>,
+    default_script: Option<Script>,
+    sent: Vec<Sent>,
+    attempts: u64,
+}
+
+/// The confirm future of the in-memory transport.
+pub struct MemoryConfirm(Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send>>);
+
+impl fmt::Debug for MemoryConfirm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MemoryConfirm")
+    }
+}
+
+impl Future for MemoryConfirm {
+    type Output = Result<(), DeliveryError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl MemoryControl {
+    /// Queues what the next writes of `message` do, in order (each script
+    /// is used once; then the default applies).
+    pub fn script(&self, message: impl Into<String>, scripts: impl IntoIterator<Item = Script>) {
+        self.state()
+            .delivery
+            .scripts
+            .entry(message.into())
+            .or_default()
+            .extend(scripts);
+    }
+
+    /// What a write does when no script is queued for its message (default: `Confirm`).
+    pub fn set_default_script(&self, script: Script) {
+        self.state().delivery.default_script = Some(script);
+    }
+
+    /// Every accepted write, in wire order.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.state().delivery.sent.clone()
+    }
+
+    /// `send` calls so far, accepted or not.
+    pub fn send_attempts(&self) -> u64 {
+        self.state().delivery.attempts
+    }
+
+    /// Waits until at least `n` writes were accepted.
+    pub async fn wait_sent(&self, n: usize) {
+        loop {
+            let notified = self.inner.changed.notified();
+            if self.state().delivery.sent.len() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Deliver for MemoryTransport {
+    type Message = String;
+    type Confirm = MemoryConfirm;
+
+    fn send(
+        &self,
+        link: &MemoryLink,
+        message: &String,
+        id: MessageId,
+    ) -> impl Future<Output = Result<MemoryConfirm, DeliveryError>> + Send {
+        let inner = self.inner.clone();
+        let link = link.clone();
+        let message = message.clone();
+        async move {
+            let script = {
+                let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+                let d = &mut state.delivery;
+                d.attempts += 1;
+                let script = d
+                    .scripts
+                    .get_mut(&message)
+                    .and_then(VecDeque::pop_front)
+                    .or_else(|| d.default_script.clone())
+                    .unwrap_or(Script::Confirm);
+                match script {
+                    _ if !link.is_open() => return Err(DeliveryError::LinkLost),
+                    Script::LinkLost => return Err(DeliveryError::LinkLost),
+                    Script::Timeout => return Err(DeliveryError::Timeout),
+                    _ => {}
+                }
+                d.sent.push(Sent {
+                    generation: link.generation,
+                    id,
+                    message,
+                });
+                script
+            };
+            inner.changed.notify_waiters();
+            let confirm: Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send>> =
+                match script {
+                    Script::ConfirmAfter(d) => Box::pin(async move {
+                        tokio::time::sleep(d).await;
+                        Ok(())
+                    }),
+                    Script::Nack => Box::pin(std::future::ready(Err(DeliveryError::Nacked))),
+                    Script::Unroutable => {
+                        Box::pin(std::future::ready(Err(DeliveryError::Unroutable)))
+                    }
+                    Script::Reject(why) => {
+                        Box::pin(std::future::ready(Err(DeliveryError::Rejected(why))))
+                    }
+                    Script::NeverConfirm => Box::pin(std::future::pending()),
+                    Script::ConfirmLinkLost => {
+                        Box::pin(std::future::ready(Err(DeliveryError::LinkLost)))
+                    }
+                    _ => Box::pin(std::future::ready(Ok(()))),
+                };
+            Ok(MemoryConfirm(confirm))
+        }
+    }
+
+    fn size_of(message: &String) -> usize {
+        message.len()
     }
 }

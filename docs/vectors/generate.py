@@ -1163,6 +1163,19 @@ def branches():
     v.step(7300, fail(4), "wait 8000 would end at 15300 > 7300: give up")
 
     v = Vector(
+        "max-elapsed-cuts-the-first-wait",
+        "Every outage gets at least one attempt: a resume grace (30000) longer than "
+        "max_elapsed_ms (10000) is cut to the budget left instead of giving up untried; "
+        "once that attempt fails, the deadline applies.",
+        plain(max_elapsed_ms=10000, resume_grace_ms=30000, liveness_timeout_ms=None),
+    )
+    v.step(0, start())
+    v.step(0, ok(1))
+    v.step(60000, lost(1), "stable: new outage; the wait is cut from 30000 to 10000")
+    v.fire("close the lingering link, open attempt 1")
+    v.step(70100, fail(2), "10100 ms into a 10000 ms budget: give up")
+
+    v = Vector(
         "max-attempts-flapping-lingering",
         "max_attempts counts links lost before the stable period as failed attempts; "
         "giving up closes a lingering link first.",

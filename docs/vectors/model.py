@@ -430,8 +430,11 @@ class Machine:
             wait = max(wait, self.c["resume_grace_ms"])
         me = self.c["max_elapsed_ms"]
         if me is not None and (now - o["started"]) + wait > me:
-            self.give_up_lingering(lingering, "deadline_exhausted")
-            return
+            if o["attempts"] > 0:
+                self.give_up_lingering(lingering, "deadline_exhausted")
+                return
+            # Every outage gets at least one attempt: cut the wait.
+            wait = max(0, me - (now - o["started"]))
         self.set_state(
             {
                 "kind": "backing_off",

@@ -94,6 +94,8 @@ pub enum Invariant {
     /// Attempt numbers rise by exactly one within an outage, restart at 1
     /// only on a fresh outage (start, a user's reconnect, the loss of a link
     /// that stayed up for the stable period) and never exceed `max_attempts`.
+    /// A transport's own resume of a lingering link counts as the attempt
+    /// the wait was for.
     AttemptCounting,
     /// `StateChanged` outputs are consistent: `from` is the previous state,
     /// the edge is in [`table::EDGES`], the generation is the current one,
@@ -583,6 +585,11 @@ impl Checker {
                     {
                         self.fresh_outage(now);
                     }
+                    if reason == Reason::LinkResumed {
+                        // The transport's own reconnect is the attempt the
+                        // wait was for: it counts.
+                        self.next_attempt = self.next_attempt.saturating_add(1);
+                    }
                     if to == StateKind::Failed {
                         pending_gave_up = true;
                     }
@@ -760,7 +767,9 @@ impl Checker {
                         (Some(_), Some(grace)) => ensure!(
                             self,
                             input,
-                            wait >= grace && wait <= cap.max(grace),
+                            // max_elapsed may cut the grace before a first attempt.
+                            (wait >= grace || cfg.max_elapsed().is_some())
+                                && wait <= cap.max(grace),
                             BackoffWithinBounds,
                             "wait {wait:?} with a lingering link outside [{grace:?}, {:?}]",
                             cap.max(grace)

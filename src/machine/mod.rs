@@ -497,10 +497,16 @@ impl Machine {
             wait = wait.max(self.config.resume_grace_ms.unwrap_or(0));
         }
         if let Some(max) = self.config.max_elapsed_ms {
-            let elapsed = now.saturating_duration_since(outage.started).as_millis();
-            if elapsed + u128::from(wait) > u128::from(max) {
-                self.give_up_lingering(lingering, FailCause::DeadlineExhausted);
-                return;
+            let elapsed = u64::try_from(now.saturating_duration_since(outage.started).as_millis())
+                .unwrap_or(u64::MAX);
+            if elapsed.saturating_add(wait) > max {
+                if outage.attempts > 0 {
+                    self.give_up_lingering(lingering, FailCause::DeadlineExhausted);
+                    return;
+                }
+                // Every outage gets at least one attempt: cut the wait to
+                // the budget left rather than give up untried.
+                wait = max.saturating_sub(elapsed);
             }
         }
         let next = State::BackingOff {

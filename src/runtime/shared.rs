@@ -254,6 +254,10 @@ impl Shared {
     /// Driver only: registers for a wake-up, then says whether work is
     /// already waiting (register first, so no report can slip in between).
     pub(crate) fn poll_work(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // loom's model takes the waker by value, futures' by reference.
+        #[cfg(all(test, loom))]
+        self.waker.register(cx.waker().clone());
+        #[cfg(not(all(test, loom)))]
         self.waker.register(cx.waker());
         let pending_reports = self.mailbox.load(Ordering::Acquire) & WAKE_MASK != 0;
         let pending_commands = self.commands.load(Ordering::Acquire) != 0;

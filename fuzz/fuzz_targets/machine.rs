@@ -1,0 +1,238 @@
+//! Fuzzes the reconnect machine: an arbitrary configuration and an arbitrary
+//! sequence of (time step, input) operations, with the invariant checker
+//! (`redial::machine::invariants`) asserted after every step.
+//!
+//! The configuration is used twice: its raw values go through the builder
+//! unchanged (any value must give `Ok` or a typed `Err`, never a panic), and
+//! the same numbers mapped into valid ranges build the configuration the
+//! machine runs with (or, when `use_raw` is set and the raw one is valid,
+//! the raw one).
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use redial::backoff::{Backoff, Jitter};
+use redial::machine::invariants::Checker;
+use redial::machine::{Config, Generation, Input, Machine};
+
+/// Longest sequence one run drives (keeps every execution fast).
+const MAX_OPS: usize = 1_024;
+
+#[derive(Debug, Arbitrary)]
+enum RawJitter {
+    None,
+    Full,
+    Equal,
+    Decorrelated,
+    Proportional(f64),
+}
+
+/// Every setting as raw numbers. Durations are in microseconds, so that
+/// sub-millisecond values (truncated to zero) are exercised too.
+#[derive(Debug, Arbitrary)]
+struct RawConfig {
+    initial_us: u64,
+    multiplier: f64,
+    max_us: u64,
+    jitter: RawJitter,
+    immediate_first_retry: bool,
+    max_attempts: Option<u32>,
+    max_elapsed_us: Option<u64>,
+    stable_us: u64,
+    connect_us: u64,
+    liveness_us: Option<u64>,
+    blocked_us: Option<u64>,
+    close_us: u64,
+    grace_us: Option<u64>,
+    permanent_retries: u32,
+    seed: u64,
+}
+
+fn us(v: u64) -> Duration {
+    Duration::from_micros(v)
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl RawConfig {
+    fn jitter(&self, fraction: impl Fn(f64) -> f64) -> Jitter {
+        match self.jitter {
+            RawJitter::None => Jitter::None,
+            RawJitter::Full => Jitter::Full,
+            RawJitter::Equal => Jitter::Equal,
+            RawJitter::Decorrelated => Jitter::Decorrelated,
+            RawJitter::Proportional(f) => Jitter::Proportional {
+                fraction: fraction(f),
+            },
+        }
+    }
+
+    /// The raw values through the builder: `Ok` or a typed error, no panic.
+    fn build_raw(&self) -> Option<Config> {
+        let backoff = Backoff::new(
+            us(self.initial_us),
+            self.multiplier,
+            us(self.max_us),
+            self.jitter(|f| f),
+        );
+        let backoff = match backoff {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = e.to_string();
+                return None;
+            }
+        };
+        let built = Config::builder()
+            .backoff(backoff)
+            .immediate_first_retry(self.immediate_first_retry)
+            .max_attempts(self.max_attempts)
+            .max_elapsed(self.max_elapsed_us.map(us))
+            .stable_period(us(self.stable_us))
+            .connect_timeout(us(self.connect_us))
+            .liveness_timeout(self.liveness_us.map(us))
+            .blocked_timeout(self.blocked_us.map(us))
+            .close_timeout(us(self.close_us))
+            .resume_grace(self.grace_us.map(us))
+            .permanent_retries(self.permanent_retries)
+            .seed(self.seed)
+            .build();
+        match built {
+            Ok(config) => Some(config),
+            Err(e) => {
+                let _ = e.to_string();
+                None
+            }
+        }
+    }
+
+    /// The same numbers mapped into valid ranges (milliseconds, small
+    /// enough that timers fire within a run): must always build.
+    fn build_valid(&self) -> Config {
+        let initial = 1 + self.initial_us % 5_000;
+        let max = initial * (1 + self.max_us % 64);
+        let multiplier = if self.multiplier.is_finite() {
+            1.0 + (self.multiplier.abs() % 4.0)
+        } else {
+            2.0
+        };
+        let fraction = |f: f64| if f.is_finite() { f.abs() % 1.0 } else { 0.5 };
+        let backoff = Backoff::new(ms(initial), multiplier, ms(max), self.jitter(fraction))
+            .expect("mapped policy is valid");
+        let liveness = self.liveness_us.map(|h| 2 + h % 30_000);
+        let blocked = self
+            .blocked_us
+            .map(|b| liveness.map_or(1 + b % 60_000, |h| 2 * h + b % 60_000));
+        Config::builder()
+            .backoff(backoff)
+            .immediate_first_retry(self.immediate_first_retry)
+            .max_attempts(self.max_attempts.map(|a| 1 + a % 10))
+            .max_elapsed(self.max_elapsed_us.map(|e| ms(1 + e % 200_000)))
+            .stable_period(ms(1 + self.stable_us % 30_000))
+            .connect_timeout(ms(1 + self.connect_us % 30_000))
+            .liveness_timeout(liveness.map(ms))
+            .blocked_timeout(blocked.map(ms))
+            .close_timeout(ms(1 + self.close_us % 10_000))
+            .resume_grace(self.grace_us.map(|g| ms(1 + g % 10_000)))
+            .permanent_retries(self.permanent_retries % 4)
+            .seed(self.seed)
+            .build()
+            .expect("mapped configuration is valid")
+    }
+}
+
+/// Which generation an input names.
+#[derive(Debug, Clone, Copy, Arbitrary)]
+enum GenSel {
+    /// The machine's current generation.
+    Current,
+    /// An older one (stale, possibly 0).
+    Older(u8),
+    /// A newer one (never issued yet).
+    Newer(u8),
+    /// Whatever the arbitrary input carries.
+    Raw,
+}
+
+#[derive(Debug, Arbitrary)]
+enum Op {
+    /// Feed an input at the current instant.
+    Feed(GenSel, Input),
+    /// Time passes (ms), then `Timeout`.
+    Advance(u16),
+    /// A long jump (ms), then `Timeout`.
+    Jump(u32),
+    /// Jump onto the next deadline (-1, 0 or +1 ms around it), then `Timeout`.
+    ToDeadline(i8),
+}
+
+#[derive(Debug, Arbitrary)]
+struct Case {
+    config: RawConfig,
+    use_raw: bool,
+    ops: Vec<Op>,
+}
+
+fn with_generation(input: Input, generation: Generation) -> Input {
+    match input {
+        Input::AttemptSucceeded { .. } => Input::AttemptSucceeded { generation },
+        Input::AttemptFailed { kind, .. } => Input::AttemptFailed { generation, kind },
+        Input::LinkLost { kind, .. } => Input::LinkLost { generation, kind },
+        Input::LinkResumed { .. } => Input::LinkResumed { generation },
+        Input::Activity { .. } => Input::Activity { generation },
+        Input::Blocked { .. } => Input::Blocked { generation },
+        Input::Unblocked { .. } => Input::Unblocked { generation },
+        other => other,
+    }
+}
+
+fuzz_target!(|case: Case| {
+    let raw = case.config.build_raw();
+    let config = match raw {
+        Some(config) if case.use_raw => config,
+        _ => case.config.build_valid(),
+    };
+    let mut machine = Machine::new(config);
+    let mut checker = Checker::new(&machine);
+    let t0 = Instant::now();
+    let mut now = t0;
+    for op in case.ops.into_iter().take(MAX_OPS) {
+        let input = match op {
+            Op::Feed(sel, input) => {
+                let current = machine.generation().0;
+                let generation = match sel {
+                    GenSel::Current => Generation(current),
+                    GenSel::Older(k) => Generation(current.saturating_sub(u64::from(k) + 1)),
+                    GenSel::Newer(k) => Generation(current.saturating_add(u64::from(k) + 1)),
+                    GenSel::Raw => input.generation().unwrap_or_default(),
+                };
+                with_generation(input, generation)
+            }
+            Op::Advance(d) => {
+                now += ms(u64::from(d));
+                Input::Timeout
+            }
+            Op::Jump(d) => {
+                now += ms(u64::from(d));
+                Input::Timeout
+            }
+            Op::ToDeadline(offset) => {
+                if let Some(t) = machine.poll_timeout() {
+                    let target = match offset.signum() {
+                        -1 => t - ms(1),
+                        0 => t,
+                        _ => t + ms(1),
+                    };
+                    now = now.max(target);
+                }
+                Input::Timeout
+            }
+        };
+        if let Err(violation) = checker.drive(&mut machine, now, input) {
+            panic!("{violation}\nstate: {:?}", machine.state());
+        }
+    }
+});

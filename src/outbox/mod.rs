@@ -1,0 +1,51 @@
+//! The outbox: every publish a caller submits ends in exactly one outcome,
+//! confirmed by the broker or a typed error, and success is never reported
+//! without a broker confirm. See `docs/delivery.md` for the full semantics.
+//!
+//! * [`OutboxCore`] is the sans-IO heart (always compiled): a bounded queue
+//!   with per-generation in-flight tracking, time passed in.
+//! * [`Publisher`] (feature `tokio`) is the async front: it feeds the core
+//!   from any thread and flushes it through the engine's current link with
+//!   an adapter's [`Deliver`] implementation.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use std::time::Duration;
+//! use redial::machine::Config;
+//! use redial::outbox::{OutboxConfig, Publisher};
+//! use redial::runtime::Engine;
+//! use redial::testing::MemoryTransport;
+//!
+//! let transport = MemoryTransport::new();
+//! let engine = Engine::spawn(Config::default(), transport.clone());
+//! let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+//! // Buffered while the link is down, sent in order once it is up.
+//! let receipt = publisher.publish("hello".to_string()).await;
+//! match receipt.await {
+//!     Ok(confirmed) => println!("confirmed on link {}", confirmed.generation),
+//!     Err(error) => println!("not delivered: {error}"),
+//! }
+//! publisher.shutdown(Duration::from_secs(5)).await;
+//! # }
+//! ```
+
+mod core;
+#[cfg(feature = "tokio")]
+mod deliver;
+#[cfg(feature = "tokio")]
+mod publisher;
+#[cfg(feature = "tokio")]
+pub(crate) mod shared;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+pub use self::core::{
+    Confirmed, FailedCounts, Gate, InvariantViolation, MessageId, OutboxConfig,
+    OutboxConfigBuilder, OutboxConfigError, OutboxCore, OutboxStats, Outcome, OverflowPolicy,
+    PublishError, PublishErrorKind, Resolved, SharedError, Submit, SubmitOptions,
+};
+#[cfg(feature = "tokio")]
+pub use deliver::{Deliver, DeliveryError};
+#[cfg(feature = "tokio")]
+pub use publisher::{Publisher, Receipt};

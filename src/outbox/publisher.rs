@@ -1,0 +1,548 @@
+//! The async front of the outbox (see [`Publisher`]).
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::{Fuse, FusedFuture, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::machine::{ErrorKind, FailCause, Generation, StateKind};
+use crate::outbox::core::{
+    MessageId, OutboxConfig, OutboxCore, OutboxStats, Outcome, OverflowPolicy, PublishError,
+    SharedError, Submit, SubmitOptions,
+};
+use crate::outbox::deliver::{Deliver, DeliveryError};
+use crate::outbox::shared::Shared;
+use crate::runtime::{CurrentLink, Engine, Event, Handle, Snapshot};
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A message in the core, with the sender of its outcome.
+struct Entry<M> {
+    message: Arc<M>,
+    tx: oneshot::Sender<Outcome>,
+}
+
+/// What the mutex protects: the core, plus the engine's events, read under
+/// the same lock so that every observer applies engine states in order.
+struct Guarded<M> {
+    core: OutboxCore<Entry<M>>,
+    events: broadcast::Receiver<Event>,
+    last_error: Option<SharedError>,
+}
+
+impl<M> Guarded<M> {
+    /// Applies the engine's state to the gate: `Failed` fails everything
+    /// with `GaveUp`, `Closing`/`Closed` with `ShutDown`, anything else
+    /// reopens a gate the engine's failure had closed.
+    fn observe(&mut self, snapshot: &Snapshot) {
+        loop {
+            match self.events.try_recv() {
+                Ok(Event::AttemptFailed { error, .. }) => self.last_error = Some(error),
+                Ok(Event::GaveUp {
+                    error: Some(error), ..
+                }) => self.last_error = Some(error),
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        match snapshot.state {
+            StateKind::Failed => {
+                if matches!(self.core.gate(), crate::outbox::Gate::Open) {
+                    let cause = snapshot.failure.unwrap_or(FailCause::RetriesExhausted);
+                    self.core.give_up(cause, self.last_error.clone());
+                }
+            }
+            StateKind::Closing | StateKind::Closed => self.core.shutdown(),
+            _ => self.core.resume(),
+        }
+    }
+}
+
+/// The state shared by the publisher handles, the flush task and the receipts.
+struct Hub<M> {
+    shared: Shared<Guarded<M>>,
+    /// Signalled whenever messages resolve (room may have freed up).
+    room: Notify,
+    handle: Handle,
+}
+
+impl<M> Hub<M> {
+    /// Runs `f` on the core under the lock (after applying the engine's
+    /// latest state), then hands the outcomes it produced to their receipts.
+    fn with_core<R>(&self, f: impl FnOnce(&mut OutboxCore<Entry<M>>) -> R) -> R {
+        let (r, done) = {
+            let mut g = self.shared.lock();
+            g.observe(&self.handle.snapshot());
+            let r = f(&mut g.core);
+            let done: Vec<_> = std::iter::from_fn(|| g.core.poll_resolved()).collect();
+            (r, done)
+        };
+        if !done.is_empty() {
+            for resolved in done {
+                // The receiver may be gone: the caller dropped the receipt.
+                let _ = resolved.message.tx.send(resolved.outcome);
+            }
+            self.room.notify_waiters();
+        }
+        r
+    }
+}
+
+/// Cancels a queued message; what a [`Receipt`] needs of its publisher.
+trait Cancel: Send + Sync {
+    fn cancel(&self, id: MessageId) -> bool;
+}
+
+impl<M: Send + Sync> Cancel for Hub<M> {
+    fn cancel(&self, id: MessageId) -> bool {
+        self.with_core(|core| core.cancel(id))
+    }
+}
+
+/// The outcome of one publish, as a future: `Ok` only after a broker
+/// confirm, or a typed [`PublishError`].
+///
+/// Dropping it does not cancel the publish (the message is still sent and
+/// counted); call [`Receipt::cancel`] for that. It resolves exactly once
+/// and never stays pending forever: a shutdown, an engine that gives up or
+/// a runtime that stops resolve it with an error.
+pub struct Receipt {
+    id: MessageId,
+    rx: oneshot::Receiver<Outcome>,
+    hub: Weak<dyn Cancel>,
+}
+
+impl Receipt {
+    /// The message's id (stable across replays).
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// Removes the message if it is still queued (not written to a link):
+    /// the receipt then resolves with [`PublishError::Cancelled`]. Returns
+    /// false when it is in flight or already resolved.
+    pub fn cancel(&self) -> bool {
+        self.hub.upgrade().is_some_and(|hub| hub.cancel(self.id))
+    }
+}
+
+impl Future for Receipt {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            // Only reachable if the outbox itself was torn down.
+            .map(|r| r.unwrap_or(Err(PublishError::ShutDown)))
+    }
+}
+
+impl fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receipt").field("id", &self.id).finish()
+    }
+}
+
+/// Publishes through an engine's links with at-least-once replay. Cheap to
+/// clone; every clone feeds the same outbox.
+///
+/// Submit from any thread or task; one flush task per publisher watches [`Engine::links`] and the engine's
+/// snapshot. While link `g` is up and the engine is `Connected`, it takes
+/// messages from the core one at a time, writes each with
+/// [`Deliver::send`] (so the wire order is the submission order) and awaits
+/// the confirms concurrently, up to the in-flight window. When the link
+/// goes away or is replaced, everything in flight on it goes back to the
+/// front of the queue. The core sits behind a mutex held only for short
+/// synchronous sections; nothing awaits while holding it.
+///
+/// The flush task runs until the engine shuts down or
+/// [`Publisher::shutdown`] is called; dropping every `Publisher` does not
+/// stop it, so publishes already submitted still reach their outcome.
+pub struct Publisher<T: Deliver> {
+    hub: Arc<Hub<T::Message>>,
+    config: OutboxConfig,
+    task: Arc<StdMutex<Option<JoinHandle<()>>>>,
+}
+
+impl<T: Deliver> Clone for Publisher<T> {
+    fn clone(&self) -> Self {
+        Self {
+            hub: self.hub.clone(),
+            config: self.config,
+            task: self.task.clone(),
+        }
+    }
+}
+
+impl<T: Deliver> fmt::Debug for Publisher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Deliver> Publisher<T> {
+    /// A publisher for `engine`'s links. `deliver` is the adapter (usually
+    /// a clone of the transport given to the engine).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime, as `tokio::spawn` does.
+    pub fn new(engine: &Engine<T>, deliver: T, config: OutboxConfig) -> Self {
+        Self::from_parts(engine.handle(), engine.links(), deliver, config)
+    }
+
+    /// Like [`Publisher::new`], from an engine's handle and links.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn from_parts(
+        handle: Handle,
+        links: watch::Receiver<Option<CurrentLink<T::Link>>>,
+        deliver: T,
+        config: OutboxConfig,
+    ) -> Self {
+        let guarded = Guarded {
+            core: OutboxCore::new(config),
+            events: handle.events(),
+            last_error: None,
+        };
+        let hub = Arc::new(Hub {
+            shared: Shared::new(guarded),
+            room: Notify::new(),
+            handle: handle.clone(),
+        });
+        let flusher = Flusher {
+            hub: hub.clone(),
+            deliver: Arc::new(deliver),
+            snapshots: handle.watch(),
+            links,
+        };
+        let task = tokio::spawn(flusher.run());
+        Self {
+            hub,
+            config,
+            task: Arc::new(StdMutex::new(Some(task))),
+        }
+    }
+
+    /// Publishes with the default options. See [`Publisher::publish_with`].
+    pub async fn publish(&self, message: T::Message) -> Receipt {
+        self.publish_with(message, SubmitOptions::new()).await
+    }
+
+    /// Submits a message and returns its [`Receipt`] once the outbox took
+    /// it. Returns at once, except under [`OverflowPolicy::Wait`] with a
+    /// full outbox, where it waits for room (at most the policy's deadline,
+    /// after which the receipt resolves with `Overflow`). Never starts a
+    /// connection attempt: while the link is down the message waits in the
+    /// outbox. Dropping this future before it returns abandons the message
+    /// (it was never submitted).
+    pub async fn publish_with(&self, message: T::Message, options: SubmitOptions) -> Receipt {
+        let policy = options.overflow.unwrap_or(self.config.overflow());
+        let deadline = match policy {
+            OverflowPolicy::Wait { deadline } => deadline.map(|d| tokio::time::Instant::now() + d),
+            _ => None,
+        };
+        let (mut pending, rx) = self.prepare(message, options);
+        let mut rx = Some(rx);
+        loop {
+            let mut notified = pin!(self.hub.room.notified());
+            // Register before looking, so no freed room goes unnoticed.
+            notified.as_mut().enable();
+            match self.submit(pending, &mut rx) {
+                Ok(receipt) => return receipt,
+                Err(back) => pending = back,
+            }
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        let (entry, options) = pending;
+                        let options = options.overflow(OverflowPolicy::RejectNew);
+                        match self.submit((entry, options), &mut rx) {
+                            Ok(receipt) => return receipt,
+                            // RejectNew never answers `Full`.
+                            Err(back) => pending = back,
+                        }
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Submits a message without ever waiting: under
+    /// [`OverflowPolicy::Wait`] a full outbox answers `Overflow` at once,
+    /// like `RejectNew`. For threads that must not block.
+    pub fn try_publish(&self, message: T::Message, options: SubmitOptions) -> Receipt {
+        let options = match options.overflow.unwrap_or(self.config.overflow()) {
+            OverflowPolicy::Wait { .. } => options.overflow(OverflowPolicy::RejectNew),
+            _ => options,
+        };
+        let (pending, rx) = self.prepare(message, options);
+        let mut rx = Some(rx);
+        match self.submit(pending, &mut rx) {
+            Ok(receipt) => receipt,
+            // Unreachable (neither policy answers `Full`), but resolve rather than hang.
+            Err((entry, _)) => {
+                let _ = entry.tx.send(Err(PublishError::Overflow));
+                Receipt {
+                    id: MessageId(0),
+                    rx: rx.take().unwrap_or_else(|| oneshot::channel().1),
+                    hub: Weak::<Hub<T::Message>>::new(),
+                }
+            }
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> OutboxStats {
+        self.hub.with_core(|core| core.stats())
+    }
+
+    /// The engine's handle.
+    pub fn handle(&self) -> &Handle {
+        &self.hub.handle
+    }
+
+    /// Shuts down gracefully: stops taking messages (new ones resolve with
+    /// `ShutDown`), keeps flushing and waits for outstanding confirms up to
+    /// `drain_timeout`, resolves whatever is left with `ShutDown`, then
+    /// shuts the engine down. Returns the final counters. A second call
+    /// returns once the first is done.
+    pub async fn shutdown(&self, drain_timeout: Duration) -> OutboxStats {
+        self.hub.with_core(|core| core.close());
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        loop {
+            let mut notified = pin!(self.hub.room.notified());
+            notified.as_mut().enable();
+            if self.hub.with_core(|core| core.pending()) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        self.hub.with_core(|core| core.shutdown());
+        self.hub.shared.notify();
+        self.hub.handle.shutdown().await;
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.stats()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        message: T::Message,
+        options: SubmitOptions,
+    ) -> (
+        (Entry<T::Message>, SubmitOptions),
+        oneshot::Receiver<Outcome>,
+    ) {
+        let size = options.size_bytes.unwrap_or_else(|| T::size_of(&message));
+        let (tx, rx) = oneshot::channel();
+        let entry = Entry {
+            message: Arc::new(message),
+            tx,
+        };
+        ((entry, options.size_bytes(size)), rx)
+    }
+
+    /// One attempt to submit; hands the entry back when the outbox is full
+    /// under `Wait`.
+    #[allow(clippy::type_complexity)]
+    fn submit(
+        &self,
+        (entry, options): (Entry<T::Message>, SubmitOptions),
+        rx: &mut Option<oneshot::Receiver<Outcome>>,
+    ) -> Result<Receipt, (Entry<T::Message>, SubmitOptions)> {
+        let answer = self
+            .hub
+            .with_core(|core| core.submit(now(), entry, options));
+        let id = match answer {
+            Submit::Full(entry) => return Err((entry, options)),
+            Submit::Queued(id) => {
+                self.hub.shared.notify();
+                id
+            }
+            Submit::Resolved(id) => id,
+        };
+        let hub: Arc<dyn Cancel> = self.hub.clone();
+        Ok(Receipt {
+            id,
+            // Taken once: a submit that answers anything but `Full` ends the attempt.
+            rx: rx.take().unwrap_or_else(|| oneshot::channel().1),
+            hub: Arc::downgrade(&hub),
+        })
+    }
+}
+
+/// The flush task's state.
+struct Flusher<T: Deliver> {
+    hub: Arc<Hub<T::Message>>,
+    deliver: Arc<T>,
+    links: watch::Receiver<Option<CurrentLink<T::Link>>>,
+    snapshots: watch::Receiver<Snapshot>,
+}
+
+/// Resolves everything left when the flush task ends, however it ends
+/// (including a runtime that drops it): no receipt waits forever.
+struct EndGuard<M: Send + Sync>(Arc<Hub<M>>);
+
+impl<M: Send + Sync> Drop for EndGuard<M> {
+    fn drop(&mut self) {
+        self.0.with_core(|core| core.shutdown());
+    }
+}
+
+type SendResult<C> = (MessageId, Result<C, DeliveryError>);
+
+async fn send_one<T: Deliver>(
+    deliver: Arc<T>,
+    link: T::Link,
+    message: Arc<T::Message>,
+    id: MessageId,
+) -> SendResult<T::Confirm> {
+    (id, deliver.send(&link, &message, id).await)
+}
+
+async fn confirm_one<C: Future<Output = Result<(), DeliveryError>>>(
+    id: MessageId,
+    confirm: C,
+) -> (MessageId, Result<(), DeliveryError>) {
+    (id, confirm.await)
+}
+
+impl<T: Deliver> Flusher<T> {
+    async fn run(mut self) {
+        let hub = self.hub.clone();
+        let _end = EndGuard(hub.clone());
+        // The link being flushed, and since when it must not be written to
+        // (a write said the link died: wait for the engine to replace it).
+        let mut link: Option<CurrentLink<T::Link>> = None;
+        let mut broken_at: Option<u64> = None;
+        let mut confirms = FuturesUnordered::new();
+        let mut sending = pin!(Fuse::terminated());
+        loop {
+            let current = self.links.borrow_and_update().clone();
+            let snapshot = *self.snapshots.borrow_and_update();
+            if current.as_ref().map(|l| l.generation) != link.as_ref().map(|l| l.generation) {
+                if let Some(old) = link.take() {
+                    hub.with_core(|core| core.link_lost(old.generation));
+                }
+                // Answers about the old link can only be stale now.
+                confirms = FuturesUnordered::new();
+                sending.set(Fuse::terminated());
+                broken_at = None;
+                link = current;
+            }
+            let (finished, ttl) = hub.with_core(|core| {
+                let finished =
+                    matches!(core.gate(), crate::outbox::Gate::Closed) && core.pending() == 0;
+                (finished, core.poll_timeout())
+            });
+            if finished {
+                break;
+            }
+            if let Some(outages) = broken_at
+                && hub.handle.stats().outages > outages
+            {
+                // The link went down and came back by itself (a resume).
+                broken_at = None;
+            }
+            if let Some(l) = &link
+                && sending.is_terminated()
+                && broken_at.is_none()
+                && snapshot.state == StateKind::Connected
+                && snapshot.generation == l.generation
+            {
+                let next = hub.with_core(|core| {
+                    core.next_to_send(now(), l.generation)
+                        .map(|(id, e)| (id, e.message.clone()))
+                });
+                if let Some((id, message)) = next {
+                    let deliver = self.deliver.clone();
+                    sending.set(send_one(deliver, l.link.clone(), message, id).fuse());
+                    // Take the next one as soon as this write is done.
+                    continue;
+                }
+            }
+            let generation = link.as_ref().map_or(Generation(0), |l| l.generation);
+            tokio::select! {
+                biased;
+                changed = self.links.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                (id, result) = &mut sending => match result {
+                    Ok(confirm) => confirms.push(confirm_one(id, confirm)),
+                    Err(error) => self.failed(generation, id, error, &mut broken_at),
+                },
+                Some((id, result)) = confirms.next(), if !confirms.is_empty() => match result {
+                    Ok(()) => {
+                        hub.with_core(|core| core.confirmed(generation, id));
+                    }
+                    Err(error) => self.failed(generation, id, error, &mut broken_at),
+                },
+                () = poll_fn(|cx| hub.shared.poll_work(cx)) => {}
+                () = sleep_until(ttl), if ttl.is_some() => {
+                    hub.with_core(|core| core.expire(now()));
+                }
+            }
+        }
+        // The engine is gone or the outbox is closed: `_end` resolves what is left.
+    }
+
+    fn failed(
+        &self,
+        generation: Generation,
+        id: MessageId,
+        error: DeliveryError,
+        broken_at: &mut Option<u64>,
+    ) {
+        let failure = match error {
+            DeliveryError::LinkLost | DeliveryError::Timeout => {
+                self.hub.with_core(|core| core.requeue(generation, id));
+                if broken_at.is_none() {
+                    *broken_at = Some(self.hub.handle.stats().outages);
+                }
+                // The link is dead or half-open: have the engine replace it
+                // (a no-op when the link already reported its own death).
+                self.hub
+                    .handle
+                    .report_lost(generation, ErrorKind::Transient);
+                return;
+            }
+            DeliveryError::Nacked => PublishError::Nacked,
+            DeliveryError::Unroutable => PublishError::Unroutable,
+            DeliveryError::Rejected(reason) => PublishError::Rejected(reason),
+        };
+        self.hub
+            .with_core(|core| core.failed(generation, id, failure));
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}

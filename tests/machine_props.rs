@@ -1,0 +1,1078 @@
+//! Property tests of the reconnect machine (issue 2, item 8).
+//!
+//! A small reference model (phase, generation, attempt, now; firezone's
+//! layout, see STYLE.md section 5) runs beside the real [`Machine`] over
+//! random sequences of inputs: stale and future generations, duplicate
+//! reports, shutdown at any point, `ReconnectNow`, blocked/unblocked,
+//! activity, and random time jumps, including jumps onto the exact timer
+//! deadline (`poll_timeout()`) and one millisecond either side of it, under
+//! random valid configurations. After every step the model's predictions
+//! (state, generation, attempt counter, next timer, and the exact
+//! `Open`/`Close`/`GaveUp`/`LivenessLost` actions) must match, and the
+//! invariant checker (`redial::machine::invariants`) must pass.
+//!
+//! The model draws its jitter from the crate's own `BackoffState` (seeded
+//! like the machine): the backoff formulas are checked on their own by the
+//! plain tests at the end of this file, the model checks *when* the machine
+//! draws, resets and combines delays.
+//!
+//! `PROPTEST_CASES` overrides the number of cases (default 1,000).
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+use redial::backoff::{Backoff, BackoffState, Jitter};
+use redial::machine::invariants::Checker;
+use redial::machine::{
+    Config, ErrorKind, FailCause, Generation, Input, Machine, Output, Reason, State, StateKind,
+};
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+// ---- configurations -----------------------------------------------------
+
+/// A valid configuration in plain numbers (milliseconds).
+#[derive(Debug, Clone)]
+struct Params {
+    initial_ms: u64,
+    multiplier: f64,
+    max_ms: u64,
+    jitter: Jitter,
+    immediate_first_retry: bool,
+    max_attempts: Option<u32>,
+    max_elapsed_ms: Option<u64>,
+    stable_ms: u64,
+    connect_ms: u64,
+    liveness_ms: Option<u64>,
+    blocked_ms: Option<u64>,
+    close_ms: u64,
+    grace_ms: Option<u64>,
+    permanent_retries: u32,
+    seed: u64,
+}
+
+impl Params {
+    fn config(&self) -> Config {
+        let backoff = Backoff::new(
+            ms(self.initial_ms),
+            self.multiplier,
+            ms(self.max_ms),
+            self.jitter,
+        )
+        .expect("generated policies are valid");
+        Config::builder()
+            .backoff(backoff)
+            .immediate_first_retry(self.immediate_first_retry)
+            .max_attempts(self.max_attempts)
+            .max_elapsed(self.max_elapsed_ms.map(ms))
+            .stable_period(ms(self.stable_ms))
+            .connect_timeout(ms(self.connect_ms))
+            .liveness_timeout(self.liveness_ms.map(ms))
+            .blocked_timeout(self.blocked_ms.map(ms))
+            .close_timeout(ms(self.close_ms))
+            .resume_grace(self.grace_ms.map(ms))
+            .permanent_retries(self.permanent_retries)
+            .seed(self.seed)
+            .build()
+            .expect("generated configurations are valid")
+    }
+}
+
+fn jitter() -> impl Strategy<Value = Jitter> {
+    prop_oneof![
+        2 => Just(Jitter::None),
+        1 => Just(Jitter::Full),
+        1 => Just(Jitter::Equal),
+        1 => Just(Jitter::Decorrelated),
+        1 => (0.0..=1.0f64).prop_map(|fraction| Jitter::Proportional { fraction }),
+    ]
+}
+
+fn multiplier() -> impl Strategy<Value = f64> {
+    prop_oneof![Just(1.0), Just(1.6), Just(2.0), 1.0..4.0f64]
+}
+
+fn policy() -> impl Strategy<Value = (u64, f64, u64, Jitter)> {
+    (1..=2_000u64, multiplier(), 1..=64u64, jitter())
+        .prop_map(|(initial, m, factor, j)| (initial, m, initial * factor, j))
+}
+
+prop_compose! {
+    fn params()(
+        (initial_ms, multiplier, max_ms, jitter) in policy(),
+        immediate_first_retry in any::<bool>(),
+        max_attempts in prop::option::weighted(0.4, 1..=8u32),
+        max_elapsed in prop::option::weighted(0.3, (any::<bool>(), 1..=120_000u64, 1..=3u64)),
+        stable_ms in 1..=20_000u64,
+        connect_ms in 1..=20_000u64,
+        liveness_ms in prop::option::weighted(0.6, 2..=20_000u64),
+        blocked in prop::option::weighted(0.4, 0..=40_000u64),
+        close_ms in 1..=10_000u64,
+        grace_ms in prop::option::weighted(0.4, 1..=10_000u64),
+        permanent_retries in prop_oneof![3 => Just(0u32), 1 => 1..=3u32],
+        seed in any::<u64>(),
+    ) -> Params {
+        // The blocked timeout must be at least twice the liveness timeout.
+        // Multiples of the first delay hit the max_elapsed boundary exactly
+        // when the delays do not grow and are not jittered.
+        let max_elapsed_ms = max_elapsed.map(|(multiple, ms, k)| if multiple { k * initial_ms } else { ms });
+        let blocked_ms = blocked.map(|b| liveness_ms.map_or(b.max(1), |h| 2 * h + b));
+        Params {
+            initial_ms, multiplier, max_ms, jitter, immediate_first_retry, max_attempts,
+            max_elapsed_ms, stable_ms, connect_ms, liveness_ms, blocked_ms, close_ms,
+            grace_ms, permanent_retries, seed,
+        }
+    }
+}
+
+// ---- the reference model ------------------------------------------------
+
+/// Which generation an input names, relative to the current one when applied
+/// (so that shrinking, which deletes steps, keeps the intent).
+#[derive(Debug, Clone, Copy)]
+enum GenRef {
+    Current,
+    Older(u64),
+    Newer(u64),
+}
+
+impl GenRef {
+    fn resolve(self, current: u64) -> Generation {
+        Generation(match self {
+            GenRef::Current => current,
+            GenRef::Older(k) => current.saturating_sub(k),
+            GenRef::Newer(k) => current + k,
+        })
+    }
+}
+
+/// One step of a test case.
+#[derive(Debug, Clone)]
+enum Step {
+    Start,
+    Succeeded(GenRef),
+    Failed(GenRef, ErrorKind),
+    Lost(GenRef, ErrorKind),
+    Resumed(GenRef),
+    Activity(GenRef),
+    Blocked(GenRef),
+    Unblocked(GenRef),
+    ReconnectNow,
+    Shutdown,
+    CloseCompleted,
+    /// `Timeout` at the current instant (usually spurious).
+    Timeout,
+    /// Time passes, then `Timeout`.
+    Tick {
+        ms: u64,
+    },
+    /// Jump to the next timer deadline plus `offset` ms (-1, 0, 1), then `Timeout`.
+    ToDeadline {
+        offset: i8,
+    },
+    /// While a link is up, jump to the end of its stable period plus
+    /// `offset` ms (-1, 0, 1), then `Timeout`: probes that boundary.
+    ToStable {
+        offset: i8,
+    },
+}
+
+/// The liveness watchdog: checked every half timeout, dead after two silent checks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Live {
+    next: u64,
+    missed: u8,
+    seen: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Idle,
+    Connecting {
+        attempt: u32,
+        deadline: u64,
+    },
+    /// Connected; `blocked` is `Some(deadline)` while flow-blocked.
+    Up {
+        attempt: u32,
+        since: u64,
+        live: Option<Live>,
+        blocked: Option<Option<u64>>,
+    },
+    BackingOff {
+        attempt: u32,
+        until: u64,
+        lingering: bool,
+    },
+    Closing {
+        deadline: u64,
+    },
+    Closed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outage {
+    started: u64,
+    attempts: u32,
+    permanent: u32,
+}
+
+/// The outputs, without the generation `StateChanged` carries (the
+/// invariant checker verifies that one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Changed(StateKind, StateKind, Reason),
+    Open(u64, u32),
+    Close(u64),
+    GaveUp(FailCause),
+    LivenessLost(u64),
+}
+
+#[derive(Debug, Clone)]
+struct Model {
+    p: Params,
+    config: Config,
+    now: u64,
+    phase: Phase,
+    generation: u64,
+    outage: Option<Outage>,
+    backoff: BackoffState,
+    /// The actions predicted for the last step.
+    acts: Vec<Act>,
+}
+
+impl Model {
+    fn new(p: Params) -> Self {
+        let config = p.config();
+        let backoff = BackoffState::new(config.backoff(), p.seed);
+        Self {
+            p,
+            config,
+            now: 0,
+            phase: Phase::Idle,
+            generation: 1,
+            outage: None,
+            backoff,
+            acts: Vec::new(),
+        }
+    }
+
+    fn kind(&self) -> StateKind {
+        kind_of(&self.phase)
+    }
+
+    fn attempts(&self) -> u32 {
+        self.outage.map_or(0, |o| o.attempts)
+    }
+
+    /// The next timer, in ms since the start.
+    fn deadline(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Connecting { deadline, .. } | Phase::Closing { deadline } => Some(deadline),
+            Phase::BackingOff { until, .. } => Some(until),
+            Phase::Up { live, blocked, .. } => match (live.map(|l| l.next), blocked.flatten()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            Phase::Idle | Phase::Closed | Phase::Failed => None,
+        }
+    }
+
+    /// One step: the input, then every timer that is due (the drain of `poll`).
+    fn step(&mut self, step: &Step) {
+        self.acts.clear();
+        let current = self.generation;
+        let g = |r: &GenRef| r.resolve(current);
+        let jump = |now: u64, mark: u64, offset: i8| {
+            now.max(mark.saturating_add_signed(i64::from(offset)))
+        };
+        let input = match step {
+            Step::Start => Input::Start,
+            Step::Succeeded(r) => Input::AttemptSucceeded { generation: g(r) },
+            Step::Failed(r, kind) => Input::AttemptFailed {
+                generation: g(r),
+                kind: *kind,
+            },
+            Step::Lost(r, kind) => Input::LinkLost {
+                generation: g(r),
+                kind: *kind,
+            },
+            Step::Resumed(r) => Input::LinkResumed { generation: g(r) },
+            Step::Activity(r) => Input::Activity { generation: g(r) },
+            Step::Blocked(r) => Input::Blocked { generation: g(r) },
+            Step::Unblocked(r) => Input::Unblocked { generation: g(r) },
+            Step::ReconnectNow => Input::ReconnectNow,
+            Step::Shutdown => Input::Shutdown,
+            Step::CloseCompleted => Input::CloseCompleted,
+            Step::Timeout => Input::Timeout,
+            Step::Tick { ms } => {
+                self.now += ms;
+                Input::Timeout
+            }
+            Step::ToDeadline { offset } => {
+                if let Some(d) = self.deadline() {
+                    self.now = jump(self.now, d, *offset);
+                }
+                Input::Timeout
+            }
+            Step::ToStable { offset } => {
+                if let Phase::Up { since, .. } = self.phase {
+                    self.now = jump(self.now, since + self.p.stable_ms, *offset);
+                }
+                Input::Timeout
+            }
+        };
+        self.handle(input);
+        while self.deadline().is_some_and(|d| d <= self.now) {
+            self.timeout();
+        }
+    }
+
+    /// The one place the phase changes; predicts the `StateChanged`.
+    fn set(&mut self, next: Phase, reason: Reason) {
+        self.acts
+            .push(Act::Changed(self.kind(), kind_of(&next), reason));
+        self.phase = next;
+    }
+
+    fn handle(&mut self, input: Input) {
+        if input.generation().is_some_and(|g| g.0 != self.generation) {
+            return; // stale: nothing at all
+        }
+        let now = self.now;
+        match (input, self.phase.clone()) {
+            (Input::Start, Phase::Idle) => {
+                self.new_outage();
+                self.open(Reason::Start);
+            }
+            (Input::AttemptSucceeded { .. }, Phase::Connecting { attempt, .. }) => {
+                let up = self.fresh_link(attempt);
+                self.set(up, Reason::AttemptSucceeded);
+            }
+            (Input::AttemptFailed { kind, .. }, Phase::Connecting { .. }) => {
+                self.attempt_failed(kind, Reason::AttemptFailed);
+            }
+            (Input::LinkLost { kind, .. }, Phase::Connecting { .. }) => {
+                self.attempt_failed(kind, Reason::LinkLost);
+            }
+            (Input::LinkLost { kind, .. }, Phase::Up { since, .. }) => {
+                self.link_down(since, kind, Reason::LinkLost);
+            }
+            (
+                Input::LinkResumed { .. },
+                Phase::BackingOff {
+                    lingering: true, ..
+                },
+            ) => {
+                // The transport's own reconnect counts as an attempt.
+                let outage = self.outage.as_mut().expect("an outage");
+                outage.attempts += 1;
+                let attempt = outage.attempts;
+                let up = self.fresh_link(attempt);
+                self.set(up, Reason::LinkResumed);
+            }
+            (Input::Activity { .. }, Phase::Up { live: Some(_), .. }) => {
+                // Only the watchdog notes it: no state change.
+                if let Phase::Up {
+                    live: Some(live), ..
+                } = &mut self.phase
+                {
+                    live.seen = true;
+                }
+            }
+            (
+                Input::Blocked { .. },
+                Phase::Up {
+                    attempt,
+                    since,
+                    live,
+                    blocked: None,
+                },
+            ) => {
+                let deadline = self.p.blocked_ms.map(|b| now + b);
+                let blocked = Phase::Up {
+                    attempt,
+                    since,
+                    live,
+                    blocked: Some(deadline),
+                };
+                self.set(blocked, Reason::Blocked);
+            }
+            (
+                Input::Unblocked { .. },
+                Phase::Up {
+                    attempt,
+                    since,
+                    live,
+                    blocked: Some(_),
+                },
+            ) => {
+                let up = Phase::Up {
+                    attempt,
+                    since,
+                    live,
+                    blocked: None,
+                };
+                self.set(up, Reason::Unblocked);
+            }
+            (Input::ReconnectNow, Phase::Up { .. }) => {
+                self.close();
+                self.new_outage();
+                self.open(Reason::ReconnectRequested);
+            }
+            (Input::ReconnectNow, Phase::BackingOff { lingering, .. }) => {
+                if lingering {
+                    self.close();
+                }
+                self.open(Reason::ReconnectRequested);
+            }
+            (Input::ReconnectNow, Phase::Failed) => {
+                self.new_outage();
+                self.open(Reason::ReconnectRequested);
+            }
+            (Input::Shutdown, Phase::Closing { .. } | Phase::Closed) => {}
+            (
+                Input::Shutdown,
+                Phase::Connecting { .. }
+                | Phase::Up { .. }
+                | Phase::BackingOff {
+                    lingering: true, ..
+                },
+            ) => {
+                self.close();
+                let closing = Phase::Closing {
+                    deadline: now + self.p.close_ms,
+                };
+                self.set(closing, Reason::Shutdown);
+            }
+            (Input::Shutdown, _) => self.set(Phase::Closed, Reason::Shutdown),
+            (Input::CloseCompleted, Phase::Closing { .. }) => {
+                self.set(Phase::Closed, Reason::CloseCompleted);
+            }
+            _ => {} // ignored in this state (timers are handled by `step`)
+        }
+    }
+
+    fn timeout(&mut self) {
+        let now = self.now;
+        match self.phase.clone() {
+            Phase::Connecting { .. } => {
+                self.attempt_failed(ErrorKind::Transient, Reason::ConnectTimeout);
+            }
+            Phase::Up {
+                attempt,
+                since,
+                mut live,
+                blocked,
+            } => {
+                let dead = match (&mut live, self.p.liveness_ms) {
+                    (Some(l), Some(h)) => {
+                        let mut dead = false;
+                        while l.next <= now && !dead {
+                            if l.seen {
+                                l.missed = 0;
+                                l.seen = false;
+                            } else {
+                                l.missed += 1;
+                            }
+                            l.next += h / 2;
+                            dead = l.missed >= 2;
+                        }
+                        dead
+                    }
+                    _ => false,
+                };
+                if dead {
+                    self.acts.push(Act::LivenessLost(self.generation));
+                    self.link_down(since, ErrorKind::Transient, Reason::LivenessLost);
+                } else if blocked.flatten().is_some_and(|d| d <= now) {
+                    self.link_down(since, ErrorKind::Transient, Reason::BlockedTooLong);
+                } else {
+                    // Only the watchdog moved: no state change.
+                    self.phase = Phase::Up {
+                        attempt,
+                        since,
+                        live,
+                        blocked,
+                    };
+                }
+            }
+            Phase::BackingOff { lingering, .. } => {
+                if lingering {
+                    self.close();
+                }
+                self.open(Reason::BackoffElapsed);
+            }
+            Phase::Closing { .. } => self.set(Phase::Closed, Reason::CloseTimeout),
+            Phase::Idle | Phase::Closed | Phase::Failed => unreachable!("no timer"),
+        }
+    }
+
+    fn fresh_link(&self, attempt: u32) -> Phase {
+        let live = self.p.liveness_ms.map(|h| Live {
+            next: self.now + h / 2,
+            missed: 0,
+            seen: false,
+        });
+        Phase::Up {
+            attempt,
+            since: self.now,
+            live,
+            blocked: None,
+        }
+    }
+
+    fn new_outage(&mut self) {
+        self.outage = Some(Outage {
+            started: self.now,
+            attempts: 0,
+            permanent: 0,
+        });
+        self.backoff.reset(self.config.backoff());
+    }
+
+    fn open(&mut self, reason: Reason) {
+        let outage = self.outage.as_mut().expect("an outage");
+        outage.attempts += 1;
+        let attempt = outage.attempts;
+        let deadline = self.now + self.p.connect_ms;
+        self.set(Phase::Connecting { attempt, deadline }, reason);
+        self.acts.push(Act::Open(self.generation, attempt));
+    }
+
+    fn close(&mut self) {
+        self.acts.push(Act::Close(self.generation));
+        self.generation += 1;
+    }
+
+    fn give_up(&mut self, lingering: bool, cause: FailCause) {
+        if lingering {
+            self.close();
+        }
+        self.set(Phase::Failed, Reason::GaveUp);
+        self.acts.push(Act::GaveUp(cause));
+    }
+
+    /// Counts a permanent failure; true when it must end the outage.
+    fn permanent_gives_up(&mut self, kind: ErrorKind) -> bool {
+        if kind != ErrorKind::Permanent {
+            return false;
+        }
+        let outage = self.outage.as_mut().expect("an outage");
+        outage.permanent += 1;
+        outage.permanent > self.p.permanent_retries
+    }
+
+    fn attempt_failed(&mut self, kind: ErrorKind, reason: Reason) {
+        self.close();
+        if self.permanent_gives_up(kind) {
+            self.give_up(false, FailCause::Permanent);
+        } else {
+            self.schedule(reason, false);
+        }
+    }
+
+    /// An up link went down. A link that stayed up for the stable period
+    /// starts a fresh outage; only a link that reported its own loss may
+    /// linger for a resume.
+    fn link_down(&mut self, since: u64, kind: ErrorKind, reason: Reason) {
+        if self.now - since >= self.p.stable_ms {
+            self.new_outage();
+        }
+        if self.permanent_gives_up(kind) {
+            self.close();
+            return self.give_up(false, FailCause::Permanent);
+        }
+        let lingering = reason == Reason::LinkLost && self.p.grace_ms.is_some();
+        if !lingering {
+            self.close();
+        }
+        self.schedule(reason, lingering);
+    }
+
+    fn schedule(&mut self, reason: Reason, lingering: bool) {
+        let outage = self.outage.expect("an outage");
+        if self
+            .p
+            .max_attempts
+            .is_some_and(|max| outage.attempts >= max)
+        {
+            return self.give_up(lingering, FailCause::RetriesExhausted);
+        }
+        let first = outage.attempts == 0 && self.p.immediate_first_retry;
+        if first && !lingering {
+            return self.open(reason);
+        }
+        let mut wait = if first {
+            0
+        } else {
+            self.backoff.next_delay_ms(self.config.backoff())
+        };
+        if lingering {
+            wait = wait.max(self.p.grace_ms.unwrap_or(0));
+        }
+        let elapsed = self.now - outage.started;
+        if let Some(max) = self.p.max_elapsed_ms
+            && elapsed + wait > max
+        {
+            if outage.attempts > 0 {
+                return self.give_up(lingering, FailCause::DeadlineExhausted);
+            }
+            // Every outage gets at least one attempt.
+            wait = max.saturating_sub(elapsed);
+        }
+        let attempt = outage.attempts + 1;
+        let until = self.now + wait;
+        self.set(
+            Phase::BackingOff {
+                attempt,
+                until,
+                lingering,
+            },
+            reason,
+        );
+    }
+}
+
+fn kind_of(phase: &Phase) -> StateKind {
+    match phase {
+        Phase::Idle => StateKind::Idle,
+        Phase::Connecting { .. } => StateKind::Connecting,
+        Phase::Up { blocked: None, .. } => StateKind::Connected,
+        Phase::Up {
+            blocked: Some(_), ..
+        } => StateKind::Blocked,
+        Phase::BackingOff { .. } => StateKind::BackingOff,
+        Phase::Closing { .. } => StateKind::Closing,
+        Phase::Closed => StateKind::Closed,
+        Phase::Failed => StateKind::Failed,
+    }
+}
+
+struct ModelMachine;
+
+fn gen_ref() -> impl Strategy<Value = GenRef> {
+    prop_oneof![
+        8 => Just(GenRef::Current),
+        2 => (1..=3u64).prop_map(GenRef::Older),
+        1 => (1..=2u64).prop_map(GenRef::Newer),
+    ]
+}
+
+fn error_kind() -> impl Strategy<Value = ErrorKind> {
+    prop_oneof![4 => Just(ErrorKind::Transient), 1 => Just(ErrorKind::Permanent)]
+}
+
+fn tick() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => 0..=50u64,
+        4 => 0..=3_000u64,
+        2 => 0..=60_000u64,
+        1 => Just(1_000_000u64),
+    ]
+}
+
+impl ReferenceStateMachine for ModelMachine {
+    type State = Model;
+    type Transition = Step;
+
+    fn init_state() -> BoxedStrategy<Model> {
+        params().prop_map(Model::new).boxed()
+    }
+
+    fn transitions(state: &Model) -> BoxedStrategy<Step> {
+        // Weights lean towards the inputs that matter in the current phase,
+        // but every input stays possible everywhere.
+        //        Start Succ Fail Lost Resu Acti Blck Unbl Reco Shut Clos Tout Tick Dead Stab
+        let w = match state.phase {
+            Phase::Idle => [12, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 0],
+            Phase::Connecting { .. } => [1, 10, 5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 0],
+            Phase::Up { .. } => [1, 2, 1, 6, 1, 4, 3, 3, 2, 1, 1, 1, 6, 5, 3],
+            Phase::BackingOff { lingering, .. } => {
+                let resume = if lingering { 5 } else { 1 };
+                [1, 2, 1, 2, resume, 1, 1, 1, 2, 1, 1, 1, 3, 7, 0]
+            }
+            Phase::Closing { .. } => [1, 1, 1, 2, 1, 1, 1, 1, 2, 1, 4, 1, 2, 3, 0],
+            Phase::Closed => [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0],
+            Phase::Failed => [1, 1, 1, 2, 1, 1, 1, 1, 6, 1, 1, 1, 2, 1, 0],
+        };
+        let choices: [BoxedStrategy<Step>; 15] = [
+            Just(Step::Start).boxed(),
+            gen_ref().prop_map(Step::Succeeded).boxed(),
+            (gen_ref(), error_kind())
+                .prop_map(|(g, k)| Step::Failed(g, k))
+                .boxed(),
+            (gen_ref(), error_kind())
+                .prop_map(|(g, k)| Step::Lost(g, k))
+                .boxed(),
+            gen_ref().prop_map(Step::Resumed).boxed(),
+            gen_ref().prop_map(Step::Activity).boxed(),
+            gen_ref().prop_map(Step::Blocked).boxed(),
+            gen_ref().prop_map(Step::Unblocked).boxed(),
+            Just(Step::ReconnectNow).boxed(),
+            Just(Step::Shutdown).boxed(),
+            Just(Step::CloseCompleted).boxed(),
+            Just(Step::Timeout).boxed(),
+            tick().prop_map(|ms| Step::Tick { ms }).boxed(),
+            (-1..=1i8)
+                .prop_map(|offset| Step::ToDeadline { offset })
+                .boxed(),
+            (-1..=1i8)
+                .prop_map(|offset| Step::ToStable { offset })
+                .boxed(),
+        ];
+        let weighted = w.into_iter().zip(choices).filter(|(w, _)| *w > 0).collect();
+        prop::strategy::Union::new_weighted(weighted).boxed()
+    }
+
+    fn apply(mut state: Model, step: &Step) -> Model {
+        state.step(step);
+        state
+    }
+}
+
+// ---- the system under test ----------------------------------------------
+
+struct Sut {
+    machine: Machine,
+    checker: Checker,
+    t0: Instant,
+    now: Instant,
+}
+
+impl Sut {
+    fn at(&self, t: Instant) -> u64 {
+        u64::try_from((t - self.t0).as_millis()).expect("in range")
+    }
+}
+
+struct MachineTest;
+
+impl StateMachineTest for MachineTest {
+    type SystemUnderTest = Sut;
+    type Reference = ModelMachine;
+
+    fn init_test(model: &Model) -> Sut {
+        let machine = Machine::new(model.config.clone());
+        let checker = Checker::new(&machine);
+        let t0 = Instant::now();
+        Sut {
+            machine,
+            checker,
+            t0,
+            now: t0,
+        }
+    }
+
+    fn apply(mut sut: Sut, model: &Model, step: Step) -> Sut {
+        let g = |r: GenRef| r.resolve(sut.machine.generation().0);
+        let input = match step {
+            Step::Start => Input::Start,
+            Step::Succeeded(r) => Input::AttemptSucceeded { generation: g(r) },
+            Step::Failed(r, kind) => Input::AttemptFailed {
+                generation: g(r),
+                kind,
+            },
+            Step::Lost(r, kind) => Input::LinkLost {
+                generation: g(r),
+                kind,
+            },
+            Step::Resumed(r) => Input::LinkResumed { generation: g(r) },
+            Step::Activity(r) => Input::Activity { generation: g(r) },
+            Step::Blocked(r) => Input::Blocked { generation: g(r) },
+            Step::Unblocked(r) => Input::Unblocked { generation: g(r) },
+            Step::ReconnectNow => Input::ReconnectNow,
+            Step::Shutdown => Input::Shutdown,
+            Step::CloseCompleted => Input::CloseCompleted,
+            Step::Timeout => Input::Timeout,
+            Step::Tick { ms: d } => {
+                sut.now += ms(d);
+                Input::Timeout
+            }
+            Step::ToDeadline { offset } => {
+                if let Some(t) = sut.machine.poll_timeout() {
+                    let target = match offset {
+                        -1 => t - ms(1),
+                        0 => t,
+                        _ => t + ms(1),
+                    };
+                    sut.now = sut.now.max(target);
+                }
+                Input::Timeout
+            }
+            Step::ToStable { offset } => {
+                if let State::Connected(link) | State::Blocked { link, .. } = sut.machine.state() {
+                    let end = link.since + sut.machine.config().stable_period();
+                    let target = match offset {
+                        -1 => end - ms(1),
+                        0 => end,
+                        _ => end + ms(1),
+                    };
+                    sut.now = sut.now.max(target);
+                }
+                Input::Timeout
+            }
+        };
+        let outputs = match sut.checker.drive(&mut sut.machine, sut.now, input) {
+            Ok(outputs) => outputs,
+            Err(violation) => panic!("{violation}\nmachine: {:?}", sut.machine.state()),
+        };
+        let acts: Vec<Act> = outputs
+            .iter()
+            .map(|out| match *out {
+                Output::Open {
+                    generation,
+                    attempt,
+                } => Act::Open(generation.0, attempt),
+                Output::Close { generation } => Act::Close(generation.0),
+                Output::GaveUp { cause } => Act::GaveUp(cause),
+                Output::LivenessLost { generation } => Act::LivenessLost(generation.0),
+                Output::StateChanged {
+                    from, to, reason, ..
+                } => Act::Changed(from, to, reason),
+            })
+            .collect();
+        assert_eq!(
+            acts, model.acts,
+            "actions after {input:?}: machine (left) vs model (right); outputs {outputs:?}"
+        );
+        assert_eq!(sut.at(sut.now), model.now, "clock");
+        sut
+    }
+
+    fn check_invariants(sut: &Sut, model: &Model) {
+        let m = &sut.machine;
+        assert_eq!(
+            m.kind(),
+            model.kind(),
+            "state: machine {:?}, model {:?}",
+            m.state(),
+            model.phase
+        );
+        assert_eq!(m.generation().0, model.generation, "generation");
+        assert_eq!(m.attempts(), model.attempts(), "attempt counter");
+        assert_eq!(
+            m.poll_timeout().map(|t| sut.at(t)),
+            model.deadline(),
+            "next timer: machine {:?}, model {:?}",
+            m.state(),
+            model.phase
+        );
+        assert_eq!(m.is_reconnecting(), model.kind().is_reconnecting());
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        max_shrink_iters: 20_000,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/proptest-regressions/machine_props.txt"
+        )))),
+        .. ProptestConfig::default()
+    })]
+
+    #[test]
+    fn machine_matches_model(sequential 1..80 => MachineTest);
+}
+
+// ---- backoff properties -------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/proptest-regressions/backoff_props.txt"
+        )))),
+        .. ProptestConfig::default()
+    })]
+
+    /// Every mode stays within [0, cap] and within its own formula's bounds.
+    #[test]
+    fn backoff_delays_within_bounds(
+        (initial_ms, multiplier, max_ms, jitter) in policy(),
+        seed in any::<u64>(),
+        restarts in 0..3usize,
+    ) {
+        let policy = Backoff::new(ms(initial_ms), multiplier, ms(max_ms), jitter).unwrap();
+        let mut state = BackoffState::new(&policy, seed);
+        for _ in 0..=restarts {
+            state.reset(&policy);
+            for step in 1..=40u32 {
+                let base = policy.base_ms(step);
+                let d = state.next_delay_ms(&policy);
+                prop_assert!(d <= max_ms, "{jitter:?} step {step}: {d} > cap {max_ms}");
+                prop_assert!(base <= max_ms);
+                match jitter {
+                    Jitter::None => prop_assert_eq!(d, base),
+                    Jitter::Full => prop_assert!(d <= base),
+                    Jitter::Equal => prop_assert!(d >= base / 2 && d <= base),
+                    Jitter::Decorrelated => prop_assert!(d >= initial_ms),
+                    Jitter::Proportional { fraction } => {
+                        let spread = (base as f64 * fraction) as u64;
+                        prop_assert!(d >= base - spread.min(base), "{d} below {base} - {spread}");
+                        prop_assert!(d <= base + spread);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The same seed draws the same delays; the machine is deterministic too.
+#[test]
+fn same_seed_same_delays() {
+    for jitter in [
+        Jitter::Full,
+        Jitter::Equal,
+        Jitter::Decorrelated,
+        Jitter::Proportional { fraction: 0.5 },
+    ] {
+        let policy = Backoff::new(ms(100), 1.7, ms(30_000), jitter).unwrap();
+        let draw = |seed| {
+            let mut s = BackoffState::new(&policy, seed);
+            (0..50)
+                .map(|_| s.next_delay_ms(&policy))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42), draw(42), "{jitter:?}");
+        assert_ne!(
+            draw(42),
+            draw(43),
+            "{jitter:?}: different seeds should differ"
+        );
+    }
+
+    // Two machines with the same config and inputs emit the same outputs.
+    let run = |seed| {
+        let config = Config::builder()
+            .seed(seed)
+            .immediate_first_retry(false)
+            .build()
+            .unwrap();
+        let mut m = Machine::new(config);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut trace = Vec::new();
+        m.handle(now, Input::Start);
+        for _ in 0..10 {
+            while let Some(out) = m.poll(now) {
+                trace.push(format!("{:?} {out:?}", now - t0));
+            }
+            let g = m.generation();
+            m.handle(
+                now,
+                Input::AttemptFailed {
+                    generation: g,
+                    kind: ErrorKind::Transient,
+                },
+            );
+            while let Some(out) = m.poll(now) {
+                trace.push(format!("{:?} {out:?}", now - t0));
+            }
+            now = m.poll_timeout().unwrap();
+        }
+        trace
+    };
+    assert_eq!(run(9), run(9));
+    assert_ne!(run(9), run(10));
+}
+
+/// S23: a fleet of 1,000 clients with the default policy spreads its first
+/// delays over at least 0.8 * d0, and each client's attempts count up by one.
+#[test]
+fn fleet_spreads_first_delays() {
+    let policy = Backoff::default();
+    let d0 = policy.initial().as_millis() as u64;
+    let firsts: Vec<u64> = (0..1_000u64)
+        .map(|seed| BackoffState::new(&policy, seed).next_delay_ms(&policy))
+        .collect();
+    let spread = firsts.iter().max().unwrap() - firsts.iter().min().unwrap();
+    assert!(
+        spread * 10 >= 8 * d0,
+        "first delays spread over {spread} ms only"
+    );
+
+    // The same through the machine: 1,000 clients lose a stable link at the
+    // same instant; the immediate retry fails; the first backoff-delayed
+    // attempt of each lands somewhere in a window of at least 0.8 * d0.
+    let t0 = Instant::now();
+    let mut second_attempts = Vec::new();
+    for seed in 0..1_000u64 {
+        let mut m = Machine::new(Config::builder().seed(seed).build().unwrap());
+        let mut checker = Checker::new(&m);
+        let mut step = |m: &mut Machine, now, input| checker.drive(m, now, input).unwrap();
+        step(&mut m, t0, Input::Start);
+        let g = m.generation();
+        step(&mut m, t0, Input::AttemptSucceeded { generation: g });
+        let lost_at = t0 + ms(15_000);
+        let lost = Input::LinkLost {
+            generation: g,
+            kind: ErrorKind::Transient,
+        };
+        let out = step(&mut m, lost_at, lost);
+        assert!(out.contains(&Output::Open {
+            generation: g.next(),
+            attempt: 1
+        }));
+        let failed = Input::AttemptFailed {
+            generation: g.next(),
+            kind: ErrorKind::Transient,
+        };
+        step(&mut m, lost_at, failed);
+        let at = m.poll_timeout().unwrap();
+        let out = step(&mut m, at, Input::Timeout);
+        assert!(matches!(out.last(), Some(Output::Open { attempt: 2, .. })));
+        second_attempts.push(u64::try_from((at - lost_at).as_millis()).unwrap());
+    }
+    let spread = second_attempts.iter().max().unwrap() - second_attempts.iter().min().unwrap();
+    assert!(
+        spread * 10 >= 8 * d0,
+        "attempts spread over {spread} ms only"
+    );
+}
+
+/// Every outage gets at least one attempt: when the resume grace (or, with
+/// `immediate_first_retry` off, the first delay) is longer than
+/// `max_elapsed`, the wait is cut to the budget left instead of giving up.
+#[test]
+fn stable_loss_gets_an_attempt_before_the_deadline() {
+    let config = Config::builder()
+        .seed(1)
+        .resume_grace(Some(ms(30_000)))
+        .max_elapsed(Some(ms(10_000)))
+        .build()
+        .unwrap();
+    let mut m = Machine::new(config);
+    let mut checker = Checker::new(&m);
+    let t0 = Instant::now();
+    checker.drive(&mut m, t0, Input::Start).unwrap();
+    let g = m.generation();
+    checker
+        .drive(&mut m, t0, Input::AttemptSucceeded { generation: g })
+        .unwrap();
+    let lost = Input::LinkLost {
+        generation: g,
+        kind: ErrorKind::Transient,
+    };
+    let out = checker.drive(&mut m, t0 + ms(60_000), lost).unwrap();
+    assert_ne!(
+        m.kind(),
+        StateKind::Failed,
+        "gave up with no attempt at all: {out:?}"
+    );
+}
