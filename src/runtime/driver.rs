@@ -45,6 +45,9 @@ pub(crate) struct Driver<T: Transport> {
     link: Option<(Generation, T::Link)>,
     down_since: Option<Instant>,
     last_error: Option<SharedError>,
+    last_reason: Option<crate::machine::Reason>,
+    /// Reused buffer for a step's opens and closes.
+    actions: Vec<Output>,
 }
 
 enum Wake<T: Transport> {
@@ -75,6 +78,8 @@ impl<T: Transport> Driver<T> {
             link: None,
             down_since: Some(now()),
             last_error: None,
+            last_reason: None,
+            actions: Vec::new(),
         }
     }
 
@@ -191,19 +196,32 @@ impl<T: Transport> Driver<T> {
                 .machine_stale
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.publish();
+        self.publish_state();
         loop {
+            // Report first, act second: the step's events are broadcast and
+            // the snapshot is published before any close or open is awaited,
+            // so watchers see `closing` while the close runs and never see a
+            // state before its events.
+            let mut actions = std::mem::take(&mut self.actions);
             while let Some(output) = self.machine.poll(now()) {
-                self.publish();
-                self.execute(output).await;
+                match output {
+                    Output::Open { .. } | Output::Close { .. } => actions.push(output),
+                    report => self.report(report),
+                }
             }
+            self.publish_state();
+            self.publish_snapshot();
+            for action in actions.drain(..) {
+                self.execute(action).await;
+            }
+            self.actions = actions;
             // A shutdown's close has been executed (closes are awaited inline).
             if self.machine.kind() == StateKind::Closing
                 && self.opening.is_none()
                 && self.link.is_none()
             {
                 self.machine.handle(now(), Input::CloseCompleted);
-                self.publish();
+                self.publish_state();
                 continue;
             }
             break;
@@ -236,6 +254,13 @@ impl<T: Transport> Driver<T> {
                 });
             }
             Output::Close { generation } => self.close(generation).await,
+            report => self.report(report),
+        }
+    }
+
+    /// Broadcasts what the machine reports (no I/O).
+    fn report(&mut self, output: Output) {
+        match output {
             Output::StateChanged {
                 from,
                 to,
@@ -265,6 +290,8 @@ impl<T: Transport> Driver<T> {
                     error: self.last_error.clone(),
                 });
             }
+            // Actions: run by `execute`, never reported.
+            Output::Open { .. } | Output::Close { .. } => {}
         }
     }
 
@@ -305,6 +332,8 @@ impl<T: Transport> Driver<T> {
             self.down_since = Some(t);
         }
         if to.is_link_up() && !from.is_link_up() {
+            // A later give-up must not blame an error from before this link.
+            self.last_error = None;
             counters.connects.fetch_add(1, Ordering::Relaxed);
             if let Some(since) = self.down_since.take() {
                 let ms = t.saturating_duration_since(since).as_millis() as u64;
@@ -318,37 +347,37 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    fn publish(&self) {
-        let generation = self.machine.generation();
-        let state = self.machine.kind();
-        self.handle.inner.shared.publish(generation, state);
-        let attempt = self.machine.attempts();
-        let failure = match self.machine.state() {
-            crate::machine::State::Failed { cause } => Some(*cause),
-            _ => None,
+    /// The atomic state the handle reads: updated as soon as the machine
+    /// moves, so stale reports are rejected at once.
+    fn publish_state(&self) {
+        self.handle
+            .inner
+            .shared
+            .publish(self.machine.generation(), self.machine.kind());
+    }
+
+    /// The watched snapshot: updated once the step's outputs were executed.
+    fn publish_snapshot(&self) {
+        let next = Snapshot {
+            state: self.machine.kind(),
+            generation: self.machine.generation(),
+            attempt: self.machine.attempts(),
+            reason: self.last_reason,
+            failure: match self.machine.state() {
+                crate::machine::State::Failed { cause } => Some(*cause),
+                _ => None,
+            },
         };
         self.snapshot_tx.send_if_modified(|s| {
-            let reason = s.reason;
-            let next = Snapshot {
-                state,
-                generation,
-                attempt,
-                reason,
-                failure,
-            };
-            if *s == next {
-                false
-            } else {
-                *s = next;
-                true
-            }
+            let changed = *s != next;
+            *s = next;
+            changed
         });
     }
 
-    fn emit(&self, event: Event) {
+    fn emit(&mut self, event: Event) {
         if let Event::StateChanged { reason, .. } = &event {
-            let reason = *reason;
-            self.snapshot_tx.send_modify(|s| s.reason = Some(reason));
+            self.last_reason = Some(*reason);
         }
         // No receivers is fine: nobody is listening.
         let _ = self.handle.inner.events.send(event);

@@ -151,8 +151,12 @@ impl Handle {
         *self.inner.snapshot.borrow()
     }
 
-    /// Watches the snapshot: every state change is visible, intermediate
-    /// ones may be skipped by a slow reader (use [`Handle::events`] for all).
+    /// Watches the snapshot. It is updated once the outputs of a machine
+    /// step were executed, so the events of a change are broadcast before
+    /// a watcher sees it; a slow reader may skip intermediate states (use
+    /// [`Handle::events`] for all of them). The atomic reads
+    /// ([`Handle::state`], [`Handle::is_connected`]) move earlier, as soon as
+    /// the machine does.
     pub fn watch(&self) -> watch::Receiver<Snapshot> {
         self.inner.snapshot.clone()
     }
