@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::machine::{ErrorKind, Generation, Input, Machine, Output, StateKind};
+use crate::machine::{ErrorKind, Generation, Input, Machine, Output, Reason, State, StateKind};
 use crate::runtime::events::{Event, SharedError};
 use crate::runtime::handle::{Handle, Inner, Snapshot};
 use crate::runtime::transport::{Classify, OpenContext, Transport};
@@ -24,6 +24,14 @@ pub struct CurrentLink<L> {
     pub generation: Generation,
     /// The link.
     pub link: L,
+}
+
+/// An attempt that the machine ended because it exceeded the connect timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connect timed out after {after:?}")]
+pub struct ConnectTimedOut {
+    /// The configured connect timeout.
+    pub after: std::time::Duration,
 }
 
 type OpenResult<T> = Result<<T as Transport>::Link, <T as Transport>::Error>;
@@ -43,11 +51,19 @@ pub(crate) struct Driver<T: Transport> {
     links_tx: watch::Sender<Option<CurrentLink<T::Link>>>,
     opening: Option<Opening<T>>,
     link: Option<(Generation, T::Link)>,
-    down_since: Option<Instant>,
+    down_since: Option<DownSince>,
     last_error: Option<SharedError>,
-    last_reason: Option<crate::machine::Reason>,
+    last_reason: Option<Reason>,
     /// Reused buffer for a step's opens and closes.
     actions: Vec<Output>,
+}
+
+/// When the engine last lost its link, and whether that was an outage (the
+/// time before the first connect is not).
+#[derive(Debug, Clone, Copy)]
+struct DownSince {
+    at: Instant,
+    outage: bool,
 }
 
 enum Wake<T: Transport> {
@@ -76,7 +92,10 @@ impl<T: Transport> Driver<T> {
             links_tx,
             opening: None,
             link: None,
-            down_since: Some(now()),
+            down_since: Some(DownSince {
+                at: now(),
+                outage: false,
+            }),
             last_error: None,
             last_reason: None,
             actions: Vec::new(),
@@ -84,8 +103,6 @@ impl<T: Transport> Driver<T> {
     }
 
     pub(crate) async fn run(mut self) {
-        let span = tracing::info_span!("redial");
-        let _enter = span.enter();
         self.feed(Input::Start).await;
         while self.machine.kind() != StateKind::Closed {
             let deadline = self.machine.poll_timeout();
@@ -176,6 +193,12 @@ impl<T: Transport> Driver<T> {
                 tracing::error!(generation = generation.0, attempt, %join, "open task failed");
                 let error: SharedError = Arc::new(join);
                 self.last_error = Some(error.clone());
+                self.emit(Event::AttemptFailed {
+                    generation,
+                    attempt,
+                    kind: ErrorKind::Transient,
+                    error,
+                });
                 self.feed(Input::AttemptFailed {
                     generation,
                     kind: ErrorKind::Transient,
@@ -269,6 +292,25 @@ impl<T: Transport> Driver<T> {
             } => {
                 tracing::info!(generation = generation.0, from = %from, to = %to, ?reason, "state changed");
                 self.account(from, to);
+                if reason == Reason::ConnectTimeout
+                    && let Some(opening) = &self.opening
+                {
+                    let (generation, attempt) = (opening.generation, opening.attempt);
+                    let error: SharedError = Arc::new(ConnectTimedOut {
+                        after: self.machine.config().connect_timeout(),
+                    });
+                    self.last_error = Some(error.clone());
+                    self.emit(Event::AttemptFailed {
+                        generation,
+                        attempt,
+                        kind: ErrorKind::Transient,
+                        error,
+                    });
+                }
+                if let State::BackingOff { attempt, until, .. } = self.machine.state() {
+                    let delay_ms = until.saturating_duration_since(now()).as_millis() as u64;
+                    tracing::info!(generation = generation.0, attempt, delay_ms, "backing off");
+                }
                 self.emit(Event::StateChanged {
                     from,
                     to,
@@ -327,19 +369,27 @@ impl<T: Transport> Driver<T> {
     fn account(&mut self, from: StateKind, to: StateKind) {
         let counters = &self.handle.inner.counters;
         let t = now();
-        if from.is_link_up() && !to.is_link_up() {
+        // Our own shutdown is not an outage.
+        if from.is_link_up() && !to.is_link_up() && !to.is_shutting_down() {
             counters.outages.fetch_add(1, Ordering::Relaxed);
-            self.down_since = Some(t);
+            self.down_since = Some(DownSince {
+                at: t,
+                outage: true,
+            });
         }
         if to.is_link_up() && !from.is_link_up() {
             // A later give-up must not blame an error from before this link.
             self.last_error = None;
             counters.connects.fetch_add(1, Ordering::Relaxed);
-            if let Some(since) = self.down_since.take() {
-                let ms = t.saturating_duration_since(since).as_millis() as u64;
-                counters
-                    .last_recovery_ms_plus_one
-                    .store(ms + 1, Ordering::Relaxed);
+            if let Some(down) = self.down_since.take() {
+                let ms = u64::try_from(t.saturating_duration_since(down.at).as_millis())
+                    .unwrap_or(u64::MAX);
+                // The first connect is not a recovery.
+                if down.outage {
+                    counters
+                        .last_recovery_ms_plus_one
+                        .store(ms.saturating_add(1), Ordering::Relaxed);
+                }
                 counters
                     .disconnected_total_ms
                     .fetch_add(ms, Ordering::Relaxed);
@@ -364,7 +414,7 @@ impl<T: Transport> Driver<T> {
             attempt: self.machine.attempts(),
             reason: self.last_reason,
             failure: match self.machine.state() {
-                crate::machine::State::Failed { cause } => Some(*cause),
+                State::Failed { cause } => Some(*cause),
                 _ => None,
             },
         };

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use driver::CurrentLink;
+pub use driver::{ConnectTimedOut, CurrentLink};
 pub use events::{Event, SharedError};
 pub use handle::{EngineError, Handle, LinkReporter, Snapshot, Stats};
 pub use shared::{LinkEvent, Report};
@@ -71,7 +71,10 @@ impl<T: Transport> Engine<T> {
             inner: inner.clone(),
         };
         let driver = driver::Driver::new(machine, transport, inner, snapshot_tx, links_tx);
-        let task = tokio::spawn(driver.run());
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            driver.run(),
+            tracing::info_span!("redial"),
+        ));
         Self {
             handle,
             links,

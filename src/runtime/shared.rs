@@ -29,6 +29,7 @@ const FLOW_BLOCKED: u64 = 0b0_1000;
 const FLOW_UNBLOCKED: u64 = 0b1_0000;
 const ACTIVITY: u64 = 0b10_0000;
 const EVENT_BITS: u32 = 8;
+const EVENT_MASK: u64 = (1 << EVENT_BITS) - 1;
 /// Events that need the driver now; activity waits for the next liveness check.
 const WAKE_MASK: u64 = LINK_MASK | FLOW_MASK;
 
@@ -76,7 +77,7 @@ impl Batch {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.word & ((1 << EVENT_BITS) - 1) == 0
+        self.word & EVENT_MASK == 0
     }
 
     /// The machine inputs, in the order the driver must feed them:
@@ -199,7 +200,8 @@ impl Shared {
                     if cur & WAKE_MASK == 0 && new & WAKE_MASK != 0 {
                         self.counters.wakeups.fetch_add(1, Ordering::Relaxed);
                         self.waker.wake();
-                    } else {
+                    } else if cur & EVENT_MASK != 0 && boxed == generation.0 {
+                        // Merged into a batch the driver has not taken yet.
                         self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
                     }
                     return Report::Queued;
@@ -238,7 +240,7 @@ impl Shared {
     pub(crate) fn take_reports(&self) -> Batch {
         let word = self
             .mailbox
-            .fetch_and(!((1 << EVENT_BITS) - 1), Ordering::AcqRel);
+            .fetch_and(!EVENT_MASK, Ordering::AcqRel);
         Batch { word }
     }
 
