@@ -6,6 +6,8 @@
 
 pub mod backoff;
 pub mod machine;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod outbox;
 pub mod rng;
 

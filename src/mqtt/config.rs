@@ -1,0 +1,320 @@
+//! What one MQTT client is: broker address, identity, session and timing.
+
+use std::time::Duration;
+
+use rumqttc::{LastWill, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
+
+use crate::machine::ConfigBuilder;
+
+/// When the recorded subscriptions are sent again on a new link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestorePolicy {
+    /// When the broker kept no session for us (CONNACK `session_present =
+    /// false`), every recorded filter is subscribed again; when it kept one,
+    /// only the filters it never acknowledged (and pending unsubscribes) are
+    /// sent, so nothing is subscribed twice. The default.
+    #[default]
+    WhenSessionAbsent,
+    /// Every recorded filter is subscribed again on every link, whatever
+    /// the broker kept (for brokers that lose sessions without saying so).
+    Always,
+}
+
+/// A configuration that cannot work, rejected by [`MqttConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MqttConfigError {
+    /// MQTT keep-alive is a whole number of seconds.
+    #[error("keep_alive must be 0 (off) or a whole number of seconds in 2..=65535, got {0:?}")]
+    KeepAlive(Duration),
+    /// A persistent session needs a client id to find it again.
+    #[error("a persistent session (clean_session = false) needs a non-empty client id")]
+    PersistentWithoutClientId,
+    /// The in-flight window is at least one message.
+    #[error("max_inflight must be at least 1")]
+    ZeroInflight,
+    /// The rumqttc connection timeout is counted in whole seconds.
+    #[error("connect_timeout must be at least 1 s, got {0:?}")]
+    ConnectTimeout(Duration),
+    /// A last-will topic must be a valid topic name (no wildcards).
+    #[error("invalid last-will topic {0:?}")]
+    WillTopic(String),
+}
+
+/// How to reach and identify to one MQTT broker (MQTT 3.1.1).
+///
+/// ```
+/// use std::time::Duration;
+/// use redial::mqtt::MqttConfig;
+///
+/// let config = MqttConfig::new("127.0.0.1", 1883, "sensor-17")
+///     .credentials("user", "secret")
+///     .keep_alive(Duration::from_secs(5))
+///     .clean_session(true);
+/// // A redial configuration whose watchdog matches the keep-alive.
+/// let engine = config.engine_config().build().unwrap();
+/// assert_eq!(engine.liveness_timeout(), Some(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) client_id: String,
+    pub(crate) credentials: Option<(String, String)>,
+    pub(crate) tls: Option<TlsConfiguration>,
+    pub(crate) keep_alive: Duration,
+    pub(crate) clean_session: bool,
+    pub(crate) last_will: Option<LastWill>,
+    pub(crate) restore: RestorePolicy,
+    pub(crate) max_inflight: u16,
+    pub(crate) request_capacity: usize,
+    pub(crate) max_packet_size: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) disconnect_timeout: Duration,
+}
+
+impl MqttConfig {
+    /// A client `client_id` for the broker at `host:port`, with the
+    /// defaults: no credentials, plain TCP, 30 s keep-alive, clean session,
+    /// no last will, 100 messages in flight, 1 MiB packets, 10 s connect
+    /// timeout.
+    pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            credentials: None,
+            tls: None,
+            keep_alive: Duration::from_secs(30),
+            clean_session: true,
+            last_will: None,
+            restore: RestorePolicy::default(),
+            max_inflight: 100,
+            request_capacity: 64,
+            max_packet_size: 1 << 20,
+            connect_timeout: Duration::from_secs(10),
+            disconnect_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// Username and password sent in CONNECT.
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some((username.into(), password.into()));
+        self
+    }
+
+    /// Connect over TLS (rumqttc's configuration: a CA and optional client
+    /// certificate, or a whole rustls `ClientConfig`).
+    pub fn tls(mut self, tls: TlsConfiguration) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The MQTT keep-alive sent in CONNECT (whole seconds, at least 2, or
+    /// zero to turn keep-alive off). Default 30 s.
+    ///
+    /// The adapter pings every half keep-alive after CONNACK, so that an
+    /// idle healthy link always shows inbound traffic well inside the
+    /// watchdog's window; see [`MqttConfig::engine_config`].
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.keep_alive = keep_alive;
+        self
+    }
+
+    /// Clean session (default `true`): the broker forgets our session at
+    /// every disconnect. With `false` the broker keeps subscriptions and
+    /// queued messages across links (needs a client id).
+    pub fn clean_session(mut self, clean: bool) -> Self {
+        self.clean_session = clean;
+        self
+    }
+
+    /// A last will the broker publishes when the link dies without a
+    /// DISCONNECT (not when the engine closes a link it replaces, nor at
+    /// shutdown: both send DISCONNECT).
+    pub fn last_will(
+        mut self,
+        topic: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+        qos: QoS,
+        retain: bool,
+    ) -> Self {
+        self.last_will = Some(LastWill::new(topic, payload, qos, retain));
+        self
+    }
+
+    /// When subscriptions are restored on a new link (default:
+    /// [`RestorePolicy::WhenSessionAbsent`]).
+    pub fn restore(mut self, policy: RestorePolicy) -> Self {
+        self.restore = policy;
+        self
+    }
+
+    /// QoS 1/2 publishes in flight on one link before rumqttc stops taking
+    /// more (default 100); also the bound on duplicates after a link loss.
+    pub fn max_inflight(mut self, inflight: u16) -> Self {
+        self.max_inflight = inflight;
+        self
+    }
+
+    /// Capacity of rumqttc's request channel (default 64).
+    pub fn request_capacity(mut self, capacity: usize) -> Self {
+        self.request_capacity = capacity.max(1);
+        self
+    }
+
+    /// Largest packet sent or accepted (default 1 MiB). A publish larger
+    /// than this is rejected before it reaches the wire: on the wire it
+    /// would kill the link at every replay.
+    pub fn max_packet_size(mut self, bytes: usize) -> Self {
+        self.max_packet_size = bytes;
+        self
+    }
+
+    /// How long rumqttc may take for TCP, TLS and CONNACK, and for one
+    /// flush (whole seconds, default 10 s). The engine's own connect
+    /// timeout (see [`MqttConfig::engine_config`]) also bounds the whole open.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long `close` waits for a DISCONNECT to be flushed before it
+    /// aborts the link's tasks anyway (default 500 ms).
+    pub fn disconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.disconnect_timeout = timeout;
+        self
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), MqttConfigError> {
+        let k = self.keep_alive;
+        if !k.is_zero() && (k.subsec_nanos() != 0 || k.as_secs() < 2 || k.as_secs() > 65_535) {
+            return Err(MqttConfigError::KeepAlive(k));
+        }
+        if !self.clean_session && self.client_id.is_empty() {
+            return Err(MqttConfigError::PersistentWithoutClientId);
+        }
+        if self.max_inflight == 0 {
+            return Err(MqttConfigError::ZeroInflight);
+        }
+        if self.connect_timeout < Duration::from_secs(1) {
+            return Err(MqttConfigError::ConnectTimeout(self.connect_timeout));
+        }
+        if let Some(will) = &self.last_will
+            && !rumqttc::valid_topic(&will.topic)
+        {
+            return Err(MqttConfigError::WillTopic(will.topic.clone()));
+        }
+        Ok(())
+    }
+
+    /// A redial configuration that suits this client:
+    ///
+    /// * the liveness timeout is the keep-alive `K`. The watchdog checks
+    ///   every `K/2` and declares the link dead after two silent checks in
+    ///   a row, so a half-open link is declared dead between `K` and `1.5 K`
+    ///   after the last inbound packet. The adapter pings every `K/2`, so a
+    ///   healthy idle link is never silent for a whole `K`. (rumqttc itself
+    ///   also fails the link when a ping is unanswered at the next one,
+    ///   which usually comes first: within `K` of the last inbound packet.)
+    /// * the connect timeout covers TCP, TLS, CONNACK and the subscription
+    ///   restore: the rumqttc timeout plus one round of slack.
+    /// * permanent refusals (bad credentials, not authorised) are not
+    ///   retried: the builder's default `permanent_retries(0)`.
+    ///
+    /// With keep-alive off there is no inbound traffic to watch, so the
+    /// watchdog is off too.
+    pub fn engine_config(&self) -> ConfigBuilder {
+        let liveness = (!self.keep_alive.is_zero()).then_some(self.keep_alive);
+        ConfigBuilder::default()
+            .liveness_timeout(liveness)
+            .connect_timeout(self.connect_timeout + Duration::from_secs(5))
+    }
+
+    /// The ping interval the adapter uses after CONNACK.
+    pub(crate) fn ping_interval(&self) -> Duration {
+        // Whole seconds are not needed after CONNACK; rumqttc only asks >= 1 s.
+        (self.keep_alive / 2).max(Duration::from_secs(1))
+    }
+
+    /// The rumqttc options for one link.
+    pub(crate) fn mqtt_options(&self) -> MqttOptions {
+        let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        o.set_keep_alive(self.keep_alive)
+            .set_clean_session(self.clean_session)
+            .set_inflight(self.max_inflight)
+            .set_request_channel_capacity(self.request_capacity)
+            .set_max_packet_size(self.max_packet_size, self.max_packet_size);
+        if let Some((user, password)) = &self.credentials {
+            o.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(will) = &self.last_will {
+            o.set_last_will(will.clone());
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(Transport::Tls(tls.clone()));
+        }
+        o
+    }
+
+    pub(crate) fn network_options(&self) -> NetworkOptions {
+        let mut n = NetworkOptions::new();
+        // Small publishes and acks must not wait for Nagle.
+        n.set_tcp_nodelay(true);
+        let secs = self.connect_timeout.as_secs_f64().ceil() as u64;
+        n.set_connection_timeout(secs.max(1));
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        let ok = MqttConfig::new("h", 1, "c");
+        assert_eq!(ok.validate(), Ok(()));
+        assert!(matches!(
+            ok.clone()
+                .keep_alive(Duration::from_millis(1500))
+                .validate(),
+            Err(MqttConfigError::KeepAlive(_))
+        ));
+        assert!(matches!(
+            ok.clone().keep_alive(Duration::from_secs(1)).validate(),
+            Err(MqttConfigError::KeepAlive(_))
+        ));
+        assert_eq!(ok.clone().keep_alive(Duration::ZERO).validate(), Ok(()));
+        assert_eq!(
+            MqttConfig::new("h", 1, "").clean_session(false).validate(),
+            Err(MqttConfigError::PersistentWithoutClientId)
+        );
+        assert!(matches!(
+            ok.clone()
+                .last_will("a/#", "x", QoS::AtMostOnce, false)
+                .validate(),
+            Err(MqttConfigError::WillTopic(_))
+        ));
+    }
+
+    #[test]
+    fn engine_config_matches_keep_alive() {
+        let c = MqttConfig::new("h", 1, "c").keep_alive(Duration::from_secs(5));
+        let e = c.engine_config().build().unwrap();
+        assert_eq!(e.liveness_timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(e.permanent_retries(), 0);
+        assert_eq!(c.ping_interval(), Duration::from_millis(2500));
+        let off = MqttConfig::new("h", 1, "c").keep_alive(Duration::ZERO);
+        assert_eq!(
+            off.engine_config().build().unwrap().liveness_timeout(),
+            None
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! Half-open link: the proxy blackholes every connection for 20 s (sockets
+//! open, nothing forwarded) with a 5 s keep-alive while the application
+//! keeps publishing QoS 1 at 100/s. The dead link must be declared dead
+//! within 1.5 x keep-alive (7.5 s, plus 0.5 s of slack) of its last inbound
+//! packet, and nothing may be lost.
+#![cfg(feature = "mqtt")]
+
+mod mqtt_util;
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mqtt_util::{Client, Witness, local_broker, message, unique};
+use redial::machine::{Generation, StateKind};
+use redial::mqtt::{MqttConfig, QoS};
+use redial::outbox::OutboxConfig;
+use redial::runtime::Event;
+use support::brokers::{mqtt_available, require};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const BLACKHOLE: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_link_is_detected_within_one_and_a_half_keep_alives() {
+    if !require("mqtt", mqtt_available()) {
+        return;
+    }
+    let proxy = support::chaos::start(local_broker()).await.unwrap();
+    let topic = unique("redial/halfopen");
+    let witness = Witness::start(local_broker(), &topic).await;
+    let cfg = MqttConfig::new("127.0.0.1", proxy.addr().port(), unique("halfopen"))
+        .keep_alive(KEEP_ALIVE)
+        .connect_timeout(Duration::from_secs(3));
+    let engine = cfg.engine_config();
+    assert_eq!(
+        engine.clone().build().unwrap().liveness_timeout(),
+        Some(KEEP_ALIVE)
+    );
+    let outbox = OutboxConfig::builder()
+        .max_messages(10_000)
+        .build()
+        .unwrap();
+    let c = Client::start(cfg, engine, outbox);
+    c.connected(Duration::from_secs(10)).await;
+    let handle = c.engine.handle();
+
+    type Outcomes = Arc<Mutex<Vec<(u64, Result<Generation, String>, Instant)>>>;
+    let outcomes: Outcomes = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let publisher = c.publisher.clone();
+        let outcomes = outcomes.clone();
+        let stop = stop.clone();
+        let topic = topic.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut waiters = Vec::new();
+            let mut id = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && id < 5_000 {
+                tick.tick().await;
+                id += 1;
+                let receipt = publisher
+                    .publish(message(&topic, id, QoS::AtLeastOnce))
+                    .await;
+                let outcomes = outcomes.clone();
+                waiters.push(tokio::spawn(async move {
+                    let r = receipt
+                        .await
+                        .map(|c| c.generation)
+                        .map_err(|e| e.to_string());
+                    outcomes.lock().unwrap().push((id, r, Instant::now()));
+                }));
+            }
+            (id, waiters)
+        }
+    });
+
+    // Let a link carry traffic, then go silent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old = handle.generation();
+    let blackholed = Instant::now();
+    proxy.blackhole(true);
+    tokio::time::sleep(BLACKHOLE).await;
+    proxy.blackhole(false);
+    let lifted = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let s = handle.snapshot();
+            if s.state == StateKind::Connected && s.generation > old {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("reconnected after the blackhole");
+    let reconnected = Instant::now();
+    // Publish a little more on the new link, then stop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (published, waiters) = publisher.await.unwrap();
+    for w in waiters {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("every receipt resolves")
+            .unwrap();
+    }
+    let seen = witness
+        .wait_for(published as usize, Duration::from_secs(10))
+        .await;
+
+    let outcomes = outcomes.lock().unwrap().clone();
+    // The last confirm before the blackhole bounds the last inbound packet
+    // from below, so "detection - last confirm" over-estimates the figure.
+    let last_confirm = outcomes
+        .iter()
+        .filter(|o| o.1 == Ok(old) && o.2 <= blackholed)
+        .map(|o| o.2)
+        .max()
+        .expect("confirms before the blackhole");
+    let events = c.log.events();
+    let (detected, how) = events
+        .iter()
+        .filter(|(t, _)| *t >= blackholed)
+        .find_map(|(t, e)| match e {
+            Event::StateChanged { from, reason, .. } if *from == StateKind::Connected => {
+                Some((*t, format!("{reason:?}")))
+            }
+            _ => None,
+        })
+        .expect("the dead link was detected");
+    let liveness_events = events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::LivenessLost { .. }))
+        .count();
+    let detection = detected - last_confirm;
+    let failed = outcomes.iter().filter(|o| o.1.is_err()).count();
+    let ok_missing = outcomes
+        .iter()
+        .filter(|o| o.1.is_ok() && !witness.has(o.0))
+        .count();
+    let stats = handle.stats();
+    let tstats = c.transport.stats();
+    println!(
+        "half-open: keep-alive {KEEP_ALIVE:?}, blackhole {BLACKHOLE:?}; detected {:?} after the \
+         last confirm before the blackhole ({:?} after the blackhole began), by {how} \
+         (watchdog LivenessLost events: {liveness_events}); reconnected {:?} after the lift; \
+         published={published} witness unique={seen} total={} lost={} failed={failed} \
+         ok-but-missing={ok_missing}; engine attempts={} connects={} outages={}; \
+         sessions opened={} max live={}; proxy accepted={}",
+        detection,
+        detected - blackholed,
+        reconnected - lifted,
+        witness.total(),
+        published as usize - seen,
+        stats.attempts,
+        stats.connects,
+        stats.outages,
+        tstats.sessions_opened,
+        tstats.max_sessions_live,
+        proxy.accepted().len(),
+    );
+    assert_eq!(witness.errors(), 0);
+    assert!(
+        detection <= KEEP_ALIVE * 3 / 2 + Duration::from_millis(500),
+        "half-open link detected after {detection:?}"
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(ok_missing, 0);
+    assert_eq!(seen, published as usize, "lost messages");
+    assert_eq!(tstats.max_sessions_live, 1, "two sessions overlapped");
+    witness.stop().await;
+    c.stop().await;
+}

@@ -1,0 +1,405 @@
+//! Helpers shared by the MQTT broker tests (`mod mqtt_util;`).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redial::machine::ConfigBuilder;
+use redial::mqtt::rumqttc::{self, AsyncClient, Event as MqttEvent, MqttOptions, Packet};
+use redial::mqtt::{Messages, MqttConfig, MqttMessage, MqttTransport, QoS};
+use redial::outbox::{OutboxConfig, Publisher};
+use redial::runtime::{Engine, Event};
+use tokio::task::JoinHandle;
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The local broker's address.
+pub fn local_broker() -> SocketAddr {
+    "127.0.0.1:1883".parse().unwrap()
+}
+
+/// A message whose payload is its id.
+pub fn message(topic: &str, id: u64, qos: QoS) -> MqttMessage {
+    MqttMessage::new(topic, qos, id.to_string())
+}
+
+/// A plain rumqttc subscriber connected straight to the broker (not
+/// through the proxy): the independent witness of what reached it.
+pub struct Witness {
+    received: Arc<Mutex<HashMap<u64, u32>>>,
+    errors: Arc<AtomicU64>,
+    client: AsyncClient,
+    task: JoinHandle<()>,
+}
+
+impl Witness {
+    /// Connects, subscribes to `topic` at QoS 1 and waits for the SUBACK.
+    pub async fn start(addr: SocketAddr, topic: &str) -> Witness {
+        let mut options = MqttOptions::new(unique("witness"), addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "witness: no SUBACK");
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(MqttEvent::Incoming(Packet::SubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                other => panic!("witness could not subscribe: {other:?}"),
+            }
+        }
+        let received = Arc::new(Mutex::new(HashMap::new()));
+        let errors = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let received = received.clone();
+            let errors = errors.clone();
+            async move {
+                // Bounded: a witness that keeps failing stops counting.
+                while errors.load(Ordering::Relaxed) < 50 {
+                    match eventloop.poll().await {
+                        Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                            if let Some(id) = std::str::from_utf8(&p.payload)
+                                .ok()
+                                .and_then(|s| s.parse::<u64>().ok())
+                            {
+                                *received.lock().unwrap().entry(id).or_default() += 1;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+        });
+        Witness {
+            received,
+            errors,
+            client,
+            task,
+        }
+    }
+
+    /// Distinct ids received.
+    pub fn unique(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// Deliveries, duplicates included.
+    pub fn total(&self) -> u64 {
+        self.received
+            .lock()
+            .unwrap()
+            .values()
+            .map(|&n| u64::from(n))
+            .sum()
+    }
+
+    /// Whether `id` arrived.
+    pub fn has(&self, id: u64) -> bool {
+        self.received.lock().unwrap().contains_key(&id)
+    }
+
+    /// The ids received.
+    pub fn ids(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.received.lock().unwrap().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Times the witness's own connection failed (must stay 0 for its
+    /// counts to mean anything).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` distinct ids arrived (or `timeout`); returns the count.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        while self.unique() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.unique()
+    }
+
+    /// Disconnects.
+    pub async fn stop(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.task.abort();
+    }
+}
+
+/// Every engine event with the time it was seen.
+#[derive(Clone, Default)]
+pub struct EventLog {
+    events: Arc<Mutex<Vec<(Instant, Event)>>>,
+}
+
+impl EventLog {
+    /// Records `engine`'s events from now on.
+    pub fn attach(engine: &Engine<MqttTransport>) -> EventLog {
+        let log = EventLog::default();
+        let mut rx = engine.handle().events();
+        let events = log.events.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => events.lock().unwrap().push((Instant::now(), e)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        log
+    }
+
+    /// The events so far.
+    pub fn events(&self) -> Vec<(Instant, Event)> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// When each attempt started.
+    pub fn attempt_times(&self) -> Vec<Instant> {
+        self.events()
+            .into_iter()
+            .filter_map(|(t, e)| matches!(e, Event::AttemptStarted { .. }).then_some(t))
+            .collect()
+    }
+}
+
+/// A redial MQTT client: engine, transport, outbox publisher and messages.
+pub struct Client {
+    pub engine: Engine<MqttTransport>,
+    pub transport: MqttTransport,
+    pub publisher: Publisher<MqttTransport>,
+    pub messages: Messages,
+    pub log: EventLog,
+}
+
+impl Client {
+    /// Builds and starts a client (subscriptions made with `before` are
+    /// recorded before the engine starts).
+    pub fn start(config: MqttConfig, engine: ConfigBuilder, outbox: OutboxConfig) -> Client {
+        let transport = MqttTransport::new(config).unwrap();
+        let messages = transport.messages().unwrap();
+        let engine = Engine::spawn(engine.build().unwrap(), transport.clone());
+        let log = EventLog::attach(&engine);
+        let publisher = Publisher::new(&engine, transport.clone(), outbox);
+        Client {
+            engine,
+            transport,
+            publisher,
+            messages,
+            log,
+        }
+    }
+
+    /// Waits until the engine is connected (or panics after `timeout`).
+    pub async fn connected(&self, timeout: Duration) {
+        let handle = self.engine.handle();
+        tokio::time::timeout(
+            timeout,
+            handle.wait_for(redial::machine::StateKind::Connected),
+        )
+        .await
+        .expect("engine did not connect in time");
+    }
+
+    /// Shuts everything down.
+    pub async fn stop(self) {
+        self.publisher.shutdown(Duration::from_secs(2)).await;
+        self.engine.shutdown().await;
+    }
+}
+
+/// Receives messages until one whose payload is `payload` arrives.
+pub async fn recv_payload(
+    messages: &mut Messages,
+    payload: &str,
+    timeout: Duration,
+) -> Option<redial::mqtt::Message> {
+    tokio::time::timeout(timeout, async {
+        loop {
+            let m = messages.recv().await?;
+            if m.payload() == payload.as_bytes() {
+                return Some(m);
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Keeps clippy quiet about the unused re-export in some test binaries.
+pub fn _touch(_: rumqttc::QoS) {}
+
+/// A scripted MQTT 3.1.1 broker for answers Mosquitto will not give: it
+/// answers CONNECT with `connack_code`, SUBSCRIBE with `suback_code` for
+/// every filter, PINGREQ with PINGRESP, and counts connections.
+pub struct FakeBroker {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl FakeBroker {
+    /// Starts on a free loopback port.
+    pub async fn start(connack_code: u8, suback_code: u8) -> FakeBroker {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    loop {
+                        let mut first = [0u8; 1];
+                        if s.read_exact(&mut first).await.is_err() {
+                            return;
+                        }
+                        let (mut len, mut shift) = (0usize, 0);
+                        loop {
+                            let mut b = [0u8; 1];
+                            if s.read_exact(&mut b).await.is_err() {
+                                return;
+                            }
+                            len |= usize::from(b[0] & 0x7f) << shift;
+                            shift += 7;
+                            if b[0] & 0x80 == 0 {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0u8; len];
+                        if s.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let reply: Vec<u8> = match first[0] >> 4 {
+                            1 => vec![0x20, 0x02, 0x00, connack_code],
+                            8 => {
+                                // Count the filters: (len16, bytes, qos) after the pkid.
+                                let mut n = 0;
+                                let mut i = 2;
+                                while i + 2 <= body.len() {
+                                    let l = usize::from(body[i]) << 8 | usize::from(body[i + 1]);
+                                    i += 2 + l + 1;
+                                    n += 1;
+                                }
+                                let mut r = vec![0x90, 2 + n as u8, body[0], body[1]];
+                                r.extend(std::iter::repeat_n(suback_code, n));
+                                r
+                            }
+                            12 => vec![0xD0, 0x00],
+                            14 => return,
+                            _ => continue,
+                        };
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                        if first[0] >> 4 == 1 && connack_code != 0 {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeBroker {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeBroker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Publishes one QoS 1 message straight to the broker with a plain rumqttc
+/// client (connect, publish, PUBACK, disconnect).
+pub async fn publish_direct(addr: SocketAddr, topic: &str, payload: &str) {
+    let options = MqttOptions::new(unique("direct"), addr.ip().to_string(), addr.port());
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::PubAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => panic!("direct publisher: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("PUBACK");
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+}
+
+/// Removes a persistent session from the broker (connect clean, leave).
+pub async fn forget_session(addr: SocketAddr, client_id: &str) {
+    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let _ = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+}
+
+/// Waits for the engine's `GaveUp` event and returns the transport error
+/// it carries (the snapshot says `Failed` a moment before the event is sent).
+pub async fn gave_up(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    timeout: Duration,
+) -> redial::runtime::SharedError {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match events.recv().await {
+                Ok(Event::GaveUp { error, .. }) => break error.expect("the cause is surfaced"),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the engine gave up")
+}

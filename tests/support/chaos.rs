@@ -1,0 +1,244 @@
+//! A chaos TCP proxy for broker tests (shared by the AMQP and MQTT suites).
+//!
+//! It listens on `127.0.0.1:0`, forwards every accepted connection to one
+//! upstream address and, on command:
+//! * [`ChaosProxy::sever`] resets every open connection (SO_LINGER 0, then
+//!   close: both the client and the broker see an RST);
+//! * [`ChaosProxy::blackhole`] stops forwarding in both directions while
+//!   keeping every socket open (a half-open link). Bytes that arrive on an
+//!   existing connection meanwhile are read and dropped, so the proxy still
+//!   notices a side closing; a connection accepted meanwhile waits, unread
+//!   and not yet dialled upstream, until the blackhole lifts;
+//! * [`ChaosProxy::refuse`] accepts new connections and resets them at once
+//!   (counted by [`ChaosProxy::refused`], not by [`ChaosProxy::accepted`]).
+//!
+//! Dropping the proxy stops the listener and closes every connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What every connection task watches.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ctl {
+    /// Bumped by every `sever()`.
+    sever_epoch: u64,
+    blackhole: bool,
+    stopped: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: Mutex<Vec<Instant>>,
+    refused: AtomicUsize,
+    open: AtomicUsize,
+    refuse: AtomicBool,
+}
+
+/// A TCP proxy that can sever, blackhole and refuse connections on command.
+#[derive(Debug)]
+pub struct ChaosProxy {
+    addr: SocketAddr,
+    ctl: watch::Sender<Ctl>,
+    counters: Arc<Counters>,
+    accept_task: JoinHandle<()>,
+}
+
+/// Starts a proxy on `127.0.0.1:0` that forwards to `upstream`.
+pub async fn start(upstream: SocketAddr) -> std::io::Result<ChaosProxy> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let (ctl, _) = watch::channel(Ctl::default());
+    let counters = Arc::new(Counters::default());
+    let accept_task = tokio::spawn(accept_loop(
+        listener,
+        upstream,
+        ctl.clone(),
+        counters.clone(),
+    ));
+    Ok(ChaosProxy {
+        addr,
+        ctl,
+        counters,
+        accept_task,
+    })
+}
+
+impl ChaosProxy {
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Resets (RST) every open connection, on both sides.
+    pub fn sever(&self) {
+        self.ctl.send_modify(|c| c.sever_epoch += 1);
+    }
+
+    /// Stops (`true`) or resumes (`false`) forwarding in both directions,
+    /// keeping the sockets open.
+    pub fn blackhole(&self, on: bool) {
+        self.ctl.send_modify(|c| c.blackhole = on);
+    }
+
+    /// While on, new connections are accepted and reset at once.
+    pub fn refuse(&self, on: bool) {
+        self.counters.refuse.store(on, Ordering::SeqCst);
+    }
+
+    /// When each forwarded (not refused) connection was accepted.
+    pub fn accepted(&self) -> Vec<Instant> {
+        self.counters.accepted.lock().unwrap().clone()
+    }
+
+    /// How many connections were refused.
+    pub fn refused(&self) -> usize {
+        self.counters.refused.load(Ordering::SeqCst)
+    }
+
+    /// How many forwarded connections are open right now.
+    pub fn open_connections(&self) -> usize {
+        self.counters.open.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        self.ctl.send_modify(|c| c.stopped = true);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    ctl: watch::Sender<Ctl>,
+    counters: Arc<Counters>,
+) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
+        if counters.refuse.load(Ordering::SeqCst) {
+            counters.refused.fetch_add(1, Ordering::SeqCst);
+            let _ = client.set_zero_linger();
+            drop(client);
+            continue;
+        }
+        let _ = client.set_nodelay(true);
+        counters.accepted.lock().unwrap().push(Instant::now());
+        counters.open.fetch_add(1, Ordering::SeqCst);
+        let rx = ctl.subscribe();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            connection(client, upstream, rx).await;
+            counters.open.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Why a pump (or a wait) ended.
+enum End {
+    /// One side closed or failed: close the other one normally.
+    Closed,
+    /// `sever()`: reset both sides.
+    Sever,
+    /// The proxy was dropped.
+    Stopped,
+}
+
+/// Waits for the next control change; tells whether it ends the connection.
+async fn next_ctl(ctl: &mut watch::Receiver<Ctl>, epoch: u64) -> Option<End> {
+    if ctl.changed().await.is_err() {
+        return Some(End::Stopped);
+    }
+    let now = *ctl.borrow_and_update();
+    if now.stopped {
+        Some(End::Stopped)
+    } else if now.sever_epoch != epoch {
+        Some(End::Sever)
+    } else {
+        None
+    }
+}
+
+async fn connection(client: TcpStream, upstream: SocketAddr, mut ctl: watch::Receiver<Ctl>) {
+    let epoch = ctl.borrow_and_update().sever_epoch;
+    // A connection accepted during a blackhole waits for it to lift.
+    while ctl.borrow().blackhole {
+        if let Some(end) = next_ctl(&mut ctl, epoch).await {
+            if matches!(end, End::Sever) {
+                let _ = client.set_zero_linger();
+            }
+            return;
+        }
+    }
+    let server = tokio::select! {
+        server = TcpStream::connect(upstream) => server,
+        end = async { loop { if let Some(end) = next_ctl(&mut ctl, epoch).await { break end } } } => {
+            if matches!(end, End::Sever) {
+                let _ = client.set_zero_linger();
+            }
+            return;
+        }
+    };
+    let Ok(server) = server else {
+        // The upstream is down: reset the client as a dead broker would.
+        let _ = client.set_zero_linger();
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let end = tokio::select! {
+        end = pump(&mut cr, &mut sw, ctl.clone(), epoch) => end,
+        end = pump(&mut sr, &mut cw, ctl.clone(), epoch) => end,
+    };
+    if matches!(end, End::Sever) {
+        let _ = cr.as_ref().set_zero_linger();
+        let _ = sr.as_ref().set_zero_linger();
+        // A dropped write half sends a FIN first; forgetting it leaves the
+        // close (an RST, with linger 0) to the read half.
+        cw.forget();
+        sw.forget();
+    }
+}
+
+/// Copies `from` to `to` until one side closes or the control says stop;
+/// drops what it reads while blackholed.
+async fn pump(
+    from: &mut OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
+    mut ctl: watch::Receiver<Ctl>,
+    epoch: u64,
+) -> End {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            biased;
+            end = next_ctl(&mut ctl, epoch) => match end {
+                Some(end) => return end,
+                None => continue,
+            },
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return End::Closed,
+                Ok(n) => n,
+            },
+        };
+        if ctl.borrow().blackhole {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            end = async { loop { if let Some(end) = next_ctl(&mut ctl, epoch).await { break end } } } => return end,
+            written = to.write_all(&buf[..n]) => if written.is_err() { return End::Closed },
+        }
+    }
+}

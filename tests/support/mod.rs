@@ -1,0 +1,7 @@
+//! Support code shared by the broker tests: `mod support;` in a test file.
+// Each test binary uses only part of the support code.
+#![allow(dead_code)]
+
+pub mod brokers;
+pub mod chaos;
+pub mod mosquitto;
