@@ -4,6 +4,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod backoff;
 pub mod machine;
 #[cfg(feature = "mqtt")]

@@ -2,6 +2,8 @@
 // Each test binary uses only part of the support code.
 #![allow(dead_code)]
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod brokers;
 pub mod chaos;
 pub mod mosquitto;
