@@ -1,6 +1,26 @@
 //! # redial
 //!
-//! A reconnect engine for broker clients. See the README and `docs/spec.md`.
+//! The reconnect engine broker clients embed.
+//!
+//! Data flows one way: reports and results become [`machine::Input`]s, the
+//! sans-IO [`machine::Machine`] decides, and its [`machine::Output`]s are
+//! executed by a driver. Every link has a [`machine::Generation`]; an input
+//! naming any other generation than the current one changes nothing, so a
+//! late or duplicated callback can never start a second reconnect.
+//!
+//! * [`machine`]: the state machine (no threads, no I/O, time passed in),
+//!   specified language-neutrally in `docs/spec.md` with conformance vectors.
+//! * [`backoff`] and [`rng`]: exponential backoff with five jitter modes on a
+//!   portable PRNG.
+//! * `runtime` (feature `tokio`): the lock-free, `Send + Sync`
+//!   [`Handle`](runtime::Handle) foreign threads report through, the tokio
+//!   driver, the [`Transport`](runtime::Transport) trait adapters implement.
+//! * [`outbox`]: every publish ends in exactly one outcome, a broker confirm
+//!   or a typed error; unconfirmed messages are replayed on the next link.
+//! * `amqp` (feature `amqp`, lapin) and `mqtt` (feature `mqtt`, rumqttc): the
+//!   adapters.
+//! * `testing` (feature `tokio`): an in-memory transport that fails, hangs,
+//!   flaps and fires late callbacks on command.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -12,6 +32,11 @@ pub mod machine;
 pub mod mqtt;
 pub mod outbox;
 pub mod rng;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(feature = "tokio")]
 pub(crate) mod loom;

@@ -56,6 +56,8 @@ pub(crate) struct Driver<T: Transport> {
     last_reason: Option<Reason>,
     /// Reused buffer for a step's opens and closes.
     actions: Vec<Output>,
+    /// The snapshot changed since watchers were last notified.
+    snapshot_unseen: bool,
 }
 
 /// When the engine last lost its link, and whether that was an outage (the
@@ -99,6 +101,7 @@ impl<T: Transport> Driver<T> {
             last_error: None,
             last_reason: None,
             actions: Vec::new(),
+            snapshot_unseen: false,
         }
     }
 
@@ -222,9 +225,9 @@ impl<T: Transport> Driver<T> {
         self.publish_state();
         loop {
             // Report first, act second: the step's events are broadcast and
-            // the snapshot is published before any close or open is awaited,
-            // so watchers see `closing` while the close runs and never see a
-            // state before its events.
+            // watchers notified before any close or open is awaited, so they
+            // see `closing` while the close runs, and they are notified only
+            // after the events of the change were broadcast.
             let mut actions = std::mem::take(&mut self.actions);
             while let Some(output) = self.machine.poll(now()) {
                 match output {
@@ -233,7 +236,7 @@ impl<T: Transport> Driver<T> {
                 }
             }
             self.publish_state();
-            self.publish_snapshot();
+            self.notify_watchers();
             for action in actions.drain(..) {
                 self.execute(action).await;
             }
@@ -397,17 +400,14 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// The atomic state the handle reads: updated as soon as the machine
-    /// moves, so stale reports are rejected at once.
-    fn publish_state(&self) {
+    /// Publishes the machine's state as soon as it moves: the atomic the
+    /// handle reads (so stale reports are rejected at once) and the watched
+    /// snapshot's value, without notifying watchers yet.
+    fn publish_state(&mut self) {
         self.handle
             .inner
             .shared
             .publish(self.machine.generation(), self.machine.kind());
-    }
-
-    /// The watched snapshot: updated once the step's outputs were executed.
-    fn publish_snapshot(&self) {
         let next = Snapshot {
             state: self.machine.kind(),
             generation: self.machine.generation(),
@@ -418,16 +418,27 @@ impl<T: Transport> Driver<T> {
                 _ => None,
             },
         };
+        let mut changed = false;
         self.snapshot_tx.send_if_modified(|s| {
-            let changed = *s != next;
+            changed = *s != next;
             *s = next;
-            changed
+            false
         });
+        self.snapshot_unseen |= changed;
+    }
+
+    /// Wakes the snapshot's watchers, once the step's events were broadcast.
+    fn notify_watchers(&mut self) {
+        if std::mem::take(&mut self.snapshot_unseen) {
+            self.snapshot_tx.send_modify(|_| {});
+        }
     }
 
     fn emit(&mut self, event: Event) {
         if let Event::StateChanged { reason, .. } = &event {
             self.last_reason = Some(*reason);
+            // Readers of `snapshot()` who got the event see its reason.
+            self.publish_state();
         }
         // No receivers is fine: nobody is listening.
         let _ = self.handle.inner.events.send(event);

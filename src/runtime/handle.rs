@@ -151,12 +151,12 @@ impl Handle {
         *self.inner.snapshot.borrow()
     }
 
-    /// Watches the snapshot. It is updated once the outputs of a machine
-    /// step were executed, so the events of a change are broadcast before
-    /// a watcher sees it; a slow reader may skip intermediate states (use
-    /// [`Handle::events`] for all of them). The atomic reads
-    /// ([`Handle::state`], [`Handle::is_connected`]) move earlier, as soon as
-    /// the machine does.
+    /// Watches the snapshot. Its value ([`Handle::snapshot`]) changes as
+    /// soon as the machine moves, before the step's events are broadcast;
+    /// watchers are notified after them. So a reader who got an event sees
+    /// its state in the snapshot, and a watcher woken by a change finds its
+    /// events already queued. A slow watcher may skip intermediate states
+    /// (use [`Handle::events`] for all of them).
     pub fn watch(&self) -> watch::Receiver<Snapshot> {
         self.inner.snapshot.clone()
     }
