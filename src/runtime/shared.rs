@@ -238,9 +238,7 @@ impl Shared {
     /// Driver only: takes every pending report (clears the event bits,
     /// keeps the generation, atomically).
     pub(crate) fn take_reports(&self) -> Batch {
-        let word = self
-            .mailbox
-            .fetch_and(!EVENT_MASK, Ordering::AcqRel);
+        let word = self.mailbox.fetch_and(!EVENT_MASK, Ordering::AcqRel);
         Batch { word }
     }
 
