@@ -28,13 +28,14 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mqtt_util::{Client, Witness, local_broker, message, unique};
+use mqtt_util::{Client, Witness, message, unique};
 use redial::backoff::{Backoff, BackoffState, Jitter};
 use redial::machine::{ConfigBuilder, Generation, StateKind};
 use redial::mqtt::{MqttConfig, QoS};
 use redial::outbox::OutboxConfig;
 use redial::runtime::Event;
 use support::brokers::{mqtt_available, require};
+use support::mosquitto::{Auth, Mosquitto};
 
 const MESSAGES: u64 = 5_000;
 const RATE_PER_TICK: u64 = 5; // every 10 ms: 500/s
@@ -65,9 +66,15 @@ async fn storm(
     engine: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
 ) -> Storm {
     let _one = ONE_STORM_AT_A_TIME.lock().await;
-    let proxy = support::chaos::start(local_broker()).await.unwrap();
+    // A private broker: the shared one queues at most 1000 messages for a
+    // subscriber that falls behind (mosquitto's max_queued_messages) and
+    // drops the rest, so the witness of a replay burst would miss messages
+    // redial delivered.
+    let broker = Mosquitto::start_with(Auth::Anonymous, None, "max_queued_messages 0\n")
+        .expect("private mosquitto");
+    let proxy = support::chaos::start(broker.addr()).await.unwrap();
     let topic = unique("redial/storm");
-    let witness = Witness::start(local_broker(), &topic).await;
+    let witness = Witness::start(broker.addr(), &topic).await;
     let cfg = MqttConfig::new("127.0.0.1", proxy.addr().port(), unique("storm"))
         .keep_alive(Duration::from_secs(5))
         .max_inflight(WINDOW as u16);

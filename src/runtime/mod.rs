@@ -53,6 +53,19 @@ impl<T: Transport> Engine<T> {
     /// # Panics
     /// When called outside a tokio runtime, as `tokio::spawn` does.
     pub fn spawn(config: Config, transport: T) -> Self {
+        Self::spawn_with_events(config, transport).0
+    }
+
+    /// Like [`Engine::spawn`], and also returns a subscription to the
+    /// engine's events taken before the driver starts, so that not even the
+    /// first attempt's events can be missed.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn_with_events(
+        config: Config,
+        transport: T,
+    ) -> (Self, tokio::sync::broadcast::Receiver<Event>) {
         let machine = Machine::new(config);
         let driver::Channels {
             snapshot_tx,
@@ -70,16 +83,20 @@ impl<T: Transport> Engine<T> {
         let handle = Handle {
             inner: inner.clone(),
         };
+        let events = handle.events();
         let driver = driver::Driver::new(machine, transport, inner, snapshot_tx, links_tx);
         let task = tokio::spawn(tracing::Instrument::instrument(
             driver.run(),
             tracing::info_span!("redial"),
         ));
-        Self {
-            handle,
-            links,
-            task,
-        }
+        (
+            Self {
+                handle,
+                links,
+                task,
+            },
+            events,
+        )
     }
 
     /// A clone of the handle.

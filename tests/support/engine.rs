@@ -148,8 +148,13 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(handle: &Handle) -> Self {
+        Self::from_receiver(handle.events())
+    }
+
+    /// Records from a subscription taken earlier (e.g. before the engine started).
+    pub fn from_receiver(rx: tokio::sync::broadcast::Receiver<Event>) -> Self {
         Self {
-            rx: handle.events(),
+            rx,
             events: Vec::new(),
         }
     }
@@ -476,9 +481,10 @@ impl Rig {
     pub fn spawn(config: Config, probe: Probe) -> Self {
         let control = probe.control();
         let log = probe.log();
-        let engine = Engine::spawn(config, probe);
+        // Subscribe before the driver starts: the first attempt's events too.
+        let (engine, rx) = Engine::spawn_with_events(config, probe);
         let handle = engine.handle();
-        let events = Recorder::new(&handle);
+        let events = Recorder::from_receiver(rx);
         Self {
             engine,
             handle,

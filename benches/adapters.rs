@@ -1,0 +1,750 @@
+//! The adapters against the raw clients, in one run, against the local
+//! brokers (RabbitMQ on 127.0.0.1:5672, Mosquitto on 127.0.0.1:1883), and
+//! recovery through the chaos proxy.
+//!
+//! ```sh
+//! cargo bench --features amqp,mqtt --bench adapters
+//! REDIAL_BENCH_MESSAGES=2000 REDIAL_BENCH_ROUNDS=1 cargo bench --features amqp,mqtt --bench adapters   # quick
+//! ```
+//!
+//! **Overhead.** Each round publishes the same messages through the raw
+//! client and through redial, alternately, so both see the same machine
+//! load. Both keep the same number of publishes awaiting their confirm
+//! (the window) and await the confirms in a separate task, in order, so
+//! that a message's latency is the time from the publish call to its
+//! confirm in both cases:
+//!
+//! * AMQP: plain lapin with `confirm.select` versus redial's
+//!   [`Publisher`] over [`AmqpTransport`] (a queue on the default
+//!   exchange, 100-byte transient messages, window 256);
+//! * MQTT: plain rumqttc at QoS 1, with the PUBACK of each packet id
+//!   matched to its publish (what a caller needs to know a message
+//!   arrived), versus redial's [`Publisher`] over [`MqttTransport`]
+//!   (window 100, rumqttc's in-flight limit in both).
+//!
+//! Then the same one message at a time (window 1) for the latency alone.
+//!
+//! **Recovery** (through the chaos proxy, one message at a time while it
+//! happens):
+//!
+//! * sever: the proxy resets the link while the broker stays up; the time
+//!   from the reset to the first confirm after it, against the time a raw
+//!   client takes to open a fresh connection through the same proxy (the
+//!   limit: the first retry is immediate);
+//! * refused then restored: the proxy refuses connections for 2.5 s after
+//!   the reset; the time from the restore to the first confirm, against
+//!   the backoff schedule's next attempt (1 s, x2, no jitter: attempts at
+//!   0, 1 and 3 s) plus that same connection time;
+//! * half-open: the proxy stops forwarding but keeps the sockets open; the
+//!   time until the engine leaves `Connected`, against the bound of 1.5 x
+//!   the heartbeat (AMQP) or keep-alive (MQTT).
+//!
+//! Without a broker the bench says so and measures nothing.
+
+// A publish is an async call that yields the confirm, itself a future: the
+// window needs both, so that shape is the point here.
+#![allow(clippy::async_yields_async)]
+
+#[allow(dead_code)]
+#[path = "../tests/support/chaos.rs"]
+mod chaos;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redial::amqp::lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use redial::amqp::lapin::types::FieldTable;
+use redial::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+use redial::amqp::{AmqpConfig, AmqpMessage, AmqpTransport, Heartbeat};
+use redial::backoff::{Backoff, Jitter};
+use redial::machine::{Generation, StateKind};
+use redial::mqtt::rumqttc::{self, AsyncClient, Event as MqttEvent, MqttOptions, Outgoing, Packet};
+use redial::mqtt::{MqttConfig, MqttMessage, MqttTransport, QoS};
+use redial::outbox::{OutboxConfig, Publisher};
+use redial::runtime::{Engine, Event, Handle};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+const AMQP_ADDR: &str = "127.0.0.1:5672";
+const MQTT_ADDR: &str = "127.0.0.1:1883";
+const PAYLOAD: usize = 100;
+const AMQP_WINDOW: usize = 256;
+const MQTT_WINDOW: usize = 100;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("redial.bench.{prefix}.{}.{nanos}", std::process::id())
+}
+
+fn reachable(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+}
+
+// ---- measuring ------------------------------------------------------------
+
+/// One timed run: messages per second and latency percentiles.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn median_d(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// Publishes `n` messages with at most `window` awaiting their confirm.
+/// `send(i)` publishes message `i` and returns its confirm, which a
+/// separate task awaits in order (confirms come back in order).
+async fn windowed<S, SF, C>(n: usize, window: usize, mut send: S) -> Run
+where
+    S: FnMut(usize) -> SF,
+    SF: Future<Output = C>,
+    C: Future<Output = bool> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(window));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, C)>();
+    let waiter = {
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(n);
+            let mut failed = 0usize;
+            while let Some((sent, confirm)) = rx.recv().await {
+                if !confirm.await {
+                    failed += 1;
+                }
+                latencies.push(sent.elapsed());
+                permits.add_permits(1);
+            }
+            (latencies, failed)
+        })
+    };
+    let start = Instant::now();
+    for i in 0..n {
+        permits.acquire().await.expect("semaphore").forget();
+        let sent = Instant::now();
+        let confirm = send(i).await;
+        let _ = tx.send((sent, confirm));
+    }
+    drop(tx);
+    let (mut latencies, failed) = waiter.await.expect("confirm task");
+    let elapsed = start.elapsed();
+    assert_eq!(failed, 0, "{failed} publishes were not confirmed");
+    latencies.sort();
+    Run {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+    }
+}
+
+/// Medians over rounds of the raw client and of redial, and their ratio.
+fn report(what: &str, raw: &[Run], redial: &[Run]) {
+    let rate = |runs: &[Run]| median(runs.iter().map(|r| r.rate).collect());
+    let p =
+        |runs: &[Run], f: fn(&Run) -> Duration| median_d(&runs.iter().map(f).collect::<Vec<_>>());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{what}: raw {:.0} msg/s (p50 {:.2} ms, p99 {:.2} ms) | redial {:.0} msg/s (p50 {:.2} ms, p99 {:.2} ms) | \
+         throughput ratio {:.3}, p50 ratio {:.2}, p99 ratio {:.2} (medians of {} rounds)",
+        rate(raw),
+        ms(p(raw, |r| r.p50)),
+        ms(p(raw, |r| r.p99)),
+        rate(redial),
+        ms(p(redial, |r| r.p50)),
+        ms(p(redial, |r| r.p99)),
+        rate(redial) / rate(raw),
+        ms(p(redial, |r| r.p50)) / ms(p(raw, |r| r.p50)),
+        ms(p(redial, |r| r.p99)) / ms(p(raw, |r| r.p99)),
+        raw.len()
+    );
+}
+
+// ---- AMQP -------------------------------------------------------------------
+
+fn amqp_uri(addr: &str) -> String {
+    format!("amqp://guest:guest@{addr}/%2f")
+}
+
+async fn amqp_raw(queue: &str, n: usize, window: usize) -> Run {
+    let conn = Connection::connect(&amqp_uri(AMQP_ADDR), ConnectionProperties::default())
+        .await
+        .expect("a lapin connection");
+    let ch = conn.create_channel().await.expect("a channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let payload = vec![7u8; PAYLOAD];
+    let run = windowed(n, window, |_| {
+        let ch = ch.clone();
+        let payload = payload.clone();
+        async move {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("basic.publish");
+            async move { confirm.await.is_ok() }
+        }
+    })
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+    run
+}
+
+async fn amqp_redial(queue: &str, n: usize, window: usize) -> Run {
+    let config = AmqpConfig::new(amqp_uri(AMQP_ADDR)).connection_name("redial-bench");
+    let transport = AmqpTransport::new(config.clone()).expect("transport");
+    let engine = Engine::spawn(config.engine_config().expect("config"), transport.clone());
+    engine.handle().wait_for(StateKind::Connected).await;
+    let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+    let payload: Arc<[u8]> = vec![7u8; PAYLOAD].into();
+    let run = windowed(n, window, |_| {
+        let message = AmqpMessage::new("", queue, payload.clone());
+        let publisher = publisher.clone();
+        async move {
+            let receipt = publisher.publish(message).await;
+            async move { receipt.await.is_ok() }
+        }
+    })
+    .await;
+    publisher.shutdown(Duration::from_secs(5)).await;
+    engine.shutdown().await;
+    run
+}
+
+async fn amqp_queue(declare: bool, queue: &str) {
+    let conn = Connection::connect(&amqp_uri(AMQP_ADDR), ConnectionProperties::default())
+        .await
+        .expect("a lapin connection");
+    let ch = conn.create_channel().await.expect("a channel");
+    if declare {
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+    } else {
+        let _ = ch
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+async fn amqp_overhead(n: usize, rounds: usize) {
+    let queue = unique("overhead");
+    amqp_queue(true, &queue).await;
+    // Warm both paths up (connections, the broker's queue process).
+    amqp_raw(&queue, 500, AMQP_WINDOW).await;
+    amqp_redial(&queue, 500, AMQP_WINDOW).await;
+    for (window, n) in [(AMQP_WINDOW, n), (1, (n / 10).max(100))] {
+        let (mut raw, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            raw.push(amqp_raw(&queue, n, window).await);
+            ours.push(amqp_redial(&queue, n, window).await);
+        }
+        report(
+            &format!("AMQP confirms, {n} messages, window {window}"),
+            &raw,
+            &ours,
+        );
+    }
+    amqp_queue(false, &queue).await;
+}
+
+// ---- MQTT -------------------------------------------------------------------
+
+/// Matches PUBACKs to publishes: the n-th `Outgoing::Publish` is the n-th
+/// publish call (one publishing task), and its PUBACK carries its packet id.
+#[derive(Default)]
+struct Acks {
+    waiting: VecDeque<oneshot::Sender<()>>,
+    by_pkid: HashMap<u16, oneshot::Sender<()>>,
+}
+
+async fn mqtt_raw(n: usize, window: usize) -> Run {
+    let mut options = MqttOptions::new(unique("raw"), "127.0.0.1", 1883);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(MQTT_WINDOW as u16)
+        .set_request_channel_capacity(64);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let (connected_tx, connected_rx) = oneshot::channel();
+    let poller = {
+        let acks = acks.clone();
+        tokio::spawn(async move {
+            let mut connected = Some(connected_tx);
+            while let Ok(event) = eventloop.poll().await {
+                match event {
+                    MqttEvent::Incoming(Packet::ConnAck(_)) => {
+                        if let Some(tx) = connected.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    MqttEvent::Outgoing(Outgoing::Publish(pkid)) => {
+                        let mut a = acks.lock().expect("acks");
+                        if let Some(tx) = a.waiting.pop_front() {
+                            a.by_pkid.insert(pkid, tx);
+                        }
+                    }
+                    MqttEvent::Incoming(Packet::PubAck(ack)) => {
+                        if let Some(tx) = acks.lock().expect("acks").by_pkid.remove(&ack.pkid) {
+                            let _ = tx.send(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    connected_rx.await.expect("CONNACK");
+    let topic = unique("t");
+    let payload = vec![7u8; PAYLOAD];
+    let run = windowed(n, window, |_| {
+        let (tx, rx) = oneshot::channel();
+        acks.lock().expect("acks").waiting.push_back(tx);
+        let client = client.clone();
+        let topic = topic.clone();
+        let payload = payload.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish");
+            async move { rx.await.is_ok() }
+        }
+    })
+    .await;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
+    run
+}
+
+async fn mqtt_redial(n: usize, window: usize) -> Run {
+    let config = MqttConfig::new("127.0.0.1", 1883, unique("redial"));
+    let transport = MqttTransport::new(config.clone()).expect("transport");
+    let engine = Engine::spawn(
+        config.engine_config().build().expect("config"),
+        transport.clone(),
+    );
+    engine.handle().wait_for(StateKind::Connected).await;
+    let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+    let topic = unique("t");
+    let payload = vec![7u8; PAYLOAD];
+    let run = windowed(n, window, |_| {
+        let message = MqttMessage::new(topic.clone(), QoS::AtLeastOnce, payload.clone());
+        let publisher = publisher.clone();
+        async move {
+            let receipt = publisher.publish(message).await;
+            async move { receipt.await.is_ok() }
+        }
+    })
+    .await;
+    publisher.shutdown(Duration::from_secs(5)).await;
+    engine.shutdown().await;
+    run
+}
+
+async fn mqtt_overhead(n: usize, rounds: usize) {
+    mqtt_raw(500, MQTT_WINDOW).await;
+    mqtt_redial(500, MQTT_WINDOW).await;
+    for (window, n) in [(MQTT_WINDOW, n), (1, (n / 10).max(100))] {
+        let (mut raw, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            raw.push(mqtt_raw(n, window).await);
+            ours.push(mqtt_redial(n, window).await);
+        }
+        report(
+            &format!("MQTT QoS 1, {n} messages, window {window}"),
+            &raw,
+            &ours,
+        );
+    }
+}
+
+// ---- recovery ---------------------------------------------------------------
+
+/// When each publish was confirmed, and on which link.
+type Confirms = Arc<Mutex<Vec<(Instant, Generation)>>>;
+
+/// Publishes one message at a time until stopped, recording when each
+/// publish was confirmed and on which link.
+fn confirm_loop<F, Fut>(mut publish_one: F) -> (Confirms, tokio::task::JoinHandle<()>)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Option<Generation>> + Send,
+{
+    let confirms = Arc::new(Mutex::new(Vec::new()));
+    let out = confirms.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Some(generation) = publish_one().await {
+                confirms
+                    .lock()
+                    .expect("confirms")
+                    .push((Instant::now(), generation));
+            }
+            // About 200 publishes a second: enough to see the first confirm.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    (out, task)
+}
+
+/// The first confirm after `t` on a link newer than `old` (a confirm of
+/// the old link that raced the reset does not count).
+async fn first_confirm_after(
+    confirms: &Mutex<Vec<(Instant, Generation)>>,
+    t: Instant,
+    old: Generation,
+    limit: Duration,
+) -> Option<Duration> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let first = confirms
+            .lock()
+            .expect("confirms")
+            .iter()
+            .find(|(c, g)| *c > t && *g > old)
+            .map(|(c, _)| *c - t);
+        if first.is_some() {
+            return first;
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// When the engine next leaves `Connected` after `t`.
+async fn left_connected(handle: &Handle, t: Instant, limit: Duration) -> Option<Duration> {
+    let mut watch = handle.watch();
+    let gone =
+        tokio::time::timeout(limit, watch.wait_for(|s| s.state != StateKind::Connected)).await;
+    gone.ok().map(|_| t.elapsed())
+}
+
+/// The start of the first attempt after `t`, from the engine's events.
+async fn next_attempt(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    t: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(Event::AttemptStarted { .. })) if Instant::now() > t => return Some(t.elapsed()),
+            Ok(Ok(_)) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// What one kind of recovery measured, per repetition.
+#[derive(Debug, Default)]
+struct Recovery {
+    connect: Vec<Duration>,
+    sever: Vec<Duration>,
+    restore: Vec<Duration>,
+    restore_schedule: Vec<Duration>,
+    half_open: Vec<Duration>,
+}
+
+impl Recovery {
+    fn print(&self, what: &str, bound: Duration) {
+        let ms = |v: &[Duration]| {
+            if v.is_empty() {
+                "n/a".to_string()
+            } else {
+                let all: Vec<String> = v
+                    .iter()
+                    .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+                    .collect();
+                format!(
+                    "{:.1} ms (runs: {})",
+                    median_d(v).as_secs_f64() * 1e3,
+                    all.join(", ")
+                )
+            }
+        };
+        println!("{what} recovery, medians over {} runs:", self.sever.len());
+        println!(
+            "  raw connect through the proxy (the limit): {}",
+            ms(&self.connect)
+        );
+        println!(
+            "  sever -> first confirm:                    {}",
+            ms(&self.sever)
+        );
+        println!(
+            "  restore -> next attempt (backoff schedule): {}",
+            ms(&self.restore_schedule)
+        );
+        println!(
+            "  restore -> first confirm:                  {}",
+            ms(&self.restore)
+        );
+        println!(
+            "  half-open -> detected:                     {} (bound {:.0} ms)",
+            ms(&self.half_open),
+            bound.as_secs_f64() * 1e3
+        );
+    }
+}
+
+fn recovery_backoff() -> Backoff {
+    Backoff::new(
+        Duration::from_secs(1),
+        2.0,
+        Duration::from_secs(60),
+        Jitter::None,
+    )
+    .expect("backoff")
+}
+
+async fn amqp_recovery(runs: usize) {
+    let heartbeat = Duration::from_secs(2);
+    let mut r = Recovery::default();
+    let queue = unique("recovery");
+    amqp_queue(true, &queue).await;
+    for _ in 0..runs {
+        let proxy = chaos::start(AMQP_ADDR.parse().expect("addr"))
+            .await
+            .expect("proxy");
+        let uri = amqp_uri(&proxy.addr().to_string());
+        // The limit: a fresh connection, channel and confirm.select through the proxy.
+        let t = Instant::now();
+        let conn = Connection::connect(&uri, ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        r.connect.push(t.elapsed());
+        let _ = conn.close(200, "done".into()).await;
+
+        let config = AmqpConfig::new(uri)
+            .heartbeat(Heartbeat::secs(heartbeat.as_secs() as u16))
+            .backoff(recovery_backoff())
+            .stable_period(Duration::from_millis(500))
+            .connect_timeout(Duration::from_secs(5));
+        let transport = AmqpTransport::new(config.clone()).expect("transport");
+        let engine = Engine::spawn(config.engine_config().expect("config"), transport.clone());
+        let handle = engine.handle();
+        let mut events = handle.events();
+        handle.wait_for(StateKind::Connected).await;
+        let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+        let (confirms, task) = {
+            let publisher = publisher.clone();
+            let queue = queue.clone();
+            confirm_loop(move || {
+                let publisher = publisher.clone();
+                let message = AmqpMessage::new("", &queue, vec![7u8; PAYLOAD]);
+                async move {
+                    publisher
+                        .publish(message)
+                        .await
+                        .await
+                        .ok()
+                        .map(|c| c.generation)
+                }
+            })
+        };
+        measure_recovery(&proxy, &handle, &mut events, &confirms, &mut r).await;
+        task.abort();
+        publisher.shutdown(Duration::from_secs(2)).await;
+        engine.shutdown().await;
+    }
+    amqp_queue(false, &queue).await;
+    r.print("AMQP", heartbeat.mul_f64(1.5));
+}
+
+async fn mqtt_recovery(runs: usize) {
+    let keep_alive = Duration::from_secs(2);
+    let mut r = Recovery::default();
+    for _ in 0..runs {
+        let proxy = chaos::start(MQTT_ADDR.parse().expect("addr"))
+            .await
+            .expect("proxy");
+        let addr = proxy.addr();
+        // The limit: a fresh rumqttc connection (CONNACK) through the proxy.
+        let t = Instant::now();
+        let mut options = MqttOptions::new(unique("limit"), addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 8);
+        loop {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => panic!("raw MQTT connect through the proxy: {e}"),
+            }
+        }
+        r.connect.push(t.elapsed());
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+
+        let config = MqttConfig::new(addr.ip().to_string(), addr.port(), unique("recovery"))
+            .keep_alive(keep_alive)
+            .connect_timeout(Duration::from_secs(5));
+        let transport = MqttTransport::new(config.clone()).expect("transport");
+        let engine_config = config
+            .engine_config()
+            .backoff(recovery_backoff())
+            .stable_period(Duration::from_millis(500))
+            .build()
+            .expect("config");
+        let engine = Engine::spawn(engine_config, transport.clone());
+        let handle = engine.handle();
+        let mut events = handle.events();
+        handle.wait_for(StateKind::Connected).await;
+        let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+        let topic = unique("t");
+        let (confirms, task) = {
+            let publisher = publisher.clone();
+            confirm_loop(move || {
+                let publisher = publisher.clone();
+                let message = MqttMessage::new(topic.clone(), QoS::AtLeastOnce, vec![7u8; PAYLOAD]);
+                async move {
+                    publisher
+                        .publish(message)
+                        .await
+                        .await
+                        .ok()
+                        .map(|c| c.generation)
+                }
+            })
+        };
+        measure_recovery(&proxy, &handle, &mut events, &confirms, &mut r).await;
+        task.abort();
+        publisher.shutdown(Duration::from_secs(2)).await;
+        engine.shutdown().await;
+    }
+    r.print("MQTT", keep_alive.mul_f64(1.5));
+}
+
+/// Sever, refuse-then-restore, and half-open, on one engine.
+async fn measure_recovery(
+    proxy: &chaos::ChaosProxy,
+    handle: &Handle,
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    confirms: &Mutex<Vec<(Instant, Generation)>>,
+    r: &mut Recovery,
+) {
+    let limit = Duration::from_secs(20);
+    // Let the link be up longer than the stable period, and confirms flow.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1. Sever while the broker stays up: the first retry is immediate.
+    let old = handle.generation();
+    let t = Instant::now();
+    proxy.sever();
+    if let Some(d) = first_confirm_after(confirms, t, old, limit).await {
+        r.sever.push(d);
+    }
+    handle.wait_for(StateKind::Connected).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 2. Sever and refuse for 2.5 s: attempts at 0 and 1 s fail, the one
+    // at 3 s is the first that can succeed.
+    let old = handle.generation();
+    proxy.refuse(true);
+    proxy.sever();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    while events.try_recv().is_ok() {}
+    let t = Instant::now();
+    proxy.refuse(false);
+    let (attempt, confirm) = tokio::join!(
+        next_attempt(events, t, limit),
+        first_confirm_after(confirms, t, old, limit)
+    );
+    if let (Some(a), Some(c)) = (attempt, confirm) {
+        r.restore_schedule.push(a);
+        r.restore.push(c);
+    }
+    handle.wait_for(StateKind::Connected).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 3. Half-open: nothing flows, the sockets stay open.
+    let t = Instant::now();
+    proxy.blackhole(true);
+    if let Some(d) = left_connected(handle, t, limit).await {
+        r.half_open.push(d);
+    }
+    proxy.blackhole(false);
+    handle.wait_for(StateKind::Connected).await;
+}
+
+fn main() {
+    // `cargo test --benches` runs this without `--bench`: nothing to do there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("adapters: run with `cargo bench --features amqp,mqtt --bench adapters`");
+        return;
+    }
+    let n = env_number("REDIAL_BENCH_MESSAGES", 20_000);
+    let rounds = env_number("REDIAL_BENCH_ROUNDS", 5);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        if reachable(AMQP_ADDR) {
+            amqp_overhead(n, rounds).await;
+            amqp_recovery(rounds).await;
+        } else {
+            println!("AMQP: no broker on {AMQP_ADDR}, skipped");
+        }
+        if reachable(MQTT_ADDR) {
+            mqtt_overhead(n, rounds).await;
+            mqtt_recovery(rounds).await;
+        } else {
+            println!("MQTT: no broker on {MQTT_ADDR}, skipped");
+        }
+    });
+}
