@@ -116,7 +116,11 @@ pub(crate) struct Commands {
 }
 
 /// Counters updated on the report path (relaxed: they are statistics).
+/// On their own cache lines: every report writes them, and sharing a line
+/// with `snapshot` and `mailbox`, which every report reads, made reports
+/// from several threads contend (benches/handle.rs).
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct ReportCounters {
     pub(crate) reports: AtomicU64,
     pub(crate) stale: AtomicU64,
