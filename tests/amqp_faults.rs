@@ -170,8 +170,10 @@ async fn half_open_link_is_detected_within_one_and_a_half_heartbeats() {
         proxy.accepted().len(),
         handle.stats().attempts,
     );
+    // Slack a loaded machine cannot break, still below lapin's own
+    // missed-heartbeat check (more than 2 x H) and far below TCP's.
     assert!(
-        since_last_frame <= H * 3 / 2 + Duration::from_millis(500),
+        since_last_frame <= H * 3 / 2 + Duration::from_millis(2000),
         "detected {since_last_frame:?} after the last inbound frame"
     );
     assert!(
@@ -281,7 +283,8 @@ async fn refused_outage_follows_the_backoff_schedule() {
         let base = Duration::from_millis(backoff.base_ms(i as u32 + 1));
         let (lo, hi) = (
             base.mul_f64(0.8),
-            base.mul_f64(1.2) + Duration::from_millis(300),
+            // Slack for a loaded machine; the low bound tells a wait from none.
+            base.mul_f64(1.2) + Duration::from_millis(1000),
         );
         if attempts[i + 1] <= lifted {
             assert!(
@@ -335,13 +338,26 @@ async fn broker_side_close_is_recovered_without_loss() {
     let closed = tokio::task::spawn_blocking(move || a::close_named_connections(&name))
         .await
         .unwrap();
+    // rabbitmqctl can take seconds: check that the close happened, then
+    // wait for the reconnection it caused, before judging either.
+    assert_eq!(closed, 1, "rabbitmqctl closed our connection");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while timeline
+            .first_into(StateKind::Connected, closing_at)
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("reconnected after the broker closed the connection");
     producer.await.unwrap();
     let (confirmed, received, duplicates) =
         verify_all_delivered(&transport, &receipts, &seen, COUNT).await;
     let lost_at = timeline.first_out_of(StateKind::Connected, closing_at);
     let (up, g) = timeline
         .first_into(StateKind::Connected, closing_at)
-        .expect("reconnected after the broker closed the connection");
+        .expect("reconnected");
     println!(
         "broker-side close: closed {closed} connection(s); down {:?}, up again as link {g} {:?} later; \
          published {COUNT}, confirmed {confirmed}, received {received}, lost {}, duplicates {duplicates}, engine attempts {}",
@@ -350,7 +366,6 @@ async fn broker_side_close_is_recovered_without_loss() {
         COUNT as usize - received,
         handle.stats().attempts,
     );
-    assert_eq!(closed, 1, "rabbitmqctl closed our connection");
     assert!(g.0 >= 2);
     assert_eq!(handle.stats().attempts, 2, "one attempt after the close");
     assert_eq!(received as u64, COUNT);

@@ -34,8 +34,7 @@ use redial::machine::{ConfigBuilder, Generation, StateKind};
 use redial::mqtt::{MqttConfig, QoS};
 use redial::outbox::OutboxConfig;
 use redial::runtime::Event;
-use support::brokers::{mqtt_available, require};
-use support::mosquitto::{Auth, Mosquitto};
+use support::mosquitto::Mosquitto;
 
 const MESSAGES: u64 = 5_000;
 const RATE_PER_TICK: u64 = 5; // every 10 ms: 500/s
@@ -66,15 +65,10 @@ async fn storm(
     engine: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
 ) -> Storm {
     let _one = ONE_STORM_AT_A_TIME.lock().await;
-    // A private broker: the shared one queues at most 1000 messages for a
-    // subscriber that falls behind (mosquitto's max_queued_messages) and
-    // drops the rest, so the witness of a replay burst would miss messages
-    // redial delivered.
-    let broker = Mosquitto::start_with(Auth::Anonymous, None, "max_queued_messages 0\n")
-        .expect("private mosquitto");
+    let broker = Mosquitto::deep_queue().expect("private mosquitto");
     let proxy = support::chaos::start(broker.addr()).await.unwrap();
     let topic = unique("redial/storm");
-    let witness = Witness::start(broker.addr(), &topic).await;
+    let witness = Witness::start(&broker, &topic).await;
     let cfg = MqttConfig::new("127.0.0.1", proxy.addr().port(), unique("storm"))
         .keep_alive(Duration::from_secs(5))
         .max_inflight(WINDOW as u16);
@@ -247,7 +241,7 @@ fn assert_delivery(s: &Storm, severs: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sever_storm_recovers_at_once_when_links_are_stable() {
-    if !require("mqtt", mqtt_available()) {
+    if !support::mosquitto::require_private() {
         return;
     }
     let s = storm("stable period 1 s", 5, |c| {
@@ -276,7 +270,7 @@ async fn sever_storm_recovers_at_once_when_links_are_stable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sever_storm_under_the_default_policy_waits_exactly_the_schedule() {
-    if !require("mqtt", mqtt_available()) {
+    if !support::mosquitto::require_private() {
         return;
     }
     const SEED: u64 = 0x5eed;
@@ -308,7 +302,8 @@ async fn sever_storm_under_the_default_policy_waits_exactly_the_schedule() {
     for (r, d) in s.recoveries.iter().zip(&scheduled) {
         assert!(r >= d, "recovered in {r:?}, before the scheduled {d:?}");
         assert!(
-            *r <= *d + Duration::from_millis(500),
+            // Connect and first confirm, on a possibly loaded machine.
+            *r <= *d + Duration::from_millis(1500),
             "recovered in {r:?}, scheduled {d:?}"
         );
     }

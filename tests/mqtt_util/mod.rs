@@ -14,6 +14,8 @@ use redial::outbox::{OutboxConfig, Publisher};
 use redial::runtime::{Engine, Event};
 use tokio::task::JoinHandle;
 
+use crate::support::mosquitto::Mosquitto;
+
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -48,8 +50,19 @@ pub struct Witness {
 }
 
 impl Witness {
-    /// Connects, subscribes to `topic` at QoS 1 and waits for the SUBACK.
-    pub async fn start(addr: SocketAddr, topic: &str) -> Witness {
+    /// Connects straight to `broker`, subscribes to `topic` at QoS 1 and
+    /// waits for the SUBACK.
+    ///
+    /// Only a private broker with a deep queue will do: one that drops
+    /// messages queued for a slow subscriber (the system Mosquitto keeps
+    /// the default `max_queued_messages 1000`) would make the witness
+    /// count the broker's drops as redial's losses.
+    pub async fn start(broker: &Mosquitto, topic: &str) -> Witness {
+        assert!(
+            broker.is_deep_queue(),
+            "a delivery witness needs a broker that never drops (Mosquitto::deep_queue)"
+        );
+        let addr = broker.addr();
         let mut options = MqttOptions::new(unique("witness"), addr.ip().to_string(), addr.port());
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1 << 20, 1 << 20);

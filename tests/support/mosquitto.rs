@@ -20,6 +20,12 @@ pub fn binary_available() -> bool {
         .is_ok()
 }
 
+/// Whether a private broker can be started: skips with a message, or fails
+/// under `REDIAL_REQUIRE_BROKERS=1`, when the binary is missing.
+pub fn require_private() -> bool {
+    super::brokers::require("private mosquitto", binary_available())
+}
+
 /// How the private broker authenticates clients.
 #[derive(Debug, Clone, Default)]
 pub enum Auth {
@@ -43,11 +49,31 @@ pub struct Mosquitto {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    deep_queue: bool,
 }
+
+/// Queue everything for a subscriber that falls behind: the default (and
+/// the system broker's) `max_queued_messages 1000` drops the rest, and a
+/// witness would count those drops as messages redial lost.
+const DEEP_QUEUE: &str = "max_queued_messages 0\nmax_queued_bytes 0\n";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Mosquitto {
+    /// A broker that never drops messages queued for a slow subscriber:
+    /// the only kind a delivery-counting witness (`mqtt_util::Witness`)
+    /// accepts.
+    pub fn deep_queue() -> io::Result<Self> {
+        let mut broker = Self::start_with(Auth::Anonymous, None, DEEP_QUEUE)?;
+        broker.deep_queue = true;
+        Ok(broker)
+    }
+
+    /// Whether the broker queues without limit for slow subscribers.
+    pub fn is_deep_queue(&self) -> bool {
+        self.deep_queue
+    }
+
     /// Starts a broker on a free loopback port and waits until it accepts
     /// connections.
     pub fn start(auth: Auth) -> io::Result<Self> {
@@ -113,6 +139,7 @@ impl Mosquitto {
             dir,
             port,
             child: None,
+            deep_queue: false,
         };
         broker.start_again()?;
         Ok(broker)
