@@ -31,6 +31,8 @@ pub mod machine;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod outbox;
+#[cfg(any(feature = "amqp", feature = "mqtt"))]
+mod redact;
 pub mod rng;
 
 /// The README's examples, compiled and run as doctests.

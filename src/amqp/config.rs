@@ -1,13 +1,16 @@
 //! The AMQP adapter's configuration, its heartbeat rule, and the engine
 //! configuration it recommends.
 
+use std::fmt;
 use std::num::NonZeroU16;
 use std::time::Duration;
 
-use lapin::tcp::OwnedTLSConfig;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::uri::{AMQPScheme, AMQPUri};
 
 use crate::backoff::{Backoff, Jitter};
 use crate::machine::{Config, ConfigError};
+use crate::redact::{self, Redacted};
 
 /// The heartbeat redial proposes to the broker in `connection.tune-ok`.
 ///
@@ -98,9 +101,34 @@ pub enum ReplayPolicy {
     Fail,
 }
 
+/// An [`AmqpConfig`] that cannot work, rejected by
+/// [`crate::amqp::AmqpTransport::new`] (as [`crate::amqp::AmqpError::Config`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AmqpConfigError {
+    /// TLS settings with a plain `amqp://` URI: the link would silently
+    /// connect without TLS.
+    #[error("TLS settings need an amqps:// URI; amqp:// would connect in plain text")]
+    TlsWithoutAmqps,
+    /// The consumer buffer is larger than a tokio channel can hold.
+    #[error("consumer_buffer must be at most {max}, got {got}")]
+    ConsumerBuffer {
+        /// The rejected size.
+        got: usize,
+        /// The largest accepted size.
+        max: usize,
+    },
+    /// A duration or the backoff, as the engine validates it.
+    #[error(transparent)]
+    Engine(#[from] ConfigError),
+}
+
 /// Everything the AMQP adapter needs; see the environment variables in
 /// [`AmqpConfig::from_env`].
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output shows `***` in place of the URI's password and the
+/// TLS client identity.
+#[derive(Clone)]
 pub struct AmqpConfig {
     pub(crate) uri: String,
     pub(crate) connection_name: Option<String>,
@@ -155,6 +183,8 @@ impl AmqpConfig {
         self
     }
     /// TLS options for `amqps://`: a CA chain in PEM, a client identity.
+    /// With an `amqp://` URI they are a configuration error
+    /// ([`AmqpConfigError::TlsWithoutAmqps`]), never silently ignored.
     pub fn tls(mut self, tls: OwnedTLSConfig) -> Self {
         self.tls = tls;
         self
@@ -250,6 +280,26 @@ impl AmqpConfig {
     /// liveness timeout (S29, 001's rule).
     pub fn engine_config(&self) -> Result<Config, ConfigError> {
         self.engine_config_for(self.heartbeat.as_duration())
+    }
+
+    /// Checks what the engine configuration does not: TLS settings need
+    /// `amqps://`, the consumer buffer fits a channel; and every duration
+    /// and the backoff, as the engine would.
+    pub(crate) fn check(&self, uri: &AMQPUri) -> Result<(), AmqpConfigError> {
+        if uri.scheme == AMQPScheme::AMQP && self.tls != OwnedTLSConfig::default() {
+            return Err(AmqpConfigError::TlsWithoutAmqps);
+        }
+        let max = tokio::sync::Semaphore::MAX_PERMITS;
+        if self.consumer_buffer > max {
+            return Err(AmqpConfigError::ConsumerBuffer {
+                got: self.consumer_buffer,
+                max,
+            });
+        }
+        // Without a liveness timeout: the blocked-vs-heartbeat rule is
+        // `engine_config`'s to report, against the heartbeat in use.
+        self.engine_config_for(None)?;
+        Ok(())
     }
 
     /// [`AmqpConfig::engine_config`] with the liveness timeout set to a
@@ -368,6 +418,32 @@ impl AmqpConfig {
             expected: e.to_string(),
         })?;
         Ok(config)
+    }
+}
+
+impl fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let identity = self.tls.identity.as_ref().map(|id| match id {
+            OwnedIdentity::PKCS12 { .. } => ("PKCS12", Redacted),
+            OwnedIdentity::PKCS8 { .. } => ("PKCS8", Redacted),
+        });
+        f.debug_struct("AmqpConfig")
+            .field("uri", &redact::uri(&self.uri))
+            .field("connection_name", &self.connection_name)
+            .field("heartbeat", &self.heartbeat)
+            .field("tls_identity", &identity)
+            .field("tls_cert_chain", &self.tls.cert_chain)
+            .field("frame_max", &self.frame_max)
+            .field("channel_max", &self.channel_max)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("blocked_timeout", &self.blocked_timeout)
+            .field("backoff", &self.backoff)
+            .field("stable_period", &self.stable_period)
+            .field("replay_policy", &self.replay_policy)
+            .field("consumer_buffer", &self.consumer_buffer)
+            .field("message_id_prefix", &self.message_id_prefix)
+            .finish()
     }
 }
 

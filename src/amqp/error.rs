@@ -28,6 +28,9 @@ pub enum AmqpError {
     /// The URI does not parse (permanent).
     #[error("invalid AMQP URI: {0}")]
     InvalidUri(String),
+    /// The configuration cannot work (permanent).
+    #[error("invalid AMQP configuration: {0}")]
+    Config(#[from] crate::amqp::AmqpConfigError),
     /// The broker refused the credentials: `ACCESS_REFUSED` (403) (permanent).
     #[error("access refused by the broker: {0}")]
     AccessRefused(String),
@@ -92,6 +95,7 @@ impl Classify for AmqpError {
     fn kind(&self) -> ErrorKind {
         match self {
             AmqpError::InvalidUri(_)
+            | AmqpError::Config(_)
             | AmqpError::AccessRefused(_)
             | AmqpError::NotAllowed(_)
             | AmqpError::Tls(_) => ErrorKind::Permanent,

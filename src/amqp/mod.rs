@@ -51,6 +51,7 @@ mod probe;
 mod publish;
 mod topology;
 
+use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -65,7 +66,8 @@ use lapin::uri::AMQPUri;
 use tokio::sync::{broadcast, mpsc};
 
 pub use config::{
-    AmqpConfig, DEFAULT_FRAME_MAX, EnvError, Heartbeat, ReplayPolicy, negotiate_heartbeat,
+    AmqpConfig, AmqpConfigError, DEFAULT_FRAME_MAX, EnvError, Heartbeat, ReplayPolicy,
+    negotiate_heartbeat,
 };
 pub use consume::{Consumer, Delivery};
 pub use error::{AckError, AmqpError, codes};
@@ -105,7 +107,6 @@ pub struct AmqpTransport {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: AmqpConfig,
     pub(crate) uri: AMQPUri,
@@ -125,9 +126,12 @@ impl AmqpTransport {
     /// A transport for `config`.
     ///
     /// # Errors
-    /// [`AmqpError::InvalidUri`] when the URI does not parse.
+    /// [`AmqpError::InvalidUri`] when the URI does not parse;
+    /// [`AmqpError::Config`] when the configuration cannot work (TLS
+    /// settings with an `amqp://` URI, a duration out of range).
     pub fn new(config: AmqpConfig) -> Result<Self, AmqpError> {
         let mut uri: AMQPUri = config.uri.parse().map_err(AmqpError::InvalidUri)?;
+        config.check(&uri)?;
         uri.query.heartbeat = Some(config.heartbeat.proposal());
         if let Some(f) = config.frame_max {
             uri.query.frame_max = Some(f);
@@ -405,6 +409,17 @@ impl AmqpTransport {
             rx,
             shared: Arc::downgrade(&self.shared),
         })
+    }
+}
+
+/// Redacted: the parsed URI is left out (the config shows it, password hidden).
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("negotiated_heartbeat", &self.negotiated_heartbeat)
+            .field("message_id_prefix", &self.message_id_prefix)
+            .finish_non_exhaustive()
     }
 }
 

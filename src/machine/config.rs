@@ -77,9 +77,11 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The defaults, with a random seed like [`ConfigBuilder::build`]: a
+    /// fleet built from defaults spreads its retries. Pass
+    /// [`ConfigBuilder::seed`] for reproducible jitter.
     fn default() -> Self {
         ConfigBuilder::default()
-            .seed(0)
             .build()
             .expect("the defaults are valid")
     }

@@ -178,7 +178,7 @@ impl Machine {
     pub fn handle(&mut self, now: Instant, input: Input) {
         let now = self.advance_clock(now);
         if input.generation().is_some_and(|g| g != self.generation) {
-            self.stats.stale_inputs += 1;
+            self.stats.stale_inputs = self.stats.stale_inputs.saturating_add(1);
             tracing::trace!(?input, current = %self.generation, "stale input dropped");
             return;
         }
@@ -199,7 +199,7 @@ impl Machine {
             Input::Timeout => self.on_timeout(now),
         };
         if !handled {
-            self.stats.ignored_inputs += 1;
+            self.stats.ignored_inputs = self.stats.ignored_inputs.saturating_add(1);
         }
     }
 
@@ -228,7 +228,7 @@ impl Machine {
             return false;
         };
         let liveness = self.config.liveness_timeout_ms.map(|h| Liveness {
-            next_check: now + ms(h / 2),
+            next_check: later(now, h / 2),
             missed: 0,
             seen: false,
         });
@@ -246,7 +246,7 @@ impl Machine {
         let State::Connecting { generation, .. } = self.state else {
             return false;
         };
-        self.stats.failed_attempts += 1;
+        self.stats.failed_attempts = self.stats.failed_attempts.saturating_add(1);
         self.retire(generation);
         if kind == ErrorKind::Permanent && !self.permanent_retry_allowed() {
             self.give_up(crate::machine::FailCause::Permanent);
@@ -278,10 +278,10 @@ impl Machine {
         // The transport's own reconnect counts as an attempt of the outage,
         // so a link that keeps resuming and dropping still backs off.
         let outage = self.outage.as_mut().expect("an outage is under way");
-        outage.attempts += 1;
+        outage.attempts = outage.attempts.saturating_add(1);
         let attempt = outage.attempts;
         let liveness = self.config.liveness_timeout_ms.map(|h| Liveness {
-            next_check: now + ms(h / 2),
+            next_check: later(now, h / 2),
             missed: 0,
             seen: false,
         });
@@ -311,7 +311,7 @@ impl Machine {
         let State::Connected(link) = self.state else {
             return false;
         };
-        let deadline = self.config.blocked_timeout_ms.map(|b| now + ms(b));
+        let deadline = self.config.blocked_timeout_ms.map(|b| later(now, b));
         self.set_state(State::Blocked { link, deadline }, Reason::Blocked);
         true
     }
@@ -327,7 +327,7 @@ impl Machine {
     fn on_reconnect_now(&mut self, now: Instant) -> bool {
         match self.state {
             State::Connected(link) | State::Blocked { link, .. } => {
-                self.stats.outages += 1;
+                self.stats.outages = self.stats.outages.saturating_add(1);
                 self.retire(link.generation);
                 self.new_outage(now);
             }
@@ -350,7 +350,7 @@ impl Machine {
             _ if self.kind().is_shutting_down() => return false,
             Some(generation) => {
                 self.retire(generation);
-                let deadline = now + ms(self.config.close_timeout_ms);
+                let deadline = later(now, self.config.close_timeout_ms);
                 self.set_state(State::Closing { deadline }, Reason::Shutdown);
             }
             None => self.set_state(State::Closed, Reason::Shutdown),
@@ -432,7 +432,7 @@ impl Machine {
             } else {
                 l.missed += 1;
             }
-            l.next_check += ms(h / 2);
+            l.next_check = later(l.next_check, h / 2);
             if l.missed >= 2 {
                 return true;
             }
@@ -450,12 +450,12 @@ impl Machine {
         kind: ErrorKind,
         may_linger: bool,
     ) {
-        self.stats.outages += 1;
+        self.stats.outages = self.stats.outages.saturating_add(1);
         let stable = now.saturating_duration_since(link.since) >= ms(self.config.stable_period_ms);
         if stable {
             self.new_outage(now);
         } else {
-            self.stats.failed_attempts += 1;
+            self.stats.failed_attempts = self.stats.failed_attempts.saturating_add(1);
         }
         if kind == ErrorKind::Permanent && !self.permanent_retry_allowed() {
             self.retire(link.generation);
@@ -510,8 +510,8 @@ impl Machine {
             }
         }
         let next = State::BackingOff {
-            attempt: outage.attempts + 1,
-            until: now + ms(wait),
+            attempt: outage.attempts.saturating_add(1),
+            until: later(now, wait),
             lingering,
         };
         self.set_state(next, reason);
@@ -520,10 +520,10 @@ impl Machine {
     /// Emits `Open` for the current (fresh) generation.
     fn open(&mut self, now: Instant, reason: Reason) {
         let outage = self.outage.as_mut().expect("an outage is under way");
-        outage.attempts += 1;
+        outage.attempts = outage.attempts.saturating_add(1);
         let attempt = outage.attempts;
         let generation = self.generation;
-        let deadline = now + ms(self.config.connect_timeout_ms);
+        let deadline = later(now, self.config.connect_timeout_ms);
         self.set_state(
             State::Connecting {
                 generation,
@@ -532,7 +532,7 @@ impl Machine {
             },
             reason,
         );
-        self.stats.opens += 1;
+        self.stats.opens = self.stats.opens.saturating_add(1);
         self.outputs.push_back(Output::Open {
             generation,
             attempt,
@@ -547,7 +547,7 @@ impl Machine {
             "only the current link can be retired"
         );
         self.generation = generation.next();
-        self.stats.closes += 1;
+        self.stats.closes = self.stats.closes.saturating_add(1);
         self.outputs.push_back(Output::Close { generation });
     }
 
@@ -565,7 +565,7 @@ impl Machine {
 
     fn permanent_retry_allowed(&mut self) -> bool {
         let outage = self.outage.as_mut().expect("an outage is under way");
-        outage.permanent_failures += 1;
+        outage.permanent_failures = outage.permanent_failures.saturating_add(1);
         outage.permanent_failures <= self.config.permanent_retries
     }
 
@@ -599,4 +599,69 @@ impl Machine {
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
+}
+
+/// `t + v ms`, saturating at the latest instant the platform can represent:
+/// a caller's clock near that limit must not make the machine panic.
+fn later(t: Instant, v: u64) -> Instant {
+    let d = ms(v);
+    if let Some(at) = t.checked_add(d) {
+        return at;
+    }
+    // Binary search for the largest representable step (overflow path only).
+    let (mut ok, mut too_far) = (Duration::ZERO, d);
+    while too_far - ok > Duration::from_nanos(1) {
+        let mid = ok + (too_far - ok) / 2;
+        if t.checked_add(mid).is_some() {
+            ok = mid;
+        } else {
+            too_far = mid;
+        }
+    }
+    t + ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(m: &mut Machine, t: Instant) {
+        while m.poll(t).is_some() {}
+    }
+
+    /// Counters are u32: an unlimited outage (or unlimited permanent
+    /// retries) must saturate them, never overflow.
+    #[test]
+    fn outage_counters_saturate() {
+        let config = Config::builder()
+            .seed(1)
+            .permanent_retries(u32::MAX)
+            .build()
+            .unwrap();
+        let mut m = Machine::new(config);
+        let mut t = Instant::now();
+        m.handle(t, Input::Start);
+        drain(&mut m, t);
+        let outage = m.outage.as_mut().unwrap();
+        outage.attempts = u32::MAX - 1;
+        outage.permanent_failures = u32::MAX - 1;
+        for _ in 0..3 {
+            let generation = m.generation();
+            m.handle(
+                t,
+                Input::AttemptFailed {
+                    generation,
+                    kind: ErrorKind::Permanent,
+                },
+            );
+            drain(&mut m, t);
+            assert_eq!(m.kind(), StateKind::BackingOff);
+            assert_eq!(m.state().attempt(), u32::MAX);
+            t = m.poll_timeout().unwrap();
+            drain(&mut m, t);
+            assert_eq!(m.kind(), StateKind::Connecting);
+        }
+        assert_eq!(m.attempts(), u32::MAX);
+        assert_eq!(m.outage.unwrap().permanent_failures, u32::MAX);
+    }
 }

@@ -1,10 +1,25 @@
 //! What one MQTT client is: broker address, identity, session and timing.
 
+use std::fmt;
 use std::time::Duration;
 
 use rumqttc::{LastWill, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
 
+use crate::backoff::MAX_DELAY_MS;
 use crate::machine::ConfigBuilder;
+use crate::redact::Redacted;
+
+/// What the engine's connect timeout adds to rumqttc's (subscription restore).
+const ENGINE_CONNECT_SLACK: Duration = Duration::from_secs(5);
+
+/// The largest MQTT 3.1.1 packet: a 268 435 455-byte remaining length plus
+/// its fixed header.
+const MAX_MQTT_PACKET: usize = 268_435_460;
+
+/// The largest `connect_timeout`: the engine's timeout (this plus 5 s) must
+/// stay within the engine's 2^30 ms limit.
+const MAX_CONNECT_TIMEOUT: Duration =
+    Duration::from_millis(MAX_DELAY_MS - ENGINE_CONNECT_SLACK.as_millis() as u64);
 
 /// When the recorded subscriptions are sent again on a new link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,15 +48,26 @@ pub enum MqttConfigError {
     /// The in-flight window is at least one message.
     #[error("max_inflight must be at least 1")]
     ZeroInflight,
-    /// The rumqttc connection timeout is counted in whole seconds.
-    #[error("connect_timeout must be at least 1 s, got {0:?}")]
+    /// The rumqttc connection timeout is counted in whole seconds, and the
+    /// engine's (this plus 5 s) is at most 2^30 ms.
+    #[error("connect_timeout must be between 1 s and {MAX_CONNECT_TIMEOUT:?}, got {0:?}")]
     ConnectTimeout(Duration),
+    /// A packet holds at least its fixed header and at most what MQTT 3.1.1
+    /// can encode.
+    #[error("max_packet_size must be within 1..={MAX_MQTT_PACKET} bytes, got {0}")]
+    MaxPacketSize(usize),
+    /// The disconnect timeout is at most 2^30 ms, like every engine timer.
+    #[error("disconnect_timeout must be at most {MAX_DELAY_MS} ms, got {0:?}")]
+    DisconnectTimeout(Duration),
     /// A last-will topic must be a valid topic name (no wildcards).
     #[error("invalid last-will topic {0:?}")]
     WillTopic(String),
 }
 
 /// How to reach and identify to one MQTT broker (MQTT 3.1.1).
+///
+/// Its `Debug` output shows `***` in place of the password and the TLS
+/// client key (or PKCS#12 identity and its password).
 ///
 /// ```
 /// use std::time::Duration;
@@ -55,7 +81,7 @@ pub enum MqttConfigError {
 /// let engine = config.engine_config().build().unwrap();
 /// assert_eq!(engine.liveness_timeout(), Some(Duration::from_secs(5)));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MqttConfig {
     pub(crate) host: String,
     pub(crate) port: u16,
@@ -203,8 +229,16 @@ impl MqttConfig {
         if self.max_inflight == 0 {
             return Err(MqttConfigError::ZeroInflight);
         }
-        if self.connect_timeout < Duration::from_secs(1) {
+        if self.connect_timeout < Duration::from_secs(1)
+            || self.connect_timeout > MAX_CONNECT_TIMEOUT
+        {
             return Err(MqttConfigError::ConnectTimeout(self.connect_timeout));
+        }
+        if !(1..=MAX_MQTT_PACKET).contains(&self.max_packet_size) {
+            return Err(MqttConfigError::MaxPacketSize(self.max_packet_size));
+        }
+        if self.disconnect_timeout > Duration::from_millis(MAX_DELAY_MS) {
+            return Err(MqttConfigError::DisconnectTimeout(self.disconnect_timeout));
         }
         if let Some(will) = &self.last_will
             && !rumqttc::valid_topic(&will.topic)
@@ -234,7 +268,8 @@ impl MqttConfig {
         let liveness = (!self.keep_alive.is_zero()).then_some(self.keep_alive);
         ConfigBuilder::default()
             .liveness_timeout(liveness)
-            .connect_timeout(self.connect_timeout + Duration::from_secs(5))
+            // Saturating: an unvalidated huge timeout is `build`'s error.
+            .connect_timeout(self.connect_timeout.saturating_add(ENGINE_CONNECT_SLACK))
     }
 
     /// The ping interval the adapter uses after CONNACK.
@@ -273,6 +308,53 @@ impl MqttConfig {
     }
 }
 
+impl fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let credentials = self.credentials.as_ref().map(|(user, _)| (user, Redacted));
+        f.debug_struct("MqttConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("credentials", &credentials)
+            .field("tls", &self.tls.as_ref().map(TlsDebug))
+            .field("keep_alive", &self.keep_alive)
+            .field("clean_session", &self.clean_session)
+            .field("last_will", &self.last_will)
+            .field("restore", &self.restore)
+            .field("max_inflight", &self.max_inflight)
+            .field("request_capacity", &self.request_capacity)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("disconnect_timeout", &self.disconnect_timeout)
+            .finish()
+    }
+}
+
+/// A TLS configuration's kind, with every client identity hidden.
+struct TlsDebug<'a>(&'a TlsConfiguration);
+
+impl fmt::Debug for TlsDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            TlsConfiguration::Simple {
+                ca,
+                alpn,
+                client_auth,
+            } => f
+                .debug_struct("Simple")
+                .field("ca_bytes", &ca.len())
+                .field("alpn", alpn)
+                .field("client_auth", &client_auth.as_ref().map(|_| Redacted))
+                .finish(),
+            TlsConfiguration::Rustls(_) => f.write_str("Rustls(***)"),
+            // rumqttc's native-tls variants (SimpleNative holds a PKCS#12
+            // identity and its password) exist when a dependent enables them.
+            #[allow(unreachable_patterns)]
+            _ => f.write_str("***"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +384,21 @@ mod tests {
                 .validate(),
             Err(MqttConfigError::WillTopic(_))
         ));
+    }
+
+    /// No silent downgrade: TLS settings always select the TLS transport
+    /// (there is no scheme to contradict them).
+    #[test]
+    fn tls_settings_select_the_tls_transport() {
+        let tls = TlsConfiguration::Simple {
+            ca: Vec::new(),
+            alpn: None,
+            client_auth: None,
+        };
+        let with = MqttConfig::new("h", 1883, "c").tls(tls).mqtt_options();
+        assert!(matches!(with.transport(), Transport::Tls(_)));
+        let without = MqttConfig::new("h", 1883, "c").mqtt_options();
+        assert!(matches!(without.transport(), Transport::Tcp));
     }
 
     #[test]

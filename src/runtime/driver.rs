@@ -311,7 +311,9 @@ impl<T: Transport> Driver<T> {
                     });
                 }
                 if let State::BackingOff { attempt, until, .. } = self.machine.state() {
-                    let delay_ms = until.saturating_duration_since(now()).as_millis() as u64;
+                    let delay_ms =
+                        u64::try_from(until.saturating_duration_since(now()).as_millis())
+                            .unwrap_or(u64::MAX);
                     tracing::info!(generation = generation.0, attempt, delay_ms, "backing off");
                 }
                 self.emit(Event::StateChanged {

@@ -178,8 +178,10 @@ impl Handle {
             connects: c.connects.load(Ordering::Relaxed),
             outages: c.outages.load(Ordering::Relaxed),
             reports: r.reports.load(Ordering::Relaxed),
-            stale_reports: r.stale.load(Ordering::Relaxed)
-                + c.machine_stale.load(Ordering::Relaxed),
+            stale_reports: r
+                .stale
+                .load(Ordering::Relaxed)
+                .saturating_add(c.machine_stale.load(Ordering::Relaxed)),
             coalesced_reports: r.coalesced.load(Ordering::Relaxed),
             wakeups: r.wakeups.load(Ordering::Relaxed),
             last_recovery: (last > 0).then(|| Duration::from_millis(last - 1)),
