@@ -97,7 +97,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let end = tokio::time::Instant::now() + deadline;
     while (received.len() as u64) < count {
         match tokio::time::timeout_at(end, messages.recv()).await {
-            Ok(Some(m)) => {
+            Ok(Some(Err(e))) => println!("not delivered: {e}"),
+            Ok(Some(Ok(m))) => {
                 if let Some(id) = std::str::from_utf8(m.payload())
                     .ok()
                     .and_then(|s| s.parse::<u64>().ok())

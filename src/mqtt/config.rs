@@ -62,6 +62,9 @@ pub enum MqttConfigError {
     /// A last-will topic must be a valid topic name (no wildcards).
     #[error("invalid last-will topic {0:?}")]
     WillTopic(String),
+    /// The inbound buffer holds at least one message.
+    #[error("inbound_capacity must be at least 1")]
+    ZeroInboundCapacity,
 }
 
 /// How to reach and identify to one MQTT broker (MQTT 3.1.1).
@@ -97,6 +100,7 @@ pub struct MqttConfig {
     pub(crate) max_packet_size: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) disconnect_timeout: Duration,
+    pub(crate) inbound_capacity: usize,
 }
 
 impl MqttConfig {
@@ -120,6 +124,7 @@ impl MqttConfig {
             max_packet_size: 1 << 20,
             connect_timeout: Duration::from_secs(10),
             disconnect_timeout: Duration::from_millis(500),
+            inbound_capacity: 100,
         }
     }
 
@@ -189,9 +194,11 @@ impl MqttConfig {
         self
     }
 
-    /// Largest packet sent or accepted (default 1 MiB). A publish larger
+    /// Largest packet sent or delivered (default 1 MiB). A publish larger
     /// than this is rejected before it reaches the wire: on the wire it
-    /// would kill the link at every replay.
+    /// would kill the link at every replay. A larger delivery from the
+    /// broker is read, discarded and surfaced as
+    /// [`InboundError::TooLarge`](crate::mqtt::InboundError::TooLarge).
     pub fn max_packet_size(mut self, bytes: usize) -> Self {
         self.max_packet_size = bytes;
         self
@@ -212,6 +219,19 @@ impl MqttConfig {
         self
     }
 
+    /// Deliveries waiting for the application in
+    /// [`Messages`](crate::mqtt::Messages) (default 100). QoS 1/2
+    /// deliveries are acknowledged only when taken, so the broker stops at
+    /// its own in-flight window (Mosquitto's `max_inflight_messages`,
+    /// default 20) while the application is slow. Keep this at least that
+    /// window: when the buffer is full the link stops reading the socket,
+    /// and a link that reads nothing for a keep-alive is declared dead.
+    /// QoS 0 deliveries that find it full are dropped and reported.
+    pub fn inbound_capacity(mut self, capacity: usize) -> Self {
+        self.inbound_capacity = capacity;
+        self
+    }
+
     /// The client id.
     pub fn client_id(&self) -> &str {
         &self.client_id
@@ -228,6 +248,9 @@ impl MqttConfig {
         }
         if self.max_inflight == 0 {
             return Err(MqttConfigError::ZeroInflight);
+        }
+        if self.inbound_capacity == 0 {
+            return Err(MqttConfigError::ZeroInboundCapacity);
         }
         if self.connect_timeout < Duration::from_secs(1)
             || self.connect_timeout > MAX_CONNECT_TIMEOUT
@@ -285,7 +308,12 @@ impl MqttConfig {
             .set_clean_session(self.clean_session)
             .set_inflight(self.max_inflight)
             .set_request_channel_capacity(self.request_capacity)
-            .set_max_packet_size(self.max_packet_size, self.max_packet_size);
+            // Inbound packets are read whatever their size and measured by
+            // the link: rumqttc's limit would kill the link at every
+            // redelivery of one oversized message.
+            .set_max_packet_size(MAX_MQTT_PACKET, self.max_packet_size)
+            // Acknowledged when the application takes them (`Messages`).
+            .set_manual_acks(true);
         if let Some((user, password)) = &self.credentials {
             o.set_credentials(user.clone(), password.clone());
         }
@@ -374,6 +402,10 @@ mod tests {
             Err(MqttConfigError::KeepAlive(_))
         ));
         assert_eq!(ok.clone().keep_alive(Duration::ZERO).validate(), Ok(()));
+        assert_eq!(
+            ok.clone().inbound_capacity(0).validate(),
+            Err(MqttConfigError::ZeroInboundCapacity)
+        );
         assert_eq!(
             MqttConfig::new("h", 1, "").clean_session(false).validate(),
             Err(MqttConfigError::PersistentWithoutClientId)

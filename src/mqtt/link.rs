@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::machine::Generation;
 use crate::mqtt::error::{PublishError, is_ping_timeout, link_error_kind};
+use crate::mqtt::inbound::{Ack, InboundError, InboundTx, Item};
 use crate::mqtt::message::{Message, MqttConfirm, MqttMessage};
 use crate::runtime::LinkReporter;
 
@@ -77,7 +78,11 @@ struct Shared {
     generation: Generation,
     reporter: LinkReporter,
     waiters: Mutex<Waiters>,
-    messages: mpsc::UnboundedSender<Message>,
+    inbound: InboundTx,
+    /// To this link's acknowledger: acks for what the application took.
+    acks: mpsc::UnboundedSender<Ack>,
+    /// Larger deliveries go to the application as `InboundError::TooLarge`.
+    max_packet_size: usize,
     /// Set by `close`: the event loop's end is ours, not a link loss.
     closing: AtomicBool,
 }
@@ -87,15 +92,9 @@ impl Shared {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Acks and SUBACKs (deliveries go through `deliver`).
     fn incoming(&self, packet: Packet) {
         match packet {
-            Packet::Publish(publish) => {
-                // No receiver means nobody reads messages: fine.
-                let _ = self.messages.send(Message {
-                    generation: self.generation,
-                    publish,
-                });
-            }
             Packet::PubAck(ack) => self.confirm(ack.pkid, QoS::AtLeastOnce),
             Packet::PubComp(comp) => self.confirm(comp.pkid, QoS::ExactlyOnce),
             Packet::SubAck(ack) => {
@@ -110,6 +109,45 @@ impl Shared {
             }
             _ => {}
         }
+    }
+
+    /// Hands a delivery to the application's buffer; waits (and so stops
+    /// reading the socket) while the buffer is full of QoS 1/2 messages.
+    async fn deliver(&self, publish: Publish) {
+        let ack = (publish.qos != QoS::AtMostOnce).then(|| {
+            let ack = Ack {
+                qos: publish.qos,
+                pkid: publish.pkid,
+            };
+            (self.acks.clone(), ack)
+        });
+        // Read whole (rumqttc's own limit is the protocol's), measured here:
+        // a size check in rumqttc would kill the link, and the broker would
+        // send the same message again on every new link.
+        let size = publish.size();
+        let delivery = if size > self.max_packet_size {
+            tracing::warn!(
+                generation = self.generation.0,
+                topic = %publish.topic,
+                pkid = publish.pkid,
+                size,
+                "inbound message larger than max_packet_size: discarded"
+            );
+            Err(InboundError::TooLarge {
+                generation: self.generation,
+                topic: publish.topic,
+                pkid: publish.pkid,
+                qos: publish.qos,
+                size,
+                max: self.max_packet_size,
+            })
+        } else {
+            Ok(Message {
+                generation: self.generation,
+                publish,
+            })
+        };
+        self.inbound.push(Item { delivery, ack }).await;
     }
 
     fn confirm(&self, pkid: u16, qos: QoS) {
@@ -242,7 +280,7 @@ impl Drop for SessionGuard {
 pub(crate) struct LinkParams {
     pub(crate) reporter: LinkReporter,
     pub(crate) session_present: bool,
-    pub(crate) messages: mpsc::UnboundedSender<Message>,
+    pub(crate) inbound: InboundTx,
     pub(crate) max_packet_size: usize,
     pub(crate) disconnect_timeout: Duration,
     pub(crate) queue: usize,
@@ -253,17 +291,21 @@ impl MqttLink {
     /// Starts the link's tasks on an event loop that has just received a
     /// successful CONNACK.
     pub(crate) fn start(client: AsyncClient, eventloop: EventLoop, p: LinkParams) -> Self {
+        let (acks, acks_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             generation: p.reporter.generation(),
             reporter: p.reporter,
             waiters: Mutex::new(Waiters::default()),
-            messages: p.messages,
+            inbound: p.inbound,
+            acks,
+            max_packet_size: p.max_packet_size,
             closing: AtomicBool::new(false),
         });
         let (cmds, rx) = mpsc::channel(p.queue.max(1));
         let poll = tokio::spawn(run(shared.clone(), eventloop, p.session));
         let forwarder = tokio::spawn(forward(shared.clone(), client.clone(), rx));
         let announcer = tokio::spawn(announce(shared.reporter.clone()));
+        let acknowledger = tokio::spawn(acknowledge(client.clone(), acks_rx));
         Self {
             inner: Arc::new(LinkInner {
                 shared,
@@ -274,7 +316,7 @@ impl MqttLink {
                 disconnect_timeout: p.disconnect_timeout,
                 tasks: Mutex::new(Tasks {
                     poll: Some(poll),
-                    others: vec![forwarder, announcer],
+                    others: vec![forwarder, announcer, acknowledger],
                 }),
             }),
         }
@@ -402,7 +444,10 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop, session: SessionGuar
             Ok(Event::Incoming(packet)) => {
                 // Only inbound packets prove the link is alive.
                 shared.reporter.activity();
-                shared.incoming(packet);
+                match packet {
+                    Packet::Publish(publish) => shared.deliver(publish).await,
+                    other => shared.incoming(other),
+                }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break None,
             Ok(Event::Outgoing(event)) => shared.outgoing(event),
@@ -470,6 +515,21 @@ async fn forward(shared: Arc<Shared>, client: AsyncClient, mut rx: mpsc::Receive
         };
         if !sent {
             // The event loop is gone; its task fails every waiter.
+            break;
+        }
+    }
+}
+
+/// Sends the acknowledgements of what the application took, in the order it
+/// took them (rumqttc answers PUBREL with PUBCOMP by itself). Its own task:
+/// rumqttc's request channel is drained by the event loop, which may be
+/// waiting for room in the application's buffer.
+async fn acknowledge(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<Ack>) {
+    while let Some(ack) = acks.recv().await {
+        let mut publish = Publish::new("", ack.qos, Vec::new());
+        publish.pkid = ack.pkid;
+        if client.ack(&publish).await.is_err() {
+            // The event loop is gone: the broker will deliver it again.
             break;
         }
     }

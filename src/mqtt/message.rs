@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use rumqttc::{Publish, QoS};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::machine::Generation;
 use crate::mqtt::error::PublishError;
@@ -76,39 +76,6 @@ impl Message {
     /// The payload.
     pub fn payload(&self) -> &[u8] {
         &self.publish.payload
-    }
-}
-
-/// The stream of delivered messages; it outlives every link.
-///
-/// rumqttc acknowledges a QoS 1 delivery when it reads it (and answers a
-/// QoS 2 one with PUBREC), before the application sees it: the stream is
-/// unbounded so that a slow reader never stalls the event loop, and with it
-/// the keep-alive pings. A broker redelivers what a dead link did not
-/// acknowledge, so a message may arrive twice across links (compare
-/// `generation` and the payload's own id if that matters).
-#[derive(Debug)]
-pub struct Messages {
-    pub(crate) rx: mpsc::UnboundedReceiver<Message>,
-}
-
-impl Messages {
-    /// The next message; `None` once the transport and every link are gone.
-    pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
-    }
-
-    /// The next message if one is waiting.
-    pub fn try_recv(&mut self) -> Option<Message> {
-        self.rx.try_recv().ok()
-    }
-}
-
-impl futures::Stream for Messages {
-    type Item = Message;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
     }
 }
 

@@ -38,8 +38,13 @@
 //!   Because every link is a fresh rumqttc session state, a QoS 2 publish
 //!   cut between PUBREC and PUBCOMP is replayed as a new message: QoS 2 is
 //!   exactly-once within a link, at-least-once across links.
-//! * **Incoming messages** arrive on one [`Messages`] stream that outlives
-//!   every link, each tagged with its link's generation.
+//! * **Incoming messages** arrive on one bounded [`Messages`] stream that
+//!   outlives every link, each tagged with its link's generation. A QoS 1/2
+//!   delivery is acknowledged only when the application takes it, so a slow
+//!   reader holds the broker back (its in-flight window) instead of growing
+//!   memory. A delivery larger than `max_packet_size` is read, discarded,
+//!   and surfaced once as [`InboundError::TooLarge`] (acknowledged when taken,
+//!   so the broker stops sending it) instead of killing the link.
 //!
 //! Known limit: with a persistent session (`clean_session(false)`), a QoS 2
 //! delivery *to* us that was cut between PUBREC and PUBREL makes the broker
@@ -50,6 +55,7 @@
 mod config;
 mod deliver;
 mod error;
+mod inbound;
 mod link;
 mod message;
 mod transport;
@@ -57,8 +63,9 @@ mod transport;
 pub use config::{MqttConfig, MqttConfigError, RestorePolicy};
 pub use deliver::DeliverConfirm;
 pub use error::{MqttError, PublishError, SubscribeError};
+pub use inbound::{InboundError, Messages};
 pub use link::MqttLink;
-pub use message::{Message, Messages, MqttConfirm, MqttMessage};
+pub use message::{Message, MqttConfirm, MqttMessage};
 pub use transport::{MqttTransport, SubscribeOutcome, TransportStats};
 
 /// The rumqttc crate this adapter is built on (for TLS configuration and

@@ -9,12 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
 };
-use tokio::sync::mpsc;
 
 use crate::mqtt::config::{MqttConfig, MqttConfigError, RestorePolicy};
 use crate::mqtt::error::{MqttError, SubscribeError};
+use crate::mqtt::inbound::{self, InboundTx, Messages};
 use crate::mqtt::link::{LinkInner, LinkParams, MqttLink, SessionCounter, SessionGuard};
-use crate::mqtt::message::{Message, Messages};
 use crate::runtime::{OpenContext, Transport};
 
 /// Filters per SUBSCRIBE packet when restoring (keeps packets small).
@@ -86,6 +85,20 @@ pub struct TransportStats {
     /// Filters subscribed again by restores (not counting the application's
     /// own subscribe calls).
     pub filters_restored: u64,
+    /// Deliveries received from the broker (all links, every QoS).
+    pub messages_received: u64,
+    /// Deliveries the application took from [`Messages`].
+    pub messages_taken: u64,
+    /// Deliveries waiting in [`Messages`] now.
+    pub messages_buffered: u64,
+    /// The most deliveries ever waiting in [`Messages`]: never more than
+    /// [`MqttConfig::inbound_capacity`].
+    pub max_messages_buffered: u64,
+    /// Deliveries larger than `max_packet_size`, surfaced as
+    /// [`InboundError::TooLarge`](crate::mqtt::InboundError::TooLarge).
+    pub messages_too_large: u64,
+    /// QoS 0 deliveries dropped because the buffer was full.
+    pub messages_dropped: u64,
 }
 
 struct Inner {
@@ -93,8 +106,8 @@ struct Inner {
     sessions: Arc<SessionCounter>,
     restored: AtomicU64,
     subs: Mutex<Subscriptions>,
-    messages_tx: mpsc::UnboundedSender<Message>,
-    messages_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
+    inbound: InboundTx,
+    messages: Mutex<Option<Messages>>,
 }
 
 impl Inner {
@@ -116,8 +129,11 @@ impl Inner {
 /// let mut messages = transport.messages().expect("taken once");
 /// transport.subscribe("sensors/#", QoS::AtLeastOnce).await?; // recorded
 /// let engine = Engine::spawn(config.engine_config().build()?, transport.clone());
-/// while let Some(m) = messages.recv().await {
-///     println!("{} on link {}: {:?}", m.topic(), m.generation, m.payload());
+/// while let Some(delivery) = messages.recv().await {
+///     match delivery {
+///         Ok(m) => println!("{} on link {}: {:?}", m.topic(), m.generation, m.payload()),
+///         Err(e) => eprintln!("{e}"), // e.g. a message larger than max_packet_size
+///     }
 /// }
 /// # engine.shutdown().await;
 /// # Ok(()) }
@@ -141,15 +157,15 @@ impl MqttTransport {
     /// A transport for `config` (validated).
     pub fn new(config: MqttConfig) -> Result<Self, MqttConfigError> {
         config.validate()?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (inbound, messages) = inbound::channel(config.inbound_capacity);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 sessions: Arc::default(),
                 restored: AtomicU64::new(0),
                 subs: Mutex::new(Subscriptions::default()),
-                messages_tx: tx,
-                messages_rx: Mutex::new(Some(rx)),
+                inbound,
+                messages: Mutex::new(Some(messages)),
             }),
         })
     }
@@ -162,23 +178,30 @@ impl MqttTransport {
     /// Session counters.
     pub fn stats(&self) -> TransportStats {
         let s = &self.inner.sessions;
+        let m = &self.inner.inbound.counters;
         TransportStats {
             sessions_opened: s.opened.load(Ordering::Acquire),
             sessions_live: s.live.load(Ordering::Acquire),
             max_sessions_live: s.max_live.load(Ordering::Acquire),
             filters_restored: self.inner.restored.load(Ordering::Acquire),
+            messages_received: m.received.load(Ordering::Acquire),
+            messages_taken: m.taken.load(Ordering::Acquire),
+            messages_buffered: self.inner.inbound.buffered(),
+            max_messages_buffered: m.max_buffered.load(Ordering::Acquire),
+            messages_too_large: m.too_large.load(Ordering::Acquire),
+            messages_dropped: m.dropped.load(Ordering::Acquire),
         }
     }
 
     /// The stream of delivered messages, across every link. It can be taken
-    /// once; later calls return `None`.
+    /// once; later calls return `None`. Until it is taken, deliveries wait
+    /// in its buffer unacknowledged.
     pub fn messages(&self) -> Option<Messages> {
-        let mut rx = self
-            .inner
-            .messages_rx
+        self.inner
+            .messages
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        rx.take().map(|rx| Messages { rx })
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The recorded subscriptions, in order.
@@ -378,7 +401,7 @@ impl Transport for MqttTransport {
                 LinkParams {
                     reporter: ctx.reporter,
                     session_present: connack.session_present,
-                    messages: this.inner.messages_tx.clone(),
+                    inbound: this.inner.inbound.clone(),
                     max_packet_size: config.max_packet_size,
                     disconnect_timeout: config.disconnect_timeout,
                     queue: usize::from(config.max_inflight),

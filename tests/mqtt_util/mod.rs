@@ -252,7 +252,9 @@ pub async fn recv_payload(
 ) -> Option<redial::mqtt::Message> {
     tokio::time::timeout(timeout, async {
         loop {
-            let m = messages.recv().await?;
+            let Ok(m) = messages.recv().await? else {
+                continue;
+            };
             if m.payload() == payload.as_bytes() {
                 return Some(m);
             }
@@ -415,4 +417,82 @@ pub async fn gave_up(
     })
     .await
     .expect("the engine gave up")
+}
+
+/// Publishes `count` messages of `size` bytes (the id, zero-padded to 8
+/// digits, then padding) to `topic` with a plain rumqttc client straight to
+/// the broker, and returns once every PUBACK arrived (QoS 1) or every
+/// PUBLISH was written (QoS 0).
+pub async fn publish_many(
+    addr: SocketAddr,
+    topic: &str,
+    ids: std::ops::Range<u64>,
+    size: usize,
+    qos: QoS,
+) {
+    let mut options = MqttOptions::new(unique("bulk"), addr.ip().to_string(), addr.port());
+    options.set_inflight(100);
+    options.set_max_packet_size(size + 1024, size + 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    let count = ids.end - ids.start;
+    let topic = topic.to_string();
+    let sender = tokio::spawn(async move {
+        for id in ids {
+            client
+                .publish(topic.clone(), qos, false, padded(id, size))
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut done = 0;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while done < count {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::PubAck(_))) if qos == QoS::AtLeastOnce => done += 1,
+                Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Publish(_)))
+                    if qos == QoS::AtMostOnce =>
+                {
+                    done += 1
+                }
+                Ok(_) => {}
+                Err(e) => panic!("bulk publisher: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("bulk publisher finished");
+    let client = sender.await.unwrap();
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+/// A payload of `size` bytes starting with `id` as 8 digits.
+pub fn padded(id: u64, size: usize) -> Vec<u8> {
+    let mut p = format!("{id:08}").into_bytes();
+    p.resize(size.max(8), b'.');
+    p
+}
+
+/// The id at the start of a [`padded`] payload.
+pub fn id_of(payload: &[u8]) -> u64 {
+    std::str::from_utf8(&payload[..8.min(payload.len())])
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// This process's resident set size in KiB (Linux; 0 elsewhere).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -1,0 +1,207 @@
+//! Delivered messages on their way to the application: one bounded buffer
+//! for the transport's whole life, each QoS 1/2 message acknowledged to the
+//! broker only when the application takes it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use rumqttc::QoS;
+use tokio::sync::mpsc;
+
+use crate::machine::Generation;
+use crate::mqtt::message::Message;
+
+/// A delivery the application gets as an error instead of a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboundError {
+    /// The broker delivered a PUBLISH larger than
+    /// [`MqttConfig::max_packet_size`](crate::mqtt::MqttConfig::max_packet_size).
+    /// Its payload was discarded; a QoS 1/2 one is acknowledged when this
+    /// error is taken, so the broker does not deliver it again.
+    #[error(
+        "message on {topic:?} (packet id {pkid}, QoS {qos:?}) of {size} bytes exceeds the maximum packet size {max}; discarded"
+    )]
+    TooLarge {
+        /// The link it arrived on.
+        generation: Generation,
+        /// Its topic.
+        topic: String,
+        /// Its packet id (0 for QoS 0).
+        pkid: u16,
+        /// Its QoS.
+        qos: QoS,
+        /// The PUBLISH packet's size in bytes.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// QoS 0 messages arrived while the buffer was full and were dropped
+    /// (QoS 0 is at most once; QoS 1/2 messages are never dropped).
+    #[error("{count} QoS 0 messages dropped: the inbound buffer was full")]
+    Dropped {
+        /// How many since the last report.
+        count: u64,
+    },
+}
+
+/// What a QoS 1/2 delivery needs acknowledged, on the link it arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ack {
+    pub(crate) qos: QoS,
+    pub(crate) pkid: u16,
+}
+
+/// One delivery in the buffer.
+pub(crate) struct Item {
+    pub(crate) delivery: Result<Message, InboundError>,
+    /// The link's acknowledger and what to acknowledge (QoS 1/2 only).
+    pub(crate) ack: Option<(mpsc::UnboundedSender<Ack>, Ack)>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) received: AtomicU64,
+    pub(crate) taken: AtomicU64,
+    pub(crate) max_buffered: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    /// Dropped QoS 0 messages not yet reported to the application.
+    unreported: AtomicU64,
+}
+
+/// The links' side of the buffer.
+#[derive(Clone)]
+pub(crate) struct InboundTx {
+    tx: mpsc::Sender<Item>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl InboundTx {
+    /// Hands one delivery to the application's buffer. When the buffer is
+    /// full a QoS 0 delivery is dropped (and reported at the next take); a
+    /// QoS 1/2 one waits for room: the caller stops reading the socket.
+    pub(crate) async fn push(&self, item: Item) {
+        self.counters.received.fetch_add(1, Ordering::AcqRel);
+        if matches!(item.delivery, Err(InboundError::TooLarge { .. })) {
+            self.counters.too_large.fetch_add(1, Ordering::AcqRel);
+        }
+        let sent = match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(item)) if item.ack.is_none() => {
+                self.counters.dropped.fetch_add(1, Ordering::AcqRel);
+                self.counters.unreported.fetch_add(1, Ordering::AcqRel);
+                tracing::debug!("inbound buffer full: QoS 0 message dropped");
+                false
+            }
+            // Not acknowledged: the broker holds the rest of its window.
+            Err(mpsc::error::TrySendError::Full(item)) => self.tx.send(item).await.is_ok(),
+            // Nobody can take it any more; never acknowledged, so a
+            // persistent session keeps it at the broker.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if sent {
+            self.counters
+                .max_buffered
+                .fetch_max(self.buffered(), Ordering::AcqRel);
+        }
+    }
+
+    /// Deliveries waiting for the application.
+    pub(crate) fn buffered(&self) -> u64 {
+        (self.tx.max_capacity() - self.tx.capacity()) as u64
+    }
+}
+
+/// A buffer of `capacity` deliveries.
+pub(crate) fn channel(capacity: usize) -> (InboundTx, Messages) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let counters = Arc::new(Counters::default());
+    (
+        InboundTx {
+            tx,
+            counters: counters.clone(),
+        },
+        Messages { rx, counters },
+    )
+}
+
+/// The stream of delivered messages; it outlives every link.
+///
+/// It is a bounded buffer ([`MqttConfig::inbound_capacity`]). A QoS 1
+/// delivery is acknowledged (PUBACK; QoS 2: PUBREC) only when the
+/// application takes it from here, so a slow reader holds the broker back
+/// through its in-flight window instead of growing memory, and a crash
+/// loses nothing the broker was told it could forget. A message that is
+/// never taken (buffered when the stream is dropped, or arriving after)
+/// is never acknowledged: with a persistent session the broker delivers it
+/// again on the next session. A message taken after its link died cannot be
+/// acknowledged either, so with a persistent session it may come again
+/// (compare `generation` and the payload's own id if that matters).
+///
+/// [`MqttConfig::inbound_capacity`]: crate::mqtt::MqttConfig::inbound_capacity
+#[derive(Debug)]
+pub struct Messages {
+    rx: mpsc::Receiver<Item>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Item")
+            .field("delivery", &self.delivery)
+            .field("ack", &self.ack.as_ref().map(|(_, a)| a))
+            .finish()
+    }
+}
+
+impl Messages {
+    /// The next delivery: a message, or a typed error for one that could
+    /// not be delivered. `None` once the transport and every link are gone.
+    pub async fn recv(&mut self) -> Option<Result<Message, InboundError>> {
+        if let Some(e) = self.dropped() {
+            return Some(Err(e));
+        }
+        let item = self.rx.recv().await?;
+        Some(self.take(item))
+    }
+
+    /// The next delivery if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Result<Message, InboundError>> {
+        if let Some(e) = self.dropped() {
+            return Some(Err(e));
+        }
+        let item = self.rx.try_recv().ok()?;
+        Some(self.take(item))
+    }
+
+    fn dropped(&self) -> Option<InboundError> {
+        let count = self.counters.unreported.swap(0, Ordering::AcqRel);
+        (count > 0).then_some(InboundError::Dropped { count })
+    }
+
+    /// The application has it now: acknowledge it on its link (which
+    /// ignores it if it died meanwhile).
+    fn take(&self, item: Item) -> Result<Message, InboundError> {
+        self.counters.taken.fetch_add(1, Ordering::AcqRel);
+        if let Some((acks, ack)) = item.ack {
+            let _ = acks.send(ack);
+        }
+        item.delivery
+    }
+}
+
+impl futures::Stream for Messages {
+    type Item = Result<Message, InboundError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(e) = self.dropped() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|item| self.take(item)))
+    }
+}
