@@ -88,8 +88,9 @@ pub const DEFAULT_FRAME_MAX: u32 = 131_072;
 pub const DEFAULT_PREFETCH: u16 = 256;
 
 /// What [`AmqpConfig::engine_config`] adds to the connect timeout so that
-/// the engine's backstop leaves the topology replay room (10 min: millions
-/// of entries at the measured replay rate, see docs/amqp.md).
+/// the engine's backstop leaves the topology replay room (10 min: over
+/// half a million entries at the rate measured on a loaded development
+/// machine, see docs/amqp.md).
 pub const REPLAY_ALLOWANCE: Duration = Duration::from_secs(600);
 
 /// What to do when replaying one topology entry fails on a new link.
