@@ -85,6 +85,17 @@ pub fn negotiate_heartbeat(client: u16, server: u16) -> u16 {
 /// recovery path (26 ms measured in a debug build).
 pub const DEFAULT_FRAME_MAX: u32 = 131_072;
 
+/// The default per-consumer prefetch: as many as a consumer stream buffers
+/// by default, so the broker never has more deliveries in flight to a
+/// consumer than its stream can take (lapin's own queue stays empty).
+pub const DEFAULT_PREFETCH: u16 = 256;
+
+/// What [`AmqpConfig::engine_config`] adds to the connect timeout so that
+/// the engine's backstop leaves the topology replay room (10 min: over
+/// half a million entries at the rate measured on a loaded development
+/// machine, see docs/amqp.md).
+pub const REPLAY_ALLOWANCE: Duration = Duration::from_secs(600);
+
 /// What to do when replaying one topology entry fails on a new link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReplayPolicy {
@@ -143,6 +154,7 @@ pub struct AmqpConfig {
     pub(crate) stable_period: Duration,
     pub(crate) replay_policy: ReplayPolicy,
     pub(crate) consumer_buffer: usize,
+    pub(crate) prefetch: u16,
     pub(crate) message_id_prefix: Option<String>,
 }
 
@@ -168,6 +180,7 @@ impl AmqpConfig {
             stable_period: Duration::from_secs(10),
             replay_policy: ReplayPolicy::Retry,
             consumer_buffer: 256,
+            prefetch: DEFAULT_PREFETCH,
             message_id_prefix: None,
         }
     }
@@ -200,8 +213,10 @@ impl AmqpConfig {
         self.channel_max = Some(channels);
         self
     }
-    /// How long one attempt (TCP, TLS, handshake, channels, topology) may
-    /// take; the engine enforces it by aborting the open (default 10 s).
+    /// How long the handshake (TCP, TLS, AMQP, channels) may take, and how
+    /// long the topology replay may wait for each answer (default 10 s).
+    /// The replay as a whole has no fixed deadline (see
+    /// [`AmqpConfig::engine_config`]).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -235,6 +250,14 @@ impl AmqpConfig {
     /// How many deliveries a consumer stream buffers (default 256).
     pub fn consumer_buffer(mut self, deliveries: usize) -> Self {
         self.consumer_buffer = deliveries.max(1);
+        self
+    }
+    /// The per-consumer prefetch set on every consumer channel (default
+    /// [`DEFAULT_PREFETCH`]; `0`: unlimited, the broker then pushes a whole
+    /// backlog into memory under a slow consumer). [`crate::amqp::AmqpTransport::qos`]
+    /// overrides it for the consumers started after it.
+    pub fn prefetch(mut self, deliveries: u16) -> Self {
+        self.prefetch = deliveries;
         self
     }
 
@@ -271,9 +294,13 @@ impl AmqpConfig {
     ///   [`Heartbeat::Disabled`] the engine watchdog is off (an idle link
     ///   then sends nothing; the link's watchdog still follows a broker
     ///   that imposes heartbeats).
-    /// * `connect_timeout`, `blocked_timeout`, `stable_period` and the
-    ///   backoff as configured; the first retry after a stable link is
-    ///   immediate.
+    /// * `connect_timeout` = the configured one plus [`REPLAY_ALLOWANCE`]:
+    ///   the adapter bounds the handshake and each replay answer itself, so
+    ///   the engine's timeout is only a backstop that a large topology
+    ///   replay cannot run into. An engine configured by hand needs the
+    ///   same room.
+    /// * `blocked_timeout`, `stable_period` and the backoff as configured;
+    ///   the first retry after a stable link is immediate.
     ///
     /// # Errors
     /// The engine's own validation, e.g. a blocked timeout below twice the
@@ -310,7 +337,7 @@ impl AmqpConfig {
     pub fn engine_config_for(&self, heartbeat: Option<Duration>) -> Result<Config, ConfigError> {
         Config::builder()
             .backoff(self.backoff.clone())
-            .connect_timeout(self.connect_timeout)
+            .connect_timeout(self.connect_timeout + REPLAY_ALLOWANCE)
             .liveness_timeout(heartbeat)
             .blocked_timeout(self.blocked_timeout)
             .stable_period(self.stable_period)
@@ -330,7 +357,7 @@ impl AmqpConfig {
     /// | `REDIAL_AMQP_URI` | broker URI (`amqp://` or `amqps://`) | `amqp://127.0.0.1:5672/%2f` |
     /// | `REDIAL_AMQP_HEARTBEAT` | heartbeat proposal in seconds; `0` proposes none | `20` |
     /// | `REDIAL_AMQP_CONNECTION_NAME` | connection name | none |
-    /// | `REDIAL_AMQP_CONNECT_TIMEOUT` | attempt timeout | `10s` |
+    /// | `REDIAL_AMQP_CONNECT_TIMEOUT` | handshake timeout, and per replay answer | `10s` |
     /// | `REDIAL_BLOCKED_TIMEOUT` | replace a link blocked this long; `0` or `off`: never | off |
     /// | `REDIAL_BACKOFF_INITIAL` | first backoff delay | `1s` |
     /// | `REDIAL_BACKOFF_MAX` | backoff cap | `60s` |
@@ -525,7 +552,10 @@ mod tests {
         let c = AmqpConfig::new("amqp://x").heartbeat(Heartbeat::secs(5));
         let e = c.engine_config().unwrap();
         assert_eq!(e.liveness_timeout(), Some(Duration::from_secs(5)));
-        assert_eq!(e.connect_timeout(), Duration::from_secs(10));
+        assert_eq!(
+            e.connect_timeout(),
+            Duration::from_secs(10) + REPLAY_ALLOWANCE
+        );
         let off = AmqpConfig::new("amqp://x").heartbeat(Heartbeat::Disabled);
         assert_eq!(off.engine_config().unwrap().liveness_timeout(), None);
         // 001's rule: a blocked timeout below 2 x H is rejected.

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use lapin::options::{
     BasicCancelOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeBindOptions,
     ExchangeUnbindOptions, QueueBindOptions,
@@ -18,7 +19,7 @@ use tokio::task::AbortHandle;
 use crate::amqp::consume::{ConsumeState, ForwardEnd, forward};
 use crate::amqp::error::{AmqpError, is_connection_error};
 use crate::amqp::probe::{Probe, ProbeKit};
-use crate::amqp::topology::{Entry, Log};
+use crate::amqp::topology::{Entry, Key, Log};
 use crate::amqp::{ReplayError, ReplayPolicy, Shared};
 use crate::machine::{ErrorKind, Generation};
 use crate::runtime::OpenContext;
@@ -43,6 +44,8 @@ pub(crate) struct LinkInner {
     pub(crate) connection: Connection,
     pub(crate) probe: Arc<Probe>,
     pub(crate) heartbeat: Option<Duration>,
+    /// The default per-consumer prefetch of the consumer channel (0: none).
+    prefetch: u16,
     topology: tokio::sync::Mutex<Channel>,
     publish: tokio::sync::Mutex<Channel>,
     consume: tokio::sync::Mutex<Channel>,
@@ -109,7 +112,7 @@ impl LinkInner {
                 lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into(),
             ));
         }
-        let channel = open_channel(&self.connection, role)
+        let channel = open_channel(&self.connection, role, self.prefetch)
             .await
             .map_err(AmqpError::Connection)?;
         tracing::info!(
@@ -156,12 +159,25 @@ impl LinkInner {
     }
 }
 
-async fn open_channel(connection: &Connection, role: Role) -> lapin::Result<Channel> {
+async fn open_channel(
+    connection: &Connection,
+    role: Role,
+    prefetch: u16,
+) -> lapin::Result<Channel> {
     let channel = connection.create_channel().await?;
     if role == Role::Publish {
         // Publisher confirms are always on.
         channel
             .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
+    if role == Role::Consume && prefetch > 0 {
+        // Per consumer, for the consumers started after it: the broker
+        // never has more than `prefetch` unacked deliveries in flight to
+        // one consumer, so lapin's unbounded queue stays bounded. A
+        // recorded QoS entry, replayed after it, overrides it.
+        channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
             .await?;
     }
     Ok(channel)
@@ -229,12 +245,19 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
             },
         }
     };
-    let connection = Connection::connector(uri, runtime, connector, properties)
-        .await
-        .map_err(|e| match probe.tls_failure() {
-            Some(message) => AmqpError::Tls(message),
-            None => AmqpError::from_connect(e),
-        })?;
+    // The connect timeout bounds the handshake (TCP, TLS, AMQP, channels);
+    // the replay below has its own, per-answer budget.
+    let handshake_deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let connection = tokio::time::timeout_at(
+        handshake_deadline,
+        Connection::connector(uri, runtime, connector, properties),
+    )
+    .await
+    .map_err(|_| timed_out("AMQP handshake", config.connect_timeout))?
+    .map_err(|e| match probe.tls_failure() {
+        Some(message) => AmqpError::Tls(message),
+        None => AmqpError::from_connect(e),
+    })?;
 
     // Connection-level events: errors, blocked, unblocked. lapin only sends
     // events while someone listens, so listen before anything else.
@@ -260,11 +283,15 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
     }
 
     // Three round trips at once rather than in a row: recovery time.
-    let (topology, publish, consume) = futures::try_join!(
-        open_channel(&connection, Role::Topology),
-        open_channel(&connection, Role::Publish),
-        open_channel(&connection, Role::Consume),
-    )
+    let (topology, publish, consume) = tokio::time::timeout_at(handshake_deadline, async {
+        futures::try_join!(
+            open_channel(&connection, Role::Topology, 0),
+            open_channel(&connection, Role::Publish, 0),
+            open_channel(&connection, Role::Consume, config.prefetch),
+        )
+    })
+    .await
+    .map_err(|_| timed_out("opening the channels", config.connect_timeout))?
     .map_err(AmqpError::from_connect)?;
     let link = AmqpLink {
         inner: Arc::new(LinkInner {
@@ -272,6 +299,7 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
             connection,
             probe: probe.clone(),
             heartbeat,
+            prefetch: config.prefetch,
             topology: tokio::sync::Mutex::new(topology),
             publish: tokio::sync::Mutex::new(publish),
             consume: tokio::sync::Mutex::new(consume),
@@ -295,8 +323,8 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
     // Replay the topology, in order, and publish the link as current while
     // holding the log: no declaration can slip between the two.
     {
-        let log = shared.topology.lock().await;
-        replay(&shared, &link, &log).await?;
+        let mut log = shared.topology.lock().await;
+        replay(&shared, &link, &mut log).await?;
         *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
     }
 
@@ -366,18 +394,115 @@ async fn watchdog(probe: Arc<Probe>, heartbeat: Duration) {
     }
 }
 
-/// Replays the whole log on `link`, in order.
+/// How many topology entries a replay keeps in flight on the topology
+/// channel: the broker answers a channel's methods in order, so a window
+/// turns N round trips into about N / window, and bounds what lapin and
+/// the broker buffer.
+const REPLAY_WINDOW: usize = 256;
+
+fn timed_out(what: &str, after: Duration) -> AmqpError {
+    AmqpError::Connection(lapin::Error::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what}: no answer within {after:?}"),
+    )))
+}
+
+/// Replays the whole log on `link`, in order, then forgets the pending
+/// deletes and unbinds it applied.
+///
+/// Topology-channel entries are pipelined ([`REPLAY_WINDOW`] in flight);
+/// a server-named queue's declaration waits for its answer (the entries
+/// after it use the name), and consumer-channel entries (QoS, consumers)
+/// run one at a time once everything before them was answered. No fixed
+/// deadline: each answer must come within the connect timeout, so a
+/// stalled broker fails the open while a large log takes the time it needs.
 pub(crate) async fn replay(
     shared: &Arc<Shared>,
     link: &AmqpLink,
-    log: &Log,
+    log: &mut Log,
 ) -> Result<(), AmqpError> {
-    for (index, entry) in log.entries().into_iter().enumerate() {
-        if let Err(error) = apply(shared, link, &entry).await {
-            handle_replay_error(shared, link, index, &entry, error)?;
+    let entries = log.entries();
+    let started = std::time::Instant::now();
+    let stall = shared.config.connect_timeout;
+    let mut applied = Vec::new();
+    let mut next = 0;
+    while next < entries.len() {
+        let entry = &entries[next];
+        if !entry.on_consumer_channel() {
+            next = pipeline(shared, link, &entries, next, &mut applied).await?;
+            continue;
         }
+        match tokio::time::timeout(stall, apply(shared, link, entry)).await {
+            Err(_) => return Err(timed_out("topology replay", stall)),
+            Ok(Err(error)) => handle_replay_error(shared, link, next, entry, error)?,
+            Ok(Ok(())) => {}
+        }
+        next += 1;
+    }
+    log.forget(&applied);
+    if !entries.is_empty() {
+        tracing::debug!(
+            generation = link.generation().0,
+            entries = entries.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "topology replayed"
+        );
     }
     Ok(())
+}
+
+/// Runs the topology-channel entries from `start` on, pipelined; returns
+/// the index of the first entry it did not run (a consumer-channel entry,
+/// the end, or the one after an entry whose error the policy skips).
+async fn pipeline(
+    shared: &Arc<Shared>,
+    link: &AmqpLink,
+    entries: &[Entry],
+    start: usize,
+    applied: &mut Vec<Key>,
+) -> Result<usize, AmqpError> {
+    let stall = shared.config.connect_timeout;
+    let ch = link.inner.channel(Role::Topology).await?;
+    let mut in_flight = FuturesOrdered::new();
+    let mut next = start;
+    let mut barrier = false;
+    loop {
+        if in_flight.is_empty() {
+            barrier = false;
+        }
+        // Pushed in order, first polled in order: lapin queues a method's
+        // frame on that first poll, so the broker sees the log's order.
+        while !barrier
+            && in_flight.len() < REPLAY_WINDOW
+            && next < entries.len()
+            && !entries[next].on_consumer_channel()
+        {
+            let entry = entries[next].clone();
+            // The entries after it use the name the broker gives it.
+            barrier = entry.declares_server_named_queue();
+            let (shared, link, ch, index) = (shared.clone(), link.clone(), ch.clone(), next);
+            in_flight.push_back(async move {
+                let result = run(&shared, &link, &ch, &entry).await;
+                (index, entry, result)
+            });
+            next += 1;
+        }
+        let answer = tokio::time::timeout(stall, in_flight.next())
+            .await
+            .map_err(|_| timed_out("topology replay", stall))?;
+        let Some((index, entry, result)) = answer else {
+            return Ok(next);
+        };
+        match result {
+            Ok(()) => applied.push(entry.key()),
+            Err(error) => {
+                handle_replay_error(shared, link, index, &entry, error)?;
+                // Skipped: the broker closed the channel, so nothing after
+                // this entry ran; go on from the next one on a new channel.
+                return Ok(index + 1);
+            }
+        }
+    }
 }
 
 /// Replays only what lives on the consumer channel (after it was reopened).
@@ -441,13 +566,23 @@ pub(crate) async fn apply(
     link: &AmqpLink,
     entry: &Entry,
 ) -> lapin::Result<()> {
-    let inner = &link.inner;
     let role = if entry.on_consumer_channel() {
         Role::Consume
     } else {
         Role::Topology
     };
-    let ch = inner.channel(role).await.map_err(channel_error)?;
+    let ch = link.inner.channel(role).await.map_err(channel_error)?;
+    run(shared, link, &ch, entry).await
+}
+
+/// Runs one entry on `ch`, its role's channel of `link`.
+async fn run(
+    shared: &Arc<Shared>,
+    link: &AmqpLink,
+    ch: &Channel,
+    entry: &Entry,
+) -> lapin::Result<()> {
+    let inner = &link.inner;
     match entry {
         Entry::ExchangeDeclare {
             name,

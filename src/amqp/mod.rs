@@ -23,8 +23,13 @@
 //!   engine's Blocked state (the engine's blocked timeout retires a link
 //!   blocked too long); lapin writes nothing while blocked, so publishers
 //!   wait: backpressure.
-//! * **Topology** is a recorded log replayed in order inside `open`, before
+//! * **Topology** is a log keyed by identity (re-declaring replaces an
+//!   entry in place), replayed in order and pipelined inside `open`, before
 //!   the link is handed to publishers ([`topology`](crate::amqp::Queue)).
+//!   `connect_timeout` bounds the handshake and each replay answer, not the
+//!   whole replay.
+//! * **Consumers** get a per-consumer prefetch ([`DEFAULT_PREFETCH`]), so a
+//!   slow consumer holds a bounded number of deliveries.
 //! * **Errors.** `ACCESS_REFUSED`, `NOT_ALLOWED` (unknown vhost) and TLS
 //!   failures are permanent ([`AmqpError`]): the engine gives up at once
 //!   unless its configuration allows permanent retries.
@@ -66,8 +71,8 @@ use lapin::uri::AMQPUri;
 use tokio::sync::{broadcast, mpsc};
 
 pub use config::{
-    AmqpConfig, AmqpConfigError, DEFAULT_FRAME_MAX, EnvError, Heartbeat, ReplayPolicy,
-    negotiate_heartbeat,
+    AmqpConfig, AmqpConfigError, DEFAULT_FRAME_MAX, DEFAULT_PREFETCH, EnvError, Heartbeat,
+    REPLAY_ALLOWANCE, ReplayPolicy, negotiate_heartbeat,
 };
 pub use consume::{Consumer, Delivery};
 pub use error::{AckError, AmqpError, codes};
@@ -187,7 +192,9 @@ impl AmqpTransport {
         self.shared.replay_errors.subscribe()
     }
 
-    /// How many entries the topology log holds.
+    /// How many entries the topology log holds: one per distinct exchange,
+    /// queue, binding, QoS scope and consumer, plus the deletes and unbinds
+    /// that have not reached the broker yet.
     pub async fn topology_len(&self) -> usize {
         self.shared.topology.lock().await.len()
     }
@@ -444,14 +451,15 @@ impl Shared {
         log: &mut Log,
         entry: Entry,
     ) -> Result<(), AmqpError> {
+        let mut applied = false;
         if let Some(link) = self.current() {
-            let applied = tokio::time::timeout(
+            let answer = tokio::time::timeout(
                 self.config.connect_timeout,
                 link::apply(self, &link, &entry),
             )
             .await;
-            match applied {
-                Ok(Ok(())) => {}
+            match answer {
+                Ok(Ok(())) => applied = true,
                 Ok(Err(e)) if !error::is_connection_error(&e) && link.is_alive() => {
                     return Err(AmqpError::Channel(e));
                 }
@@ -460,7 +468,7 @@ impl Shared {
                 Ok(Err(_)) | Err(_) => {}
             }
         }
-        log.record(entry);
+        log.record(entry, applied);
         Ok(())
     }
 
