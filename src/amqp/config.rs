@@ -337,7 +337,7 @@ impl AmqpConfig {
     pub fn engine_config_for(&self, heartbeat: Option<Duration>) -> Result<Config, ConfigError> {
         Config::builder()
             .backoff(self.backoff.clone())
-            .connect_timeout(self.connect_timeout + REPLAY_ALLOWANCE)
+            .connect_timeout(self.connect_timeout.saturating_add(REPLAY_ALLOWANCE))
             .liveness_timeout(heartbeat)
             .blocked_timeout(self.blocked_timeout)
             .stable_period(self.stable_period)
