@@ -246,8 +246,10 @@ impl<T: Deliver> Publisher<T> {
 
     /// Submits a message and returns its [`Receipt`] once the outbox took
     /// it. Returns at once, except under [`OverflowPolicy::Wait`] with a
-    /// full outbox, where it waits for room (at most the policy's deadline,
-    /// after which the receipt resolves with `Overflow`). Never starts a
+    /// full outbox, where it waits for room (at most the policy's deadline
+    /// and the publish timeout, after which the receipt resolves with
+    /// `Overflow`). The receipt resolves within the publish timeout (60 s
+    /// by default) counted from this call. Never starts a
     /// connection attempt: while the link is down the message waits in the
     /// outbox. Dropping this future before it returns abandons the message
     /// (it was never submitted).
