@@ -365,6 +365,22 @@ pub enum Script {
     LinkLost,
     /// The write times out (a half-open link).
     Timeout,
+    /// Written; the broker closes the link's publishing channel because of
+    /// it, `after` the write (a publish to a missing exchange). Until then
+    /// the channel discards every later write (never confirmed, as a broker
+    /// does after a channel error); then every message still unconfirmed on
+    /// the channel, this one included, fails with
+    /// [`DeliveryError::ChannelClosed`], and later writes go to a new channel.
+    CloseChannel {
+        /// The reply code.
+        code: u16,
+        /// The reply text.
+        text: String,
+        /// Delay between the write and the close.
+        after: Duration,
+    },
+    /// Not written: the channel was closing ([`DeliveryError::NotWritten`]).
+    NotWritten,
 }
 
 /// One write the in-memory transport accepted.
@@ -384,6 +400,33 @@ struct DeliveryState {
     default_script: Option<Script>,
     sent: Vec<Sent>,
     attempts: u64,
+    channels: HashMap<Generation, MemoryChannel>,
+    channel_closes: u64,
+}
+
+/// A link's publishing channel: who waits for a confirm on it, and whether a
+/// write on it already made the broker close it.
+#[derive(Default)]
+struct MemoryChannel {
+    id: u64,
+    closing: bool,
+    waiters: Vec<tokio::sync::oneshot::Sender<DeliveryError>>,
+}
+
+fn close_channel(inner: &Inner, generation: Generation, id: u64, error: &DeliveryError) {
+    let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    let d = &mut state.delivery;
+    let Some(channel) = d.channels.get_mut(&generation).filter(|c| c.id == id) else {
+        return;
+    };
+    for waiter in channel.waiters.drain(..) {
+        let _ = waiter.send(error.clone());
+    }
+    *channel = MemoryChannel {
+        id: id + 1,
+        ..MemoryChannel::default()
+    };
+    d.channel_closes += 1;
 }
 
 /// The confirm future of the in-memory transport.
@@ -429,6 +472,11 @@ impl MemoryControl {
         self.state().delivery.attempts
     }
 
+    /// Publishing channels the simulated broker closed so far.
+    pub fn channel_closes(&self) -> u64 {
+        self.state().delivery.channel_closes
+    }
+
     /// Waits until at least `n` writes were accepted.
     pub async fn wait_sent(&self, n: usize) {
         loop {
@@ -455,7 +503,7 @@ impl Deliver for MemoryTransport {
         let link = link.clone();
         let message = message.clone();
         async move {
-            let script = {
+            let (script, channel, closed) = {
                 let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                 let d = &mut state.delivery;
                 d.attempts += 1;
@@ -469,6 +517,7 @@ impl Deliver for MemoryTransport {
                     _ if !link.is_open() => return Err(DeliveryError::LinkLost),
                     Script::LinkLost => return Err(DeliveryError::LinkLost),
                     Script::Timeout => return Err(DeliveryError::Timeout),
+                    Script::NotWritten => return Err(DeliveryError::NotWritten),
                     _ => {}
                 }
                 d.sent.push(Sent {
@@ -476,11 +525,22 @@ impl Deliver for MemoryTransport {
                     id,
                     message,
                 });
-                script
+                let channel = d.channels.entry(link.generation).or_default();
+                // A closing channel discards what is written on it.
+                let discarded = channel.closing;
+                if let Script::CloseChannel { .. } = script {
+                    channel.closing = true;
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                channel.waiters.retain(|w| !w.is_closed());
+                channel.waiters.push(tx);
+                (script, channel.id, (rx, discarded))
             };
             inner.changed.notify_waiters();
-            let confirm: Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send>> =
+            let (closed, discarded) = closed;
+            let answer: Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send>> =
                 match script {
+                    _ if discarded => Box::pin(std::future::pending()),
                     Script::ConfirmAfter(d) => Box::pin(async move {
                         tokio::time::sleep(d).await;
                         Ok(())
@@ -496,10 +556,36 @@ impl Deliver for MemoryTransport {
                     Script::ConfirmLinkLost => {
                         Box::pin(std::future::ready(Err(DeliveryError::LinkLost)))
                     }
+                    Script::CloseChannel { code, text, after } => {
+                        let inner = inner.clone();
+                        let generation = link.generation;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(after).await;
+                            close_channel(
+                                &inner,
+                                generation,
+                                channel,
+                                &DeliveryError::ChannelClosed { code, text },
+                            );
+                        });
+                        Box::pin(std::future::pending())
+                    }
                     _ => Box::pin(std::future::ready(Ok(()))),
                 };
-            Ok(MemoryConfirm(confirm))
+            // The message's own answer, unless its channel closes first.
+            let confirm = async move {
+                tokio::select! {
+                    biased;
+                    result = answer => result,
+                    Ok(error) = closed => Err(error),
+                }
+            };
+            Ok(MemoryConfirm(Box::pin(confirm)))
         }
+    }
+
+    fn heartbeat(&self, _link: &MemoryLink) -> Option<Duration> {
+        self.inner.heartbeat
     }
 
     fn size_of(message: &String) -> usize {

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use redial::machine::{FailCause, Generation};
 use redial::outbox::{
-    MessageId, OutboxConfig, OutboxCore, OutboxStats, OverflowPolicy, PublishError, Submit,
-    SubmitOptions,
+    ChannelClosed, MessageId, OutboxConfig, OutboxCore, OutboxStats, OverflowPolicy, PublishError,
+    Submit, SubmitOptions,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 #[derive(Deserialize)]
@@ -38,6 +38,14 @@ struct VConfig {
     max_in_flight: Option<usize>,
     overflow: Option<VPolicy>,
     default_ttl_ms: Option<u64>,
+    /// Absent: the default (60 s); `null`: off.
+    #[serde(default, deserialize_with = "present")]
+    publish_timeout_ms: Option<Option<u64>>,
+}
+
+/// A key that is present, possibly `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -81,6 +89,21 @@ enum Op {
         ttl_ms: Option<u64>,
         size: Option<usize>,
         overflow: Option<VPolicy>,
+        publish_timeout_ms: Option<u64>,
+    },
+    ChannelClosed {
+        generation: u64,
+        id: u64,
+        reason: String,
+    },
+    SetBlocked {
+        blocked: bool,
+    },
+    ConfirmOverdue {
+        timeout_ms: u64,
+    },
+    ConfirmDeadline {
+        timeout_ms: u64,
     },
     NextToSend {
         generation: u64,
@@ -121,6 +144,9 @@ struct VResolved {
     outcome: String,
     #[serde(default)]
     generation: Option<u64>,
+    /// The reason of a `rejected` outcome (compared when given).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 fn counters(s: &OutboxStats) -> BTreeMap<&'static str, u64> {
@@ -135,6 +161,8 @@ fn counters(s: &OutboxStats) -> BTreeMap<&'static str, u64> {
         ("failed_cancelled", s.failed.cancelled),
         ("failed_shut_down", s.failed.shut_down),
         ("failed_gave_up", s.failed.gave_up),
+        ("failed_timeout", s.failed.timeout),
+        ("channel_closes", s.channel_closes),
         ("expired", s.expired),
         ("dropped", s.dropped),
         ("replayed", s.replayed),
@@ -181,6 +209,9 @@ fn run_file(path: &Path) -> Result<usize, String> {
         b = b.overflow(p.get());
     }
     b = b.default_ttl(v.config.default_ttl_ms.map(Duration::from_millis));
+    if let Some(t) = v.config.publish_timeout_ms {
+        b = b.publish_timeout(t.map(Duration::from_millis));
+    }
     let config = b.build().map_err(|e| format!("config: {e}"))?;
     let mut core: OutboxCore<String> = OutboxCore::new(config);
     let t0 = Instant::now();
@@ -198,8 +229,12 @@ fn run_file(path: &Path) -> Result<usize, String> {
                 ttl_ms,
                 size,
                 overflow,
+                publish_timeout_ms,
             } => {
                 let mut o = SubmitOptions::new();
+                if let Some(t) = publish_timeout_ms {
+                    o = o.publish_timeout(Duration::from_millis(*t));
+                }
                 if let Some(t) = ttl_ms {
                     o = o.ttl(Duration::from_millis(*t));
                 }
@@ -247,6 +282,32 @@ fn run_file(path: &Path) -> Result<usize, String> {
                 serde_json::json!({"requeued": core.link_lost(Generation(*generation))})
             }
             Op::Expire => serde_json::json!({"expired": core.expire(now)}),
+            Op::ChannelClosed {
+                generation,
+                id,
+                reason,
+            } => match core.channel_closed(Generation(*generation), MessageId(*id), reason) {
+                ChannelClosed::Stale => serde_json::json!({"result": "stale"}),
+                ChannelClosed::Rejected => serde_json::json!({"result": "rejected"}),
+                ChannelClosed::Requeued(n) => {
+                    serde_json::json!({"result": "requeued", "requeued": n})
+                }
+                other => return Err(format!("step {i}: unknown answer {other:?}")),
+            },
+            Op::SetBlocked { blocked } => {
+                core.set_blocked(now, *blocked);
+                Value::Null
+            }
+            Op::ConfirmOverdue { timeout_ms } => {
+                let g = core.confirm_overdue(now, Duration::from_millis(*timeout_ms));
+                serde_json::json!({"generation": g.map(|g| g.0)})
+            }
+            Op::ConfirmDeadline { timeout_ms } => {
+                let at = core
+                    .confirm_deadline(Duration::from_millis(*timeout_ms))
+                    .map(|d| d.duration_since(t0).as_millis() as u64);
+                serde_json::json!({"at_ms": at})
+            }
             Op::Cancel { id } => serde_json::json!({"applied": core.cancel(MessageId(*id))}),
             Op::GiveUp { cause: c } => {
                 core.give_up(cause(c)?, None);
@@ -272,16 +333,36 @@ fn run_file(path: &Path) -> Result<usize, String> {
         }
         let got: Vec<VResolved> = std::iter::from_fn(|| core.poll_resolved())
             .map(|r| {
-                let (outcome, generation) = match &r.outcome {
-                    Ok(c) => ("confirmed".to_string(), Some(c.generation.0)),
-                    Err(e) => (e.kind().as_str().to_string(), None),
+                let (outcome, generation, reason) = match &r.outcome {
+                    Ok(c) => ("confirmed".to_string(), Some(c.generation.0), None),
+                    Err(PublishError::Rejected(why)) => {
+                        ("rejected".to_string(), None, Some(why.clone()))
+                    }
+                    Err(e) => (e.kind().as_str().to_string(), None, None),
                 };
                 VResolved {
                     id: r.id.0,
                     message: r.message,
                     outcome,
                     generation,
+                    reason,
                 }
+            })
+            .collect();
+        let got: Vec<VResolved> = got
+            .into_iter()
+            .zip(
+                step.resolved
+                    .iter()
+                    .map(Some)
+                    .chain(std::iter::repeat(None)),
+            )
+            .map(|(mut g, want)| {
+                // A reason is compared only where the vector gives one.
+                if want.is_none_or(|w| w.reason.is_none()) {
+                    g.reason = None;
+                }
+                g
             })
             .collect();
         if got != step.resolved {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use redial::machine::{Config, ErrorKind, FailCause, Generation, StateKind};
 use redial::outbox::{
-    OutboxConfig, OverflowPolicy, PublishError, PublishErrorKind, Publisher, Receipt, SubmitOptions,
+    ConfirmTimeout, OutboxConfig, OverflowPolicy, PublishError, PublishErrorKind, Publisher,
+    Receipt, SubmitOptions,
 };
 use redial::runtime::{Engine, Handle};
 use redial::testing::{MemoryControl, MemoryTransport, Plan, Script};
@@ -179,9 +180,16 @@ fn s25_config() -> Config {
 #[tokio::test(start_paused = true)]
 async fn s25_drop_oldest_expiry_and_mid_flush_failure() {
     let start = Instant::now();
+    // A 5-minute outage: the publish timeout (60 s by default) is off here.
+    let config = OutboxConfig::builder()
+        .max_messages(3)
+        .overflow(OverflowPolicy::DropOldest)
+        .publish_timeout(None)
+        .build()
+        .unwrap();
     let r = rig(
         s25_config(),
-        outbox(3, OverflowPolicy::DropOldest),
+        config,
         &[Plan::SucceedAfter(Duration::from_secs(310))],
     );
     r.control.script("p3", [Script::LinkLost]);
@@ -735,4 +743,184 @@ async fn s27_threads_publish_while_the_link_flaps() {
     let stats = r.publisher.stats();
     assert_eq!((stats.submitted, stats.confirmed), (400, 400));
     r.engine.shutdown().await;
+}
+
+// ---- channel errors and missing confirms ----------------------------------
+
+fn no_exchange(after: Duration) -> Script {
+    Script::CloseChannel {
+        code: 404,
+        text: "NOT_FOUND - no exchange 'missing' in vhost '/'".into(),
+        after,
+    }
+}
+
+/// One bad publish among valid ones whose confirms take a while (so several
+/// are unconfirmed when the channel closes): only the culprit is refused,
+/// with the broker's own reason; every other message is confirmed on the
+/// same link; the link is never replaced; writes on the link never go
+/// backwards except for the isolated replays.
+#[tokio::test(start_paused = true)]
+async fn a_channel_close_refuses_only_its_culprit_and_keeps_the_link() {
+    let r = rig(machine().build().unwrap(), OutboxConfig::default(), &[]);
+    r.handle.wait_for(StateKind::Connected).await;
+    let g = r.handle.generation();
+    r.control
+        .set_default_script(Script::ConfirmAfter(Duration::from_millis(20)));
+    // The culprit closes the channel on each of its writes (a missing exchange).
+    r.control
+        .script("m07", (0..3).map(|_| no_exchange(Duration::from_millis(5))));
+    r.control
+        .script("m15", (0..3).map(|_| no_exchange(Duration::from_millis(5))));
+    let names: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
+    let mut receipts = Vec::new();
+    for n in &names {
+        receipts.push(r.publisher.publish(n.clone()).await);
+    }
+    for (n, receipt) in names.iter().zip(receipts) {
+        let outcome = receipt.await;
+        if n == "m07" || n == "m15" {
+            match outcome {
+                Err(PublishError::Rejected(why)) => assert!(why.contains("404"), "{why}"),
+                other => panic!("{n}: expected rejected, got {other:?}"),
+            }
+        } else {
+            assert_eq!(outcome.map(|c| c.generation).ok(), Some(g), "{n}");
+        }
+    }
+    assert_eq!(r.control.connect_calls(), 1, "the link was kept");
+    assert_eq!(r.handle.stats().outages, 0);
+    // m07's close catches all 30 (m08 and later were discarded by the
+    // closing channel); then each culprit closes the channel alone.
+    assert_eq!(r.control.channel_closes(), 3);
+    let s = r.publisher.stats();
+    assert_eq!(
+        (s.confirmed, s.failed.rejected, s.failed.total()),
+        (28, 2, 2)
+    );
+    assert_eq!(s.channel_closes, 1, "{s:?}");
+    assert_eq!(
+        s.replayed, 30,
+        "every message caught by the close went again, once"
+    );
+    r.engine.shutdown().await;
+}
+
+/// A write that finds the channel closing goes back without blame.
+#[tokio::test(start_paused = true)]
+async fn a_message_not_written_is_sent_again_without_blame() {
+    let r = rig(machine().build().unwrap(), OutboxConfig::default(), &[]);
+    r.handle.wait_for(StateKind::Connected).await;
+    let g = r.handle.generation();
+    r.control
+        .script("a", [Script::NotWritten, Script::NotWritten]);
+    let a = r.publisher.publish("a".into()).await;
+    assert_eq!(a.await.unwrap().generation, g);
+    assert_eq!(r.control.send_attempts(), 3);
+    assert_eq!(r.control.connect_calls(), 1);
+    assert_eq!(r.publisher.stats().failed.total(), 0);
+    r.engine.shutdown().await;
+}
+
+/// A link whose heartbeats flow but which never confirms is replaced
+/// within the default confirm timeout (2 x heartbeat, at least 5 s), and
+/// the message is confirmed on the next link.
+#[tokio::test(start_paused = true)]
+async fn a_missing_confirm_replaces_the_link_within_the_confirm_timeout() {
+    let transport = MemoryTransport::with_heartbeat(Duration::from_secs(1));
+    let control = transport.control();
+    let engine = Engine::spawn(
+        machine()
+            .liveness_timeout(Some(Duration::from_secs(3)))
+            .build()
+            .unwrap(),
+        transport.clone(),
+    );
+    let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+    let handle = engine.handle();
+    handle.wait_for(StateKind::Connected).await;
+    let g1 = handle.generation();
+    control.script("a", [Script::NeverConfirm]);
+    let start = Instant::now();
+    let a = publisher.publish("a".into()).await;
+    let confirmed = a.await.unwrap();
+    let took = start.elapsed();
+    assert!(confirmed.generation > g1, "confirmed on a new link");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(7),
+        "replaced after the 5 s confirm timeout, took {took:?}"
+    );
+    assert_eq!(control.connect_calls(), 2);
+    assert_eq!(publisher.stats().replayed, 1);
+    engine.shutdown().await;
+}
+
+/// Time while the broker blocks publishing does not count toward the
+/// confirm timeout: flow control is not a broken link.
+#[tokio::test(start_paused = true)]
+async fn blocked_time_does_not_count_toward_the_confirm_timeout() {
+    let config = OutboxConfig::builder()
+        .confirm_timeout(ConfirmTimeout::After(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    let r = rig(machine().build().unwrap(), config, &[]);
+    r.handle.wait_for(StateKind::Connected).await;
+    let g1 = r.handle.generation();
+    r.control.script("a", [Script::NeverConfirm]);
+    let start = Instant::now();
+    let mut a = r.publisher.publish("a".into()).await;
+    r.control.wait_sent(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.handle.report_blocked(g1);
+    r.handle.wait_for(StateKind::Blocked).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(ready(&mut a).is_none());
+    assert_eq!(r.control.connect_calls(), 1, "not replaced while blocked");
+    r.handle.report_unblocked(g1);
+    let confirmed = a.await.unwrap();
+    let took = start.elapsed();
+    assert!(confirmed.generation > g1);
+    assert!(
+        took >= Duration::from_secs(25) && took < Duration::from_secs(26),
+        "1 s before and 4 s after the block, took {took:?}"
+    );
+    r.engine.shutdown().await;
+}
+
+/// By default no publish waits forever: a link that never comes up
+/// resolves every publish with `Timeout` after 60 s.
+#[tokio::test(start_paused = true)]
+async fn the_default_publish_timeout_bounds_a_publish_during_an_outage() {
+    let r = rig(machine().build().unwrap(), OutboxConfig::default(), &[]);
+    r.control.set_default(Plan::Fail(ErrorKind::Transient));
+    let start = Instant::now();
+    let a = r.publisher.publish("a".into()).await;
+    assert_eq!(kind(&a.await), Some(PublishErrorKind::Timeout));
+    assert_eq!(start.elapsed(), Duration::from_secs(60));
+    assert_eq!(r.publisher.stats().failed.timeout, 1);
+    r.engine.shutdown().await;
+}
+
+/// The longest durations configuration accepts never panic: a `Wait`
+/// deadline and a drain timeout of `Duration::MAX`.
+#[tokio::test(start_paused = true)]
+async fn maximal_durations_do_not_panic() {
+    let config = OutboxConfig::builder()
+        .max_messages(1)
+        .overflow(OverflowPolicy::Wait {
+            deadline: Some(Duration::MAX),
+        })
+        .build()
+        .unwrap();
+    let r = rig(machine().build().unwrap(), config, &[]);
+    r.control.set_default(Plan::Fail(ErrorKind::Transient));
+    let long = SubmitOptions::new().publish_timeout(Duration::from_secs(120));
+    let _a = r.publisher.publish_with("a".into(), long).await;
+    let start = Instant::now();
+    // Full: waits for room, at most the publish timeout.
+    let b = r.publisher.publish("b".into()).await;
+    assert_eq!(kind(&b.await), Some(PublishErrorKind::Overflow));
+    assert_eq!(start.elapsed(), Duration::from_secs(60));
+    let stats = r.publisher.shutdown(Duration::MAX).await;
+    assert_eq!(stats.pending(), 0);
 }

@@ -1,10 +1,12 @@
 //! Property tests: the sans-IO outbox against a deliberately naive reference
 //! model (a flat list of messages, everything recomputed by scanning).
 //!
-//! Random submits (all overflow policies, sizes, TTLs), sends, confirms and
-//! failures naming the right, an older or a newer generation, out-of-order
-//! "multiple" confirms, requeues, link losses, expiries, cancels, give-ups,
-//! closes and shutdowns. After every step: the same outcomes in the same
+//! Random submits (all overflow policies, sizes, TTLs, publish timeouts),
+//! sends, confirms and failures naming the right, an older or a newer
+//! generation, out-of-order "multiple" confirms, requeues, channel closes
+//! (culprit alone or suspects isolated), link losses, expiries, blocked
+//! periods and confirm-deadline checks, cancels, give-ups, closes and
+//! shutdowns. After every step: the same outcomes in the same
 //! order, the same counters, the accounting invariant, no success without a
 //! confirm of that generation, each message resolved once, and per-link
 //! writes in ascending id order (submission order, replays first).
@@ -15,8 +17,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use redial::machine::{FailCause, Generation};
 use redial::outbox::{
-    MessageId, OutboxConfig, OutboxCore, OverflowPolicy, PublishError, PublishErrorKind, Submit,
-    SubmitOptions,
+    ChannelClosed, MessageId, OutboxConfig, OutboxCore, OverflowPolicy, PublishError,
+    PublishErrorKind, Submit, SubmitOptions,
 };
 
 // ---- the reference model --------------------------------------------------
@@ -32,8 +34,12 @@ enum MState {
 struct MMsg {
     size: usize,
     deadline: Option<u64>,
+    timeout: Option<u64>,
     state: MState,
     sends: u32,
+    suspect: bool,
+    /// Unblocked time of the last write.
+    written: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +62,7 @@ struct MCounters {
     replayed: u64,
     requeued: u64,
     stale: u64,
+    channel_closes: u64,
 }
 
 struct Model {
@@ -64,6 +71,9 @@ struct Model {
     window: usize,
     policy: OverflowPolicy,
     default_ttl: Option<u64>,
+    publish_timeout: Option<u64>,
+    blocked_since: Option<u64>,
+    blocked_total: u64,
     msgs: BTreeMap<u64, MMsg>,
     next_id: u64,
     gate: MGate,
@@ -109,7 +119,13 @@ impl Model {
         self.out.push((id, outcome));
     }
 
-    fn new_id(&mut self, size: usize, deadline: Option<u64>, state: MState) -> u64 {
+    fn new_id(
+        &mut self,
+        size: usize,
+        deadline: Option<u64>,
+        timeout: Option<u64>,
+        state: MState,
+    ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.c.submitted += 1;
@@ -118,31 +134,108 @@ impl Model {
             MMsg {
                 size,
                 deadline,
+                timeout,
                 state,
                 sends: 0,
+                suspect: false,
+                written: 0,
             },
         );
         id
     }
 
     fn refuse(&mut self, size: usize, kind: PublishErrorKind) -> u64 {
-        let id = self.new_id(size, None, MState::Queued);
+        let id = self.new_id(size, None, None, MState::Queued);
         self.resolve(id, Err(kind));
         id
     }
 
+    /// Time to live (queued only) and publish timeout (any pending), in
+    /// time order, a time to live first on a tie.
     fn expire(&mut self, now: u64) {
         self.now = self.now.max(now);
-        let mut due: Vec<(u64, u64)> = self
-            .msgs
-            .iter()
-            .filter(|(_, m)| m.state == MState::Queued)
-            .filter_map(|(id, m)| m.deadline.filter(|d| *d <= self.now).map(|d| (d, *id)))
-            .collect();
-        due.sort();
-        for (_, id) in due {
-            self.resolve(id, Err(PublishErrorKind::Expired));
+        let mut due: Vec<(u64, u8, u64)> = Vec::new();
+        for (id, m) in self.pending() {
+            if m.state == MState::Queued
+                && let Some(d) = m.deadline.filter(|d| *d <= self.now)
+            {
+                due.push((d, 0, *id));
+            }
+            if let Some(t) = m.timeout.filter(|t| *t <= self.now) {
+                due.push((t, 1, *id));
+            }
         }
+        due.sort();
+        for (_, kind, id) in due {
+            if self.msgs[&id].state == MState::Done {
+                continue;
+            }
+            let outcome = if kind == 0 {
+                PublishErrorKind::Expired
+            } else {
+                PublishErrorKind::Timeout
+            };
+            self.resolve(id, Err(outcome));
+        }
+    }
+
+    fn active(&self) -> u64 {
+        let blocked_now = self.blocked_since.map_or(0, |b| self.now - b);
+        self.now - self.blocked_total - blocked_now
+    }
+
+    fn set_blocked(&mut self, now: u64, blocked: bool) {
+        self.expire(now);
+        match (self.blocked_since, blocked) {
+            (None, true) => self.blocked_since = Some(self.now),
+            (Some(b), false) => {
+                self.blocked_total += self.now - b;
+                self.blocked_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn confirm_overdue(&mut self, now: u64, timeout: u64) -> Option<u64> {
+        self.expire(now);
+        let active = self.active();
+        self.pending()
+            .filter_map(|(id, m)| match m.state {
+                MState::InFlight(g) => Some((m.written, *id, g)),
+                _ => None,
+            })
+            .min()
+            .filter(|(w, _, _)| active - w >= timeout)
+            .map(|(_, _, g)| g)
+    }
+
+    fn channel_closed(&mut self, generation: u64, id: u64) -> Option<bool> {
+        let applies = self
+            .msgs
+            .get(&id)
+            .is_some_and(|m| m.state == MState::InFlight(generation));
+        if !applies {
+            self.c.stale += 1;
+            return None;
+        }
+        let on_link: Vec<u64> = self
+            .pending()
+            .filter(|(_, m)| m.state == MState::InFlight(generation))
+            .map(|(id, _)| *id)
+            .collect();
+        if on_link.len() == 1 {
+            self.resolve(id, Err(PublishErrorKind::Rejected));
+            return Some(true);
+        }
+        self.c.channel_closes += 1;
+        for id in on_link {
+            if self.msgs[&id].state == MState::Done {
+                continue;
+            }
+            self.msgs.get_mut(&id).unwrap().suspect = true;
+            self.put_back(id);
+        }
+        Some(false)
     }
 
     /// `None`: full under `Wait` (nothing counted).
@@ -152,6 +245,7 @@ impl Model {
         ttl: Option<u64>,
         size: usize,
         policy: Option<OverflowPolicy>,
+        timeout: Option<u64>,
     ) -> Option<u64> {
         self.expire(now);
         let refusal = match self.gate {
@@ -189,7 +283,8 @@ impl Model {
             return Some(self.refuse(size, kind));
         }
         let deadline = ttl.or(self.default_ttl).map(|t| self.now + t);
-        let id = self.new_id(size, deadline, MState::Queued);
+        let timeout = timeout.or(self.publish_timeout).map(|t| self.now + t);
+        let id = self.new_id(size, deadline, timeout, MState::Queued);
         self.expire(self.now);
         Some(id)
     }
@@ -200,7 +295,19 @@ impl Model {
             return None;
         }
         let id = *self.queued_ids().first()?;
+        // A suspect goes alone: nothing else in flight on its link, and
+        // nothing after it until it is answered.
+        let on_link: Vec<&MMsg> = self
+            .pending()
+            .filter(|(_, m)| m.state == MState::InFlight(generation))
+            .map(|(_, m)| m)
+            .collect();
+        if on_link.iter().any(|m| m.suspect) || (self.msgs[&id].suspect && !on_link.is_empty()) {
+            return None;
+        }
+        let active = self.active();
         let m = self.msgs.get_mut(&id).unwrap();
+        m.written = active;
         m.state = MState::InFlight(generation);
         m.sends += 1;
         if m.sends > 1 {
@@ -276,6 +383,7 @@ enum Op {
         ttl: Option<u16>,
         size: u8,
         policy: Option<u8>,
+        timeout: Option<u16>,
     },
     Advance(u16),
     Send,
@@ -299,6 +407,12 @@ enum Op {
         pick: u8,
         delta: i8,
     },
+    ChannelClosed {
+        pick: u8,
+        delta: i8,
+    },
+    SetBlocked(bool),
+    ConfirmOverdue(u16),
     LinkLost,
     Expire,
     Cancel {
@@ -324,8 +438,13 @@ fn delta() -> impl Strategy<Value = i8> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (proptest::option::of(0u16..2000), 0u8..20, proptest::option::weighted(0.2, any::<u8>()))
-            .prop_map(|(ttl, size, policy)| Op::Submit { ttl, size, policy }),
+        8 => (
+            proptest::option::of(0u16..2000),
+            0u8..20,
+            proptest::option::weighted(0.2, any::<u8>()),
+            proptest::option::weighted(0.2, 0u16..3000),
+        )
+            .prop_map(|(ttl, size, policy, timeout)| Op::Submit { ttl, size, policy, timeout }),
         4 => (0u16..1500).prop_map(Op::Advance),
         8 => Just(Op::Send),
         1 => Just(Op::SendOnRetired),
@@ -333,6 +452,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(|pick| Op::ConfirmUpTo { pick }),
         2 => (any::<u8>(), delta(), any::<u8>()).prop_map(|(pick, delta, kind)| Op::Fail { pick, delta, kind }),
         2 => (any::<u8>(), delta()).prop_map(|(pick, delta)| Op::Requeue { pick, delta }),
+        3 => (any::<u8>(), delta()).prop_map(|(pick, delta)| Op::ChannelClosed { pick, delta }),
+        1 => any::<bool>().prop_map(Op::SetBlocked),
+        1 => (1u16..3000).prop_map(Op::ConfirmOverdue),
         2 => Just(Op::LinkLost),
         2 => Just(Op::Expire),
         1 => any::<u8>().prop_map(|pick| Op::Cancel { pick }),
@@ -350,6 +472,7 @@ struct Setup {
     window: usize,
     policy: u8,
     default_ttl: Option<u16>,
+    publish_timeout: Option<u16>,
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
@@ -359,14 +482,16 @@ fn setup() -> impl Strategy<Value = Setup> {
         1usize..5,
         any::<u8>(),
         proptest::option::weighted(0.2, 0u16..3000),
+        proptest::option::weighted(0.3, 1u16..5000),
     )
         .prop_map(
-            |(max_messages, max_bytes, window, policy, default_ttl)| Setup {
+            |(max_messages, max_bytes, window, policy, default_ttl, publish_timeout)| Setup {
                 max_messages,
                 max_bytes,
                 window,
                 policy,
                 default_ttl,
+                publish_timeout,
             },
         )
 }
@@ -392,6 +517,11 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
         .max_in_flight(setup.window)
         .overflow(policy(setup.policy))
         .default_ttl(setup.default_ttl.map(|t| Duration::from_millis(t.into())))
+        .publish_timeout(
+            setup
+                .publish_timeout
+                .map(|t| Duration::from_millis(t.into())),
+        )
         .build()
         .unwrap();
     let mut core: OutboxCore<u64> = OutboxCore::new(config);
@@ -401,6 +531,9 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
         window: setup.window,
         policy: policy(setup.policy),
         default_ttl: setup.default_ttl.map(u64::from),
+        publish_timeout: setup.publish_timeout.map(u64::from),
+        blocked_since: None,
+        blocked_total: 0,
         msgs: BTreeMap::new(),
         next_id: 1,
         gate: MGate::Open,
@@ -436,8 +569,10 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 ttl,
                 size,
                 policy: p,
+                timeout,
             } => {
                 let ttl = ttl.map(u64::from);
+                let timeout = timeout.map(u64::from);
                 let size = usize::from(size);
                 let p = p.map(policy);
                 let mut options = SubmitOptions::new().size_bytes(size);
@@ -447,8 +582,11 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some(p) = p {
                     options = options.overflow(p);
                 }
+                if let Some(t) = timeout {
+                    options = options.publish_timeout(Duration::from_millis(t));
+                }
                 let message = model.next_id;
-                let expected = model.submit(now, ttl, size, p);
+                let expected = model.submit(now, ttl, size, p, timeout);
                 let got = core.submit(at(now), message, options);
                 match (expected, got) {
                     (None, Submit::Full(_)) => {}
@@ -531,6 +669,32 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let last = last_sent_on.entry(g).or_default();
                     *last = (*last).min(id - 1);
                 }
+            }
+            Op::ChannelClosed { pick: p, delta } => {
+                let (id, g) = pick(p).unwrap_or((u64::from(p), generation));
+                let g = shift(g, delta);
+                let expected = model.channel_closed(g, id);
+                let got = core.channel_closed(generation_of(g), MessageId(id), "closed");
+                match (expected, got) {
+                    (None, ChannelClosed::Stale) | (Some(true), ChannelClosed::Rejected) => {}
+                    (Some(false), ChannelClosed::Requeued(n)) => {
+                        prop_assert!(n >= 2);
+                        // Replays on the same link start over from the oldest.
+                        let last = last_sent_on.entry(g).or_default();
+                        *last = 0;
+                    }
+                    (e, got) => prop_assert!(false, "step {step}: channel_closed {e:?} vs {got:?}"),
+                }
+            }
+            Op::SetBlocked(blocked) => {
+                model.set_blocked(now, blocked);
+                core.set_blocked(at(now), blocked);
+            }
+            Op::ConfirmOverdue(t) => {
+                let t = u64::from(t);
+                let expected = model.confirm_overdue(now, t);
+                let got = core.confirm_overdue(at(now), Duration::from_millis(t));
+                prop_assert_eq!(got.map(|g| g.0), expected, "step {}: overdue", step);
             }
             Op::LinkLost => {
                 model.link_lost(generation);
@@ -638,7 +802,9 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 s.failed.overflow,
                 s.failed.cancelled,
                 s.failed.shut_down,
-                s.failed.gave_up
+                s.failed.gave_up,
+                s.failed.timeout,
+                s.channel_closes
             ),
             (
                 f(PublishErrorKind::Nacked),
@@ -647,7 +813,9 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 f(PublishErrorKind::Overflow),
                 f(PublishErrorKind::Cancelled),
                 f(PublishErrorKind::ShutDown),
-                f(PublishErrorKind::GaveUp)
+                f(PublishErrorKind::GaveUp),
+                f(PublishErrorKind::Timeout),
+                c.channel_closes
             )
         );
         prop_assert_eq!(s.queued as usize, model.queued_ids().len());
@@ -655,11 +823,13 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(s.pending_bytes as usize, model.bytes());
         prop_assert_eq!(
             core.poll_timeout().is_some(),
-            model
-                .queued_ids()
-                .iter()
-                .any(|id| model.msgs[id].deadline.is_some())
+            model.pending().any(|(_, m)| {
+                m.timeout.is_some() || (m.state == MState::Queued && m.deadline.is_some())
+            })
         );
+        for (id, m) in model.pending() {
+            prop_assert_eq!(core.is_suspect(MessageId(*id)), m.suspect, "suspect {}", id);
+        }
     }
     // Everything submitted and resolved was seen exactly once.
     prop_assert_eq!(

@@ -1,7 +1,9 @@
 //! Fuzzes the sans-IO outbox: an arbitrary configuration and sequence of
 //! core operations (submits under every overflow policy, sends, confirms and
-//! failures naming any generation and any id, requeues, link losses,
-//! expiries, cancels, give-ups, closes, shutdowns), with after every step:
+//! failures naming any generation and any id, requeues, channel closes,
+//! blocked periods, confirm-deadline checks, link losses, expiries,
+//! cancels, give-ups, closes, shutdowns, raw timeouts up to `Duration::MAX`),
+//! with after every step:
 //! the core's own invariant check (accounting, bytes, capacity, window,
 //! deadline index), each message resolved exactly once, success only after
 //! an accepted confirm of that generation, and per-link writes in ascending
@@ -15,7 +17,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use redial::machine::{FailCause, Generation};
 use redial::outbox::{
-    MessageId, OutboxConfig, OutboxCore, OverflowPolicy, PublishError, Submit, SubmitOptions,
+    ChannelClosed, ConfirmTimeout, MessageId, OutboxConfig, OutboxCore, OverflowPolicy,
+    PublishError, Submit, SubmitOptions,
 };
 
 const MAX_OPS: usize = 1_024;
@@ -43,6 +46,7 @@ enum Op {
         ttl_ms: Option<u32>,
         size: Option<u32>,
         policy: Option<Policy>,
+        timeout_ms: Option<u64>,
     },
     Advance(u32),
     Send,
@@ -67,6 +71,15 @@ enum Op {
     RequeueInFlight {
         pick: u16,
     },
+    ChannelClosed {
+        generation: u64,
+        id: u64,
+    },
+    ChannelClosedInFlight {
+        pick: u16,
+    },
+    SetBlocked(bool),
+    ConfirmOverdue(u64),
     LinkLost,
     LinkLostAt(u64),
     Expire,
@@ -84,6 +97,8 @@ struct Input {
     max_in_flight: u8,
     policy: Policy,
     default_ttl_ms: Option<u32>,
+    publish_timeout_ms: Option<u64>,
+    confirm_timeout_ms: Option<u64>,
     ops: Vec<Op>,
 }
 
@@ -99,6 +114,10 @@ fuzz_target!(|input: Input| {
                 .default_ttl_ms
                 .map(|t| Duration::from_millis(t.into())),
         )
+        .publish_timeout(input.publish_timeout_ms.map(Duration::from_millis))
+        .confirm_timeout(input.confirm_timeout_ms.map_or(ConfirmTimeout::Off, |t| {
+            ConfirmTimeout::After(Duration::from_millis(t))
+        }))
         .build();
     let config = match raw {
         Ok(c) => c,
@@ -126,8 +145,12 @@ fuzz_target!(|input: Input| {
                 ttl_ms,
                 size,
                 policy,
+                timeout_ms,
             } => {
                 let mut options = SubmitOptions::new();
+                if let Some(t) = timeout_ms {
+                    options = options.publish_timeout(Duration::from_millis(*t));
+                }
                 if let Some(t) = ttl_ms {
                     options = options.ttl(Duration::from_millis((*t).into()));
                 }
@@ -195,6 +218,36 @@ fuzz_target!(|input: Input| {
                     if core.requeue(Generation(g), MessageId(id)) {
                         let last = last_written.entry(g).or_default();
                         *last = (*last).min(id - 1);
+                    }
+                }
+            }
+            Op::ChannelClosed { generation: g, id } => {
+                if let ChannelClosed::Requeued(_) =
+                    core.channel_closed(Generation(*g), MessageId(*id), "closed")
+                {
+                    last_written.insert(*g, 0);
+                }
+            }
+            Op::ChannelClosedInFlight { pick } => {
+                if !in_flight.is_empty() {
+                    let (g, id) = in_flight[usize::from(*pick) % in_flight.len()];
+                    if let ChannelClosed::Requeued(_) =
+                        core.channel_closed(Generation(g), MessageId(id), "closed")
+                    {
+                        last_written.insert(g, 0);
+                    }
+                }
+            }
+            Op::SetBlocked(blocked) => core.set_blocked(at, *blocked),
+            Op::ConfirmOverdue(ms) => {
+                let timeout = Duration::from_millis(*ms);
+                let deadline = core.confirm_deadline(timeout);
+                if let Some(g) = core.confirm_overdue(at, timeout) {
+                    assert!(core.stats().in_flight > 0);
+                    assert!(g.0 >= 1);
+                    // Overdue now: the deadline the core announced has come.
+                    if let Some(d) = deadline {
+                        assert!(d <= at, "overdue before its deadline");
                     }
                 }
             }

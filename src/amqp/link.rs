@@ -101,7 +101,9 @@ impl LinkInner {
     }
 
     /// The channel for `role`, reopened if the broker closed it (a channel
-    /// error reopens the channel, never the connection).
+    /// error reopens the channel, never the connection). A channel whose
+    /// close has begun is not `connected`: it is replaced by a new channel
+    /// (lapin gives it a new id), never written to again.
     pub(crate) async fn channel(&self, role: Role) -> Result<Channel, AmqpError> {
         let mut slot = self.slot(role).lock().await;
         if slot.status().connected() {
@@ -213,6 +215,8 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
     };
     let config = &shared.config;
     let uri = shared.uri.clone();
+    // Frame-level guard on the socket, where it carries frames (not TLS).
+    probe.set_plaintext(uri.scheme == AMQPScheme::AMQP);
     let mut properties = ConnectionProperties::default();
     if let Some(name) = &config.connection_name {
         properties = properties.with_connection_name(name.as_str().into());

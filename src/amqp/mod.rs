@@ -51,6 +51,7 @@
 mod config;
 mod consume;
 mod error;
+mod frame_guard;
 mod link;
 mod probe;
 mod publish;
@@ -77,7 +78,7 @@ pub use config::{
 pub use consume::{Consumer, Delivery};
 pub use error::{AckError, AmqpError, codes};
 pub use link::AmqpLink;
-pub use publish::{AmqpMessage, CHANNEL_ERROR_RETRIES};
+pub use publish::AmqpMessage;
 pub use topology::{Queue, QueueRef};
 
 /// The lapin crate redial was built with (its option and property types

@@ -10,7 +10,9 @@
 //!   (a reset socket is noticed by lapin's I/O thread, which reads it first);
 //! * can be killed: every later read and write fails and the I/O thread is
 //!   woken, so that lapin tears the connection down without waiting for a
-//!   close handshake a dead peer will never answer.
+//!   close handshake a dead peer will never answer;
+//! * on a plaintext link, writes through a [`FrameGuard`]: nothing goes out
+//!   on a channel after its `channel.close-ok`.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use futures::Stream;
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::task::AtomicWaker;
 
+use crate::amqp::frame_guard::FrameGuard;
 use crate::machine::ErrorKind;
 use crate::runtime::LinkReporter;
 
@@ -40,6 +43,9 @@ pub(crate) struct Probe {
     /// Set when we close the link ourselves: its end is not a loss.
     closing: AtomicBool,
     lost: AtomicBool,
+    /// Whether the socket carries plaintext AMQP frames (no TLS): then its
+    /// writes go through a [`FrameGuard`].
+    plaintext: AtomicBool,
     /// Set by the connector when the TLS handshake failed (a permanent error).
     tls_failure: std::sync::Mutex<Option<String>>,
     read_waker: AtomicWaker,
@@ -56,6 +62,7 @@ impl Probe {
             killed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            plaintext: AtomicBool::new(false),
             tls_failure: std::sync::Mutex::new(None),
             read_waker: AtomicWaker::new(),
             write_waker: AtomicWaker::new(),
@@ -112,6 +119,11 @@ impl Probe {
         self.killed.load(Ordering::Acquire)
     }
 
+    /// The link's socket carries plaintext frames (set before connecting).
+    pub(crate) fn set_plaintext(&self, yes: bool) {
+        self.plaintext.store(yes, Ordering::Release);
+    }
+
     pub(crate) fn set_tls_failure(&self, message: String) {
         *self.tls_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
     }
@@ -141,6 +153,45 @@ fn killed_error() -> io::Error {
 pub(crate) struct Probed<S> {
     inner: S,
     probe: Arc<Probe>,
+    guard: Option<Guarded>,
+}
+
+/// Writes through a [`FrameGuard`]. A write that filtered `input` bytes
+/// into `out` reports them written only once `out` is on the socket; until
+/// then it answers `Pending`, and lapin offers the same bytes again (its
+/// send buffer only grows at the end), which are not filtered twice.
+#[derive(Debug, Default)]
+struct Guarded {
+    guard: FrameGuard,
+    input: usize,
+    out: Vec<u8>,
+    written: usize,
+}
+
+impl<S: AsyncWrite + Unpin> Probed<S> {
+    /// Writes what the guard let through; `Ready` once all of it is out.
+    fn poll_guarded(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let Some(g) = self.guard.as_mut() else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        // lapin offers at least the bytes it was told are pending.
+        debug_assert!(buf.len() >= g.input);
+        if g.input == 0 {
+            g.out.clear();
+            g.written = 0;
+            g.guard.filter(buf, &mut g.out);
+            g.input = buf.len();
+        }
+        while g.written < g.out.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &g.out[g.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => g.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(std::mem::take(&mut g.input)))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Probed<S> {
@@ -184,7 +235,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Probed<S> {
         }
         self.probe.write_waker.register(cx.waker());
         let this = &mut *self;
-        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let res = this.poll_guarded(cx, buf);
         if let Poll::Ready(Err(e)) = &res {
             this.probe.lost(ErrorKind::Transient, e);
         }
@@ -283,7 +334,15 @@ impl Reactor for ProbeKit {
                 r = connect => r?,
                 () = killed.killed() => return Err(killed_error()),
             };
-            Ok(Probed { inner, probe })
+            let guard = probe
+                .plaintext
+                .load(Ordering::Acquire)
+                .then(Guarded::default);
+            Ok(Probed {
+                inner,
+                probe,
+                guard,
+            })
         }
     }
 }

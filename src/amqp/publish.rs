@@ -6,27 +6,26 @@
 //!   return ([`DeliveryError::Unroutable`]).
 //! * Every message carries a stable `message_id`: `{prefix}-{outbox id}`,
 //!   the same on every replay (unless the message sets its own).
-//! * A channel-level error (the broker closed the publishing channel, say
-//!   over a publish to a missing exchange) reopens the channel, never the
-//!   connection, and is never reported as a lost link: the message that
-//!   caused it fails with [`DeliveryError::Rejected`] (recognised by the
-//!   exchange named in the broker's reply, or after
-//!   [`CHANNEL_ERROR_RETRIES`] channel errors in a row), and the others
-//!   caught in the same close are published again on the new channel.
+//! * This adapter translates, it never decides: a publish is written once
+//!   per `send`. When the broker closes the publishing channel (say over a
+//!   publish to a missing exchange), every message unconfirmed on it
+//!   answers [`DeliveryError::ChannelClosed`] with the broker's reply code
+//!   and text, and the outbox decides which one was at fault. A write that
+//!   finds the channel already closing answers [`DeliveryError::NotWritten`].
+//!   Neither costs the connection: the next write opens a new channel (a
+//!   new channel id). Only a connection error or a dead link is
+//!   [`DeliveryError::LinkLost`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 
 use crate::amqp::AmqpTransport;
-use crate::amqp::error::is_connection_error;
+use crate::amqp::error::{AmqpError, is_connection_error};
 use crate::amqp::link::{AmqpLink, Role};
 use crate::outbox::{Deliver, DeliveryError, MessageId};
-
-/// How many times one message is published again after channel errors
-/// before it fails with [`DeliveryError::Rejected`].
-pub const CHANNEL_ERROR_RETRIES: u32 = 3;
 
 /// One message to publish.
 #[derive(Debug, Clone)]
@@ -75,74 +74,63 @@ impl AmqpMessage {
     }
 }
 
-/// A message published on a link, ready to be published again.
-struct Published {
-    link: AmqpLink,
-    message: AmqpMessage,
+/// Writes `message` on `link`'s publishing channel, once.
+async fn publish(
+    link: &AmqpLink,
+    message: &AmqpMessage,
+) -> Result<PublisherConfirm, DeliveryError> {
+    let lost = |e: &lapin::Error| is_connection_error(e) || !link.is_alive();
+    // An open publishing channel, or a new one (new id) if the broker closed
+    // or is closing the last: nothing is ever written on a closing channel.
+    let channel = match link.inner.channel(Role::Publish).await {
+        Ok(channel) => channel,
+        Err(AmqpError::Connection(e) | AmqpError::Channel(e)) if !lost(&e) => {
+            return Err(DeliveryError::NotWritten);
+        }
+        Err(_) => return Err(DeliveryError::LinkLost),
+    };
+    let options = BasicPublishOptions {
+        mandatory: message.mandatory,
+        immediate: false,
+    };
+    channel
+        .basic_publish(
+            message.exchange.as_str().into(),
+            message.routing_key.as_str().into(),
+            options,
+            &message.payload,
+            message.properties.clone(),
+        )
+        .await
+        .map_err(|e| {
+            if lost(&e) {
+                DeliveryError::LinkLost
+            } else {
+                // lapin refuses to write on a channel that is not open.
+                DeliveryError::NotWritten
+            }
+        })
 }
 
-impl Published {
-    async fn publish(&self) -> Result<PublisherConfirm, DeliveryError> {
-        let m = &self.message;
-        let options = BasicPublishOptions {
-            mandatory: m.mandatory,
-            immediate: false,
-        };
-        // One retry: a channel the broker closed is reopened by `channel`.
-        for _ in 0..2 {
-            let channel = self
-                .link
-                .inner
-                .channel(Role::Publish)
-                .await
-                .map_err(|_| DeliveryError::LinkLost)?;
-            match channel
-                .basic_publish(
-                    m.exchange.as_str().into(),
-                    m.routing_key.as_str().into(),
-                    options,
-                    &m.payload,
-                    m.properties.clone(),
-                )
-                .await
-            {
-                Ok(confirm) => return Ok(confirm),
-                Err(e) if is_connection_error(&e) || !self.link.is_alive() => {
-                    return Err(DeliveryError::LinkLost);
-                }
-                Err(e) => {
-                    tracing::debug!(generation = self.link.generation().0, %e, "publish on a closed channel, reopening");
-                }
-            }
+/// The broker's answer to one publish, translated.
+async fn confirmed(link: AmqpLink, confirm: PublisherConfirm) -> Result<(), DeliveryError> {
+    match confirm.await {
+        Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+        Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
+            Err(DeliveryError::Unroutable)
         }
-        Err(DeliveryError::LinkLost)
-    }
-
-    /// The broker's answer, publishing again after channel errors.
-    async fn confirmed(self, mut confirm: PublisherConfirm) -> Result<(), DeliveryError> {
-        let mut channel_errors = 0;
-        loop {
-            match confirm.await {
-                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => return Ok(()),
-                Ok(Confirmation::Ack(Some(_))) => return Err(DeliveryError::Unroutable),
-                Ok(Confirmation::Nack(Some(_))) => return Err(DeliveryError::Unroutable),
-                Ok(Confirmation::Nack(None)) => return Err(DeliveryError::Nacked),
-                Err(e) if is_connection_error(&e) || !self.link.is_alive() => {
-                    return Err(DeliveryError::LinkLost);
-                }
-                Err(e) => {
-                    channel_errors += 1;
-                    let text = e.to_string();
-                    let named = !self.message.exchange.is_empty()
-                        && text.contains(&format!("'{}'", self.message.exchange));
-                    if named || channel_errors >= CHANNEL_ERROR_RETRIES {
-                        return Err(DeliveryError::Rejected(text));
-                    }
-                    tracing::debug!(generation = self.link.generation().0, %e, "channel error under a publish, publishing again");
-                    confirm = self.publish().await?;
-                }
-            }
-        }
+        Ok(Confirmation::Nack(None)) => Err(DeliveryError::Nacked),
+        Err(e) if is_connection_error(&e) || !link.is_alive() => Err(DeliveryError::LinkLost),
+        Err(e) => Err(match e.kind() {
+            // The broker's channel.close: lapin fails every pending confirm
+            // of the channel with it.
+            lapin::ErrorKind::ProtocolError(amqp) => DeliveryError::ChannelClosed {
+                code: amqp.get_id(),
+                text: amqp.get_message().to_string(),
+            },
+            // The channel ended without a broker error: no one to blame.
+            _ => DeliveryError::NotWritten,
+        }),
     }
 }
 
@@ -162,15 +150,16 @@ impl Deliver for AmqpTransport {
                 .properties
                 .with_message_id(format!("{}-{}", self.shared.message_id_prefix, id.0).into());
         }
-        let published = Published {
-            link: link.clone(),
-            message,
-        };
+        let link = link.clone();
         async move {
-            let confirm = published.publish().await?;
-            let confirm: Self::Confirm = Box::pin(published.confirmed(confirm));
+            let confirm = publish(&link, &message).await?;
+            let confirm: Self::Confirm = Box::pin(confirmed(link, confirm));
             Ok(confirm)
         }
+    }
+
+    fn heartbeat(&self, link: &AmqpLink) -> Option<Duration> {
+        link.heartbeat()
     }
 
     fn size_of(message: &AmqpMessage) -> usize {

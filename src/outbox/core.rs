@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::machine::{FailCause, Generation};
+use crate::outbox::config::{OutboxConfig, OverflowPolicy, SubmitOptions};
 
 /// The stable identity of one publish, assigned in submission order
 /// (strictly increasing per outbox, starting at 1). It stays the same
@@ -65,6 +66,10 @@ pub enum PublishError {
     /// The outbox or the engine shut down before a confirm arrived.
     #[error("the outbox shut down before the message was confirmed")]
     ShutDown,
+    /// No outcome within the publish timeout (queued, written, or awaiting
+    /// its confirm). It may have reached the broker if it was written.
+    #[error("no outcome within the publish timeout")]
+    Timeout,
     /// The engine gave up reconnecting.
     #[error("the engine gave up reconnecting ({cause})")]
     GaveUp {
@@ -94,6 +99,8 @@ pub enum PublishErrorKind {
     Cancelled,
     /// [`PublishError::ShutDown`].
     ShutDown,
+    /// [`PublishError::Timeout`].
+    Timeout,
     /// [`PublishError::GaveUp`].
     GaveUp,
 }
@@ -110,6 +117,7 @@ impl PublishErrorKind {
             Self::Dropped => "dropped",
             Self::Cancelled => "cancelled",
             Self::ShutDown => "shut_down",
+            Self::Timeout => "timeout",
             Self::GaveUp => "gave_up",
         }
     }
@@ -127,6 +135,7 @@ impl PublishError {
             Self::Dropped => PublishErrorKind::Dropped,
             Self::Cancelled => PublishErrorKind::Cancelled,
             Self::ShutDown => PublishErrorKind::ShutDown,
+            Self::Timeout => PublishErrorKind::Timeout,
             Self::GaveUp { .. } => PublishErrorKind::GaveUp,
         }
     }
@@ -144,174 +153,6 @@ pub struct Resolved<M> {
     pub message: M,
     /// How it ended.
     pub outcome: Outcome,
-}
-
-/// What a full outbox does with a new message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OverflowPolicy {
-    /// Backpressure: the caller waits for room, at most `deadline` (`None`:
-    /// as long as it takes), then gets [`PublishError::Overflow`]. The core
-    /// answers [`Submit::Full`]; the async publisher does the waiting.
-    Wait {
-        /// The longest wait.
-        deadline: Option<Duration>,
-    },
-    /// The new message fails at once with [`PublishError::Overflow`].
-    #[default]
-    RejectNew,
-    /// The oldest *queued* message fails with [`PublishError::Dropped`] to
-    /// make room (messages in flight are never dropped; when they alone fill
-    /// the outbox, the new message fails with `Overflow`).
-    DropOldest,
-}
-
-/// Why an [`OutboxConfig`] cannot work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum OutboxConfigError {
-    /// A capacity or window of zero.
-    #[error("{field} must be at least 1")]
-    Zero {
-        /// The offending setting.
-        field: &'static str,
-    },
-}
-
-/// The outbox's limits and defaults. Build one with [`OutboxConfig::builder`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutboxConfig {
-    max_messages: usize,
-    max_bytes: usize,
-    overflow: OverflowPolicy,
-    max_in_flight: usize,
-    default_ttl: Option<Duration>,
-}
-
-impl Default for OutboxConfig {
-    fn default() -> Self {
-        Self {
-            max_messages: 1000,
-            max_bytes: 64 << 20,
-            overflow: OverflowPolicy::RejectNew,
-            max_in_flight: 256,
-            default_ttl: None,
-        }
-    }
-}
-
-impl OutboxConfig {
-    /// A builder holding the defaults: 1000 messages, 64 MiB, `RejectNew`,
-    /// 256 messages in flight, no time to live.
-    pub fn builder() -> OutboxConfigBuilder {
-        OutboxConfigBuilder {
-            config: Self::default(),
-        }
-    }
-    /// Most messages pending at once (queued plus in flight).
-    pub fn max_messages(&self) -> usize {
-        self.max_messages
-    }
-    /// Most bytes pending at once, as the messages' sizes say.
-    pub fn max_bytes(&self) -> usize {
-        self.max_bytes
-    }
-    /// What a full outbox does with a new message.
-    pub fn overflow(&self) -> OverflowPolicy {
-        self.overflow
-    }
-    /// Most messages written to a link and not yet confirmed.
-    pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight
-    }
-    /// The time to live of a message that does not set its own.
-    pub fn default_ttl(&self) -> Option<Duration> {
-        self.default_ttl
-    }
-}
-
-/// Builds an [`OutboxConfig`].
-#[derive(Debug, Clone, Copy)]
-pub struct OutboxConfigBuilder {
-    config: OutboxConfig,
-}
-
-impl OutboxConfigBuilder {
-    /// Most messages pending at once (default 1000).
-    pub fn max_messages(mut self, n: usize) -> Self {
-        self.config.max_messages = n;
-        self
-    }
-    /// Most bytes pending at once (default 64 MiB). Sizes come from
-    /// [`SubmitOptions::size_bytes`] (the publisher fills it in from the
-    /// adapter's `Deliver::size_of`).
-    pub fn max_bytes(mut self, n: usize) -> Self {
-        self.config.max_bytes = n;
-        self
-    }
-    /// The overflow policy (default `RejectNew`).
-    pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
-        self.config.overflow = policy;
-        self
-    }
-    /// Most messages in flight (default 256).
-    pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.config.max_in_flight = n;
-        self
-    }
-    /// The default time to live (default none).
-    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.config.default_ttl = ttl;
-        self
-    }
-    /// Checks the settings.
-    pub fn build(self) -> Result<OutboxConfig, OutboxConfigError> {
-        let c = self.config;
-        for (field, v) in [
-            ("max_messages", c.max_messages),
-            ("max_bytes", c.max_bytes),
-            ("max_in_flight", c.max_in_flight),
-        ] {
-            if v == 0 {
-                return Err(OutboxConfigError::Zero { field });
-            }
-        }
-        Ok(c)
-    }
-}
-
-/// Per-message settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct SubmitOptions {
-    /// Time to live from submission (`None`: the config's default).
-    pub ttl: Option<Duration>,
-    /// Size counted against the byte capacity (`None`: 0 in the core; the
-    /// publisher asks the adapter's `Deliver::size_of`).
-    pub size_bytes: Option<usize>,
-    /// Overrides the config's overflow policy for this message.
-    pub overflow: Option<OverflowPolicy>,
-}
-
-impl SubmitOptions {
-    /// No time to live, no size, the config's overflow policy.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets the time to live.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-    /// Sets the size.
-    pub fn size_bytes(mut self, size: usize) -> Self {
-        self.size_bytes = Some(size);
-        self
-    }
-    /// Sets the overflow policy for this message.
-    pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
-        self.overflow = Some(policy);
-        self
-    }
 }
 
 /// What [`OutboxCore::submit`] did.
@@ -345,6 +186,8 @@ pub struct FailedCounts {
     pub shut_down: u64,
     /// Ended because the engine gave up.
     pub gave_up: u64,
+    /// No outcome within the publish timeout.
+    pub timeout: u64,
 }
 
 impl FailedCounts {
@@ -357,6 +200,7 @@ impl FailedCounts {
             + self.cancelled
             + self.shut_down
             + self.gave_up
+            + self.timeout
     }
 }
 
@@ -383,6 +227,9 @@ pub struct OutboxStats {
     /// Confirms and failures ignored because they named another generation
     /// (or a message not in flight).
     pub stale_reports: u64,
+    /// Channel closes that sent several messages back as suspects (see
+    /// [`OutboxCore::channel_closed`]).
+    pub channel_closes: u64,
     /// Waiting to be sent.
     pub queued: u64,
     /// Written to a link, not yet confirmed.
@@ -432,8 +279,75 @@ pub enum Gate {
 struct Entry<M> {
     message: M,
     size: usize,
+    /// Time to live: applies while queued.
     deadline: Option<Instant>,
+    /// Publish timeout: applies while pending, queued or in flight.
+    timeout_at: Option<Instant>,
     sends: u32,
+    /// Was in flight when a channel closed with others: written alone.
+    suspect: bool,
+    /// Unblocked time (see [`ActiveClock`]) of its last write.
+    written: Duration,
+}
+
+/// What [`OutboxCore::channel_closed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChannelClosed {
+    /// The message was not in flight on that generation: nothing changed.
+    Stale,
+    /// The message was the only one in flight on its link: it caused the
+    /// close and resolved with [`PublishError::Rejected`].
+    Rejected,
+    /// Several were in flight: all of them (this many) went back to the
+    /// queue as suspects, to be written one at a time.
+    Requeued(usize),
+}
+
+/// Time that counts for confirm deadlines: the outbox's clock minus the time
+/// the broker blocked publishing (a blocked link confirms nothing, and that
+/// is flow control, not a fault).
+#[derive(Debug, Default, Clone, Copy)]
+struct ActiveClock {
+    origin: Option<Instant>,
+    blocked_total: Duration,
+    blocked_since: Option<Instant>,
+}
+
+impl ActiveClock {
+    /// Unblocked time from the origin to `now` (`now` never goes back).
+    fn at(&mut self, now: Instant) -> Duration {
+        let origin = *self.origin.get_or_insert(now);
+        let blocked_now = self
+            .blocked_since
+            .map_or(Duration::ZERO, |b| now.saturating_duration_since(b));
+        now.saturating_duration_since(origin)
+            .saturating_sub(self.blocked_total.saturating_add(blocked_now))
+    }
+
+    fn set_blocked(&mut self, now: Instant, blocked: bool) {
+        self.origin.get_or_insert(now);
+        match (self.blocked_since, blocked) {
+            (None, true) => self.blocked_since = Some(now),
+            (Some(since), false) => {
+                self.blocked_total = self
+                    .blocked_total
+                    .saturating_add(now.saturating_duration_since(since));
+                self.blocked_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The instant at which unblocked time reaches `active` (`None` while
+    /// blocked, or past the clock's range).
+    fn instant_of(&self, active: Duration) -> Option<Instant> {
+        if self.blocked_since.is_some() {
+            return None;
+        }
+        self.origin?
+            .checked_add(active.checked_add(self.blocked_total)?)
+    }
 }
 
 /// The sans-IO outbox: a bounded queue of publishes with per-generation
@@ -487,6 +401,13 @@ pub struct OutboxCore<M> {
     in_flight: BTreeMap<MessageId, (Generation, Entry<M>)>,
     /// TTL deadlines of queued messages only.
     deadlines: BTreeSet<(Instant, MessageId)>,
+    /// Publish timeouts of pending messages, queued or in flight.
+    timeouts: BTreeSet<(Instant, MessageId)>,
+    /// Messages in flight, by the unblocked time of their write.
+    writes: BTreeSet<(Duration, MessageId)>,
+    /// Pending messages marked suspect.
+    suspects: usize,
+    clock: ActiveClock,
     pending_bytes: usize,
     /// Every generation up to this one is dead.
     retired: Generation,
@@ -505,6 +426,10 @@ impl<M> OutboxCore<M> {
             queued: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            timeouts: BTreeSet::new(),
+            writes: BTreeSet::new(),
+            suspects: 0,
+            clock: ActiveClock::default(),
             pending_bytes: 0,
             retired: Generation(0),
             gate: Gate::Open,
@@ -537,9 +462,16 @@ impl<M> OutboxCore<M> {
         self.queued.len() + self.in_flight.len()
     }
     /// Whether a message is waiting to be sent and the in-flight window
-    /// has room (what [`OutboxCore::next_to_send`] would need).
+    /// has room (what [`OutboxCore::next_to_send`] needs, suspects aside).
     pub fn has_sendable(&self) -> bool {
         !self.queued.is_empty() && self.in_flight.len() < self.config.max_in_flight
+    }
+    /// Whether the message is a suspect of a channel close (written alone).
+    pub fn is_suspect(&self, id: MessageId) -> bool {
+        self.queued
+            .get(&id)
+            .or_else(|| self.in_flight.get(&id).map(|(_, e)| e))
+            .is_some_and(|e| e.suspect)
     }
     /// Whether a message of `size` bytes would fit now without dropping anything.
     pub fn has_room_for(&self, size: usize) -> bool {
@@ -555,9 +487,22 @@ impl<M> OutboxCore<M> {
         self.queued.contains_key(&id)
     }
     /// When [`OutboxCore::expire`] next has work: the earliest time to live
-    /// of a queued message.
+    /// of a queued message or publish timeout of a pending one.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(t, _)| *t)
+        let ttl = self.deadlines.first().map(|(t, _)| *t);
+        let timeout = self.timeouts.first().map(|(t, _)| *t);
+        match (ttl, timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    /// When the oldest message in flight will have waited `timeout` for its
+    /// confirm, not counting time blocked (`None`: nothing in flight, the
+    /// broker blocks publishing, or beyond the clock's range). See
+    /// [`OutboxCore::confirm_overdue`].
+    pub fn confirm_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let (written, _) = self.writes.first()?;
+        self.clock.instant_of(written.saturating_add(timeout))
     }
 
     // ---- outcomes ------------------------------------------------------
@@ -601,9 +546,16 @@ impl<M> OutboxCore<M> {
         let ttl = options.ttl.or(self.config.default_ttl);
         // A deadline past the clock's range never comes.
         let deadline = ttl.and_then(|t| now.checked_add(t));
+        let timeout_at = options
+            .publish_timeout
+            .or(self.config.publish_timeout)
+            .and_then(|t| now.checked_add(t));
         self.pending_bytes += size;
         if let Some(d) = deadline {
             self.deadlines.insert((d, id));
+        }
+        if let Some(t) = timeout_at {
+            self.timeouts.insert((t, id));
         }
         self.queued.insert(
             id,
@@ -611,7 +563,10 @@ impl<M> OutboxCore<M> {
                 message,
                 size,
                 deadline,
+                timeout_at,
                 sends: 0,
+                suspect: false,
+                written: Duration::ZERO,
             },
         );
         // A zero time to live expires at once, like any due one.
@@ -622,7 +577,10 @@ impl<M> OutboxCore<M> {
     /// The next message to write to link `generation`, marked in flight on
     /// it: replayed messages first, then the rest, each in submission
     /// order. `None` when nothing is queued, the in-flight window is full,
-    /// or `generation` was reported lost. Expires due messages first.
+    /// `generation` was reported lost, or a suspect must be written alone
+    /// (the next message is a suspect and something is in flight on
+    /// `generation`, or a suspect is in flight on it). Expires due messages
+    /// first.
     pub fn next_to_send(
         &mut self,
         now: Instant,
@@ -632,16 +590,40 @@ impl<M> OutboxCore<M> {
         if generation <= self.retired || self.in_flight.len() >= self.config.max_in_flight {
             return None;
         }
+        if self.suspects > 0 && !self.suspect_may_go(generation) {
+            return None;
+        }
         let (id, mut entry) = self.queued.pop_first()?;
         if let Some(d) = entry.deadline {
             self.deadlines.remove(&(d, id));
         }
         if entry.sends > 0 {
-            self.stats.replayed += 1;
+            self.stats.replayed = self.stats.replayed.saturating_add(1);
         }
         entry.sends = entry.sends.saturating_add(1);
+        entry.written = self.clock.at(self.now.unwrap_or(now));
+        self.writes.insert((entry.written, id));
         let (_, entry) = self.in_flight.entry(id).or_insert((generation, entry));
         Some((id, &entry.message))
+    }
+
+    /// Isolation: a suspect is written only when nothing is in flight on
+    /// its link, and nothing follows it until it is answered.
+    fn suspect_may_go(&self, generation: Generation) -> bool {
+        let mut busy = false;
+        for (g, e) in self.in_flight.values() {
+            if *g == generation {
+                if e.suspect {
+                    return false;
+                }
+                busy = true;
+            }
+        }
+        let next_is_suspect = self
+            .queued
+            .first_key_value()
+            .is_some_and(|(_, e)| e.suspect);
+        !(busy && next_is_suspect)
     }
 
     /// The broker confirmed message `id` on link `generation`. Ignored
@@ -676,6 +658,78 @@ impl<M> OutboxCore<M> {
         true
     }
 
+    /// The broker closed link `generation`'s publishing channel while
+    /// message `id` was unconfirmed on it; the link itself is fine.
+    ///
+    /// A publishing channel is closed only by a publish, and every message
+    /// written before the culprit that is no longer in flight was
+    /// confirmed. So when `id` is the only message in flight on
+    /// `generation`, it is the culprit: it resolves with
+    /// [`PublishError::Rejected`]`(reason)`. Otherwise every message in
+    /// flight on `generation` goes back to the queue marked suspect (the
+    /// link is not retired), and [`OutboxCore::next_to_send`] writes each
+    /// suspect alone: the culprit is found alone on a later close, every
+    /// other suspect is confirmed. Ignored (stale) unless `id` is in flight
+    /// on exactly `generation`.
+    pub fn channel_closed(
+        &mut self,
+        generation: Generation,
+        id: MessageId,
+        reason: impl Into<String>,
+    ) -> ChannelClosed {
+        if self.in_flight_generation(id) != Some(generation) {
+            self.stats.stale_reports = self.stats.stale_reports.saturating_add(1);
+            return ChannelClosed::Stale;
+        }
+        let on_link: Vec<MessageId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (g, _))| *g == generation)
+            .map(|(id, _)| *id)
+            .collect();
+        if on_link.len() == 1 {
+            if let Some((_, entry)) = self.remove_in_flight(id) {
+                self.resolve(id, entry, Err(PublishError::Rejected(reason.into())));
+            }
+            return ChannelClosed::Rejected;
+        }
+        self.stats.channel_closes = self.stats.channel_closes.saturating_add(1);
+        for id in &on_link {
+            if let Some((_, mut entry)) = self.remove_in_flight(*id) {
+                if !entry.suspect {
+                    entry.suspect = true;
+                    self.suspects += 1;
+                }
+                self.put_back(*id, entry);
+            }
+        }
+        ChannelClosed::Requeued(on_link.len())
+    }
+
+    /// The broker blocks (`true`) or unblocks publishing from `now`: blocked
+    /// time does not count toward confirm deadlines. Expires due messages first.
+    pub fn set_blocked(&mut self, now: Instant, blocked: bool) {
+        self.expire(now);
+        let now = self.advance_clock(now);
+        self.clock.set_blocked(now, blocked);
+    }
+
+    /// The link of a message in flight that has waited at least `timeout`
+    /// for its confirm (time blocked not counted): that link confirms
+    /// nothing and should be replaced ([`OutboxCore::link_lost`] then sends
+    /// its messages back). `None` when no message is overdue. Expires due
+    /// messages first.
+    pub fn confirm_overdue(&mut self, now: Instant, timeout: Duration) -> Option<Generation> {
+        self.expire(now);
+        let now = self.advance_clock(now);
+        let active = self.clock.at(now);
+        let (written, id) = *self.writes.first()?;
+        if active.saturating_sub(written) < timeout {
+            return None;
+        }
+        self.in_flight_generation(id)
+    }
+
     /// Link `generation` is gone: every message in flight on it (or on an
     /// older link) goes back to the queue, and `next_to_send` refuses it
     /// from now on. Returns how many went back.
@@ -688,7 +742,7 @@ impl<M> OutboxCore<M> {
             .map(|(id, _)| *id)
             .collect();
         for id in &lost {
-            if let Some((_, entry)) = self.in_flight.remove(id) {
+            if let Some((_, entry)) = self.remove_in_flight(*id) {
                 self.put_back(*id, entry);
             }
         }
@@ -696,22 +750,41 @@ impl<M> OutboxCore<M> {
     }
 
     /// Resolves every queued message whose time to live has passed with
-    /// [`PublishError::Expired`]. Messages in flight wait for their link's
-    /// answer; they expire if they come back to the queue late.
+    /// [`PublishError::Expired`], and every pending message (queued or in
+    /// flight) whose publish timeout has passed with
+    /// [`PublishError::Timeout`], in time order (a time to live first on a
+    /// tie). Messages in flight do not expire: their link's answer decides,
+    /// within the publish timeout. Returns how many resolved.
     pub fn expire(&mut self, now: Instant) -> usize {
         let now = self.advance_clock(now);
         let mut n = 0;
-        while let Some(&(deadline, id)) = self.deadlines.first() {
-            if deadline > now {
-                break;
+        loop {
+            let ttl = self.deadlines.first().copied().filter(|(d, _)| *d <= now);
+            let timeout = self.timeouts.first().copied().filter(|(d, _)| *d <= now);
+            match (ttl, timeout) {
+                (None, None) => break,
+                (Some(t), Some(o)) if o.0 < t.0 => self.time_out(o),
+                (Some(t), _) => {
+                    self.deadlines.remove(&t);
+                    if let Some(entry) = self.queued.remove(&t.1) {
+                        self.resolve(t.1, entry, Err(PublishError::Expired));
+                    }
+                }
+                (None, Some(o)) => self.time_out(o),
             }
-            self.deadlines.pop_first();
-            if let Some(entry) = self.queued.remove(&id) {
-                self.resolve(id, entry, Err(PublishError::Expired));
-                n += 1;
-            }
+            n += 1;
         }
         n
+    }
+
+    fn time_out(&mut self, (at, id): (Instant, MessageId)) {
+        self.timeouts.remove(&(at, id));
+        let entry = self
+            .take_queued(id)
+            .or_else(|| self.remove_in_flight(id).map(|(_, e)| e));
+        if let Some(entry) = entry {
+            self.resolve(id, entry, Err(PublishError::Timeout));
+        }
     }
 
     /// Cancels message `id` if it is still queued: it resolves with
@@ -796,6 +869,37 @@ impl<M> OutboxCore<M> {
         {
             return fail("deadline index out of sync".into());
         }
+        let pending = || {
+            self.queued
+                .iter()
+                .chain(self.in_flight.iter().map(|(id, (_, e))| (id, e)))
+        };
+        let timeout_index: BTreeSet<(Instant, MessageId)> = pending()
+            .filter_map(|(id, e)| e.timeout_at.map(|t| (t, *id)))
+            .collect();
+        if timeout_index != self.timeouts {
+            return fail("timeout index out of sync".into());
+        }
+        let write_index: BTreeSet<(Duration, MessageId)> = self
+            .in_flight
+            .iter()
+            .map(|(id, (_, e))| (e.written, *id))
+            .collect();
+        if write_index != self.writes {
+            return fail("write index out of sync".into());
+        }
+        if pending().filter(|(_, e)| e.suspect).count() != self.suspects {
+            return fail("suspect count out of sync".into());
+        }
+        let mut suspects_on: BTreeMap<Generation, (usize, usize)> = BTreeMap::new();
+        for (g, e) in self.in_flight.values() {
+            let c = suspects_on.entry(*g).or_default();
+            c.0 += 1;
+            c.1 += usize::from(e.suspect);
+        }
+        if suspects_on.values().any(|(all, s)| *s > 0 && *all > 1) {
+            return fail("a suspect is in flight with another message on its link".into());
+        }
         if self.queued.keys().any(|id| self.in_flight.contains_key(id)) {
             return fail("a message is both queued and in flight".into());
         }
@@ -820,8 +924,8 @@ impl<M> OutboxCore<M> {
 
     fn assign_id(&mut self) -> MessageId {
         let id = MessageId(self.next_id);
-        self.next_id += 1;
-        self.stats.submitted += 1;
+        self.next_id = self.next_id.saturating_add(1);
+        self.stats.submitted = self.stats.submitted.saturating_add(1);
         id
     }
 
@@ -869,12 +973,18 @@ impl<M> OutboxCore<M> {
 
     fn take_in_flight(&mut self, generation: Generation, id: MessageId) -> Option<Entry<M>> {
         match self.in_flight.get(&id) {
-            Some((g, _)) if *g == generation => self.in_flight.remove(&id).map(|(_, e)| e),
+            Some((g, _)) if *g == generation => self.remove_in_flight(id).map(|(_, e)| e),
             _ => {
-                self.stats.stale_reports += 1;
+                self.stats.stale_reports = self.stats.stale_reports.saturating_add(1);
                 None
             }
         }
+    }
+
+    fn remove_in_flight(&mut self, id: MessageId) -> Option<(Generation, Entry<M>)> {
+        let (g, entry) = self.in_flight.remove(&id)?;
+        self.writes.remove(&(entry.written, id));
+        Some((g, entry))
     }
 
     fn take_queued(&mut self, id: MessageId) -> Option<Entry<M>> {
@@ -886,7 +996,7 @@ impl<M> OutboxCore<M> {
     }
 
     fn put_back(&mut self, id: MessageId, entry: Entry<M>) {
-        self.stats.requeued += 1;
+        self.stats.requeued = self.stats.requeued.saturating_add(1);
         if let Some(d) = entry.deadline {
             self.deadlines.insert((d, id));
         }
@@ -901,6 +1011,7 @@ impl<M> OutboxCore<M> {
         let in_flight = std::mem::take(&mut self.in_flight);
         let queued = std::mem::take(&mut self.queued);
         self.deadlines.clear();
+        self.writes.clear();
         // In submission order: the in-flight messages are older on the whole,
         // but a merge keeps the outcome order strictly by id.
         let mut all: Vec<(MessageId, Entry<M>)> = in_flight
@@ -916,6 +1027,12 @@ impl<M> OutboxCore<M> {
 
     fn resolve(&mut self, id: MessageId, entry: Entry<M>, outcome: Outcome) {
         self.pending_bytes -= entry.size;
+        if let Some(t) = entry.timeout_at {
+            self.timeouts.remove(&(t, id));
+        }
+        if entry.suspect {
+            self.suspects -= 1;
+        }
         self.record(&outcome);
         self.resolved.push_back(Resolved {
             id,
@@ -926,20 +1043,24 @@ impl<M> OutboxCore<M> {
 
     fn record(&mut self, outcome: &Outcome) {
         let s = &mut self.stats;
-        match outcome {
-            Ok(_) => s.confirmed += 1,
+        let counter = match outcome {
+            Ok(_) => &mut s.confirmed,
             Err(e) => match e.kind() {
-                PublishErrorKind::Expired => s.expired += 1,
-                PublishErrorKind::Dropped => s.dropped += 1,
-                PublishErrorKind::Nacked => s.failed.nacked += 1,
-                PublishErrorKind::Unroutable => s.failed.unroutable += 1,
-                PublishErrorKind::Rejected => s.failed.rejected += 1,
-                PublishErrorKind::Overflow => s.failed.overflow += 1,
-                PublishErrorKind::Cancelled => s.failed.cancelled += 1,
-                PublishErrorKind::ShutDown => s.failed.shut_down += 1,
-                PublishErrorKind::GaveUp => s.failed.gave_up += 1,
+                PublishErrorKind::Expired => &mut s.expired,
+                PublishErrorKind::Dropped => &mut s.dropped,
+                PublishErrorKind::Nacked => &mut s.failed.nacked,
+                PublishErrorKind::Unroutable => &mut s.failed.unroutable,
+                PublishErrorKind::Rejected => &mut s.failed.rejected,
+                PublishErrorKind::Overflow => &mut s.failed.overflow,
+                PublishErrorKind::Cancelled => &mut s.failed.cancelled,
+                PublishErrorKind::ShutDown => &mut s.failed.shut_down,
+                PublishErrorKind::Timeout => &mut s.failed.timeout,
+                PublishErrorKind::GaveUp => &mut s.failed.gave_up,
             },
-        }
+        };
+        // u64 counters cannot wrap in practice; saturating keeps them from
+        // panicking in debug builds all the same.
+        *counter = counter.saturating_add(1);
     }
 }
 
@@ -1012,15 +1133,5 @@ mod tests {
         assert!(c.requeue(Generation(1), id));
         assert_eq!(drain(&mut c), [("a", Some(PublishErrorKind::Expired))]);
         c.check_invariants().unwrap();
-    }
-
-    #[test]
-    fn config_rejects_zero() {
-        assert_eq!(
-            OutboxConfig::builder().max_in_flight(0).build(),
-            Err(OutboxConfigError::Zero {
-                field: "max_in_flight"
-            })
-        );
     }
 }

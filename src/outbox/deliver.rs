@@ -1,16 +1,19 @@
 //! What an adapter implements so that the outbox can publish through its links.
 
 use std::future::Future;
+use std::time::Duration;
 
 use crate::outbox::MessageId;
 use crate::runtime::Transport;
 
-/// Why a write or a confirm failed.
+/// Why a write or a confirm failed. An adapter translates what its client
+/// library said into one of these; the outbox decides what follows.
 ///
 /// `LinkLost` and `Timeout` send the message back for replay on the next
 /// link (at least once); `Timeout` also reports the link as lost so that the
-/// engine replaces it (a half-open link, S22). The others resolve the
-/// publish with the matching [`crate::outbox::PublishError`].
+/// engine replaces it (a half-open link, S22). `ChannelClosed` and
+/// `NotWritten` keep the link (see each). The others resolve the publish
+/// with the matching [`crate::outbox::PublishError`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeliveryError {
@@ -29,6 +32,23 @@ pub enum DeliveryError {
     /// No answer within the adapter's operation timeout.
     #[error("the operation timed out")]
     Timeout,
+    /// The broker closed the link's publishing channel (with an error)
+    /// while this message was unconfirmed on it; the link itself is fine.
+    /// Every message unconfirmed on that channel gets this answer. The
+    /// outbox blames the message only when it was alone in flight
+    /// ([`crate::outbox::OutboxCore::channel_closed`]).
+    #[error("the broker closed the publishing channel: {code} {text}")]
+    ChannelClosed {
+        /// The broker's reply code (AMQP `channel.close`), 0 when none.
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
+    /// The message was not written, or its channel ended without a broker
+    /// error: it goes back to the queue without blame and the link is kept
+    /// (the adapter writes the next message on a fresh channel).
+    #[error("the message was not written (its channel was closing)")]
+    NotWritten,
 }
 
 /// A [`Transport`] whose links can publish: what the AMQP and MQTT adapters
@@ -47,7 +67,13 @@ pub enum DeliveryError {
 /// * Both futures must be cancel-safe: the publisher drops them when the
 ///   link is replaced, and replays what was not confirmed.
 /// * A confirm future of a dead link should end with `LinkLost`; one that
-///   never ends is tolerated (the publisher drops it with the link).
+///   never ends is tolerated (the publisher's confirm timeout replaces the
+///   link, and it drops the future with the link).
+/// * Translate, do not decide: never write a message again, never count
+///   retries, never guess a culprit from error text. A channel error is
+///   `ChannelClosed` on every message it caught, never `LinkLost`; a
+///   channel already closing is `NotWritten`. After either, write the next
+///   message on a new channel and never on the closing one.
 pub trait Deliver: Transport {
     /// A message as the adapter publishes it. `Sync` because the outbox
     /// keeps it for replay while a send borrows it.
@@ -62,6 +88,14 @@ pub trait Deliver: Transport {
         message: &Self::Message,
         id: MessageId,
     ) -> impl Future<Output = Result<Self::Confirm, DeliveryError>> + Send;
+
+    /// How often the broker proves `link` alive (the negotiated heartbeat),
+    /// for the default confirm timeout
+    /// ([`crate::outbox::ConfirmTimeout::FromHeartbeat`]). Default: unknown.
+    fn heartbeat(&self, link: &Self::Link) -> Option<Duration> {
+        let _ = link;
+        None
+    }
 
     /// The size counted against the outbox's byte capacity (default 0:
     /// only the message count is bounded).

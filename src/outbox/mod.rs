@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+mod config;
 mod core;
 #[cfg(feature = "tokio")]
 mod deliver;
@@ -40,10 +41,13 @@ pub(crate) mod shared;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
+pub use self::config::{
+    ConfirmTimeout, OutboxConfig, OutboxConfigBuilder, OutboxConfigError, OverflowPolicy,
+    SubmitOptions,
+};
 pub use self::core::{
-    Confirmed, FailedCounts, Gate, InvariantViolation, MessageId, OutboxConfig,
-    OutboxConfigBuilder, OutboxConfigError, OutboxCore, OutboxStats, Outcome, OverflowPolicy,
-    PublishError, PublishErrorKind, Resolved, SharedError, Submit, SubmitOptions,
+    ChannelClosed, Confirmed, FailedCounts, Gate, InvariantViolation, MessageId, OutboxCore,
+    OutboxStats, Outcome, PublishError, PublishErrorKind, Resolved, SharedError, Submit,
 };
 #[cfg(feature = "tokio")]
 pub use deliver::{Deliver, DeliveryError};

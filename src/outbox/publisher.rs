@@ -13,9 +13,9 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::machine::{ErrorKind, FailCause, Generation, StateKind};
+use crate::outbox::config::{OutboxConfig, OverflowPolicy, SubmitOptions};
 use crate::outbox::core::{
-    MessageId, OutboxConfig, OutboxCore, OutboxStats, Outcome, OverflowPolicy, PublishError,
-    SharedError, Submit, SubmitOptions,
+    MessageId, OutboxCore, OutboxStats, Outcome, PublishError, SharedError, Submit,
 };
 use crate::outbox::deliver::{Deliver, DeliveryError};
 use crate::outbox::shared::Shared;
@@ -44,6 +44,9 @@ impl<M> Guarded<M> {
     /// with `GaveUp`, `Closing`/`Closed` with `ShutDown`, anything else
     /// reopens a gate the engine's failure had closed.
     fn observe(&mut self, snapshot: &Snapshot) {
+        // Confirm deadlines do not run while the broker blocks publishing.
+        self.core
+            .set_blocked(now(), snapshot.state == StateKind::Blocked);
         loop {
             match self.events.try_recv() {
                 Ok(Event::AttemptFailed { error, .. }) => self.last_error = Some(error),
@@ -224,6 +227,7 @@ impl<T: Deliver> Publisher<T> {
         let flusher = Flusher {
             hub: hub.clone(),
             deliver: Arc::new(deliver),
+            config,
             snapshots: handle.watch(),
             links,
         };
@@ -242,16 +246,26 @@ impl<T: Deliver> Publisher<T> {
 
     /// Submits a message and returns its [`Receipt`] once the outbox took
     /// it. Returns at once, except under [`OverflowPolicy::Wait`] with a
-    /// full outbox, where it waits for room (at most the policy's deadline,
-    /// after which the receipt resolves with `Overflow`). Never starts a
+    /// full outbox, where it waits for room (at most the policy's deadline
+    /// and the publish timeout, after which the receipt resolves with
+    /// `Overflow`). The receipt resolves within the publish timeout (60 s
+    /// by default) counted from this call. Never starts a
     /// connection attempt: while the link is down the message waits in the
     /// outbox. Dropping this future before it returns abandons the message
     /// (it was never submitted).
     pub async fn publish_with(&self, message: T::Message, options: SubmitOptions) -> Receipt {
+        let started = tokio::time::Instant::now();
         let policy = options.overflow.unwrap_or(self.config.overflow());
-        let deadline = match policy {
-            OverflowPolicy::Wait { deadline } => deadline.map(|d| tokio::time::Instant::now() + d),
+        let timeout = options.publish_timeout.or(self.config.publish_timeout());
+        // The wait for room counts toward the publish timeout; a deadline
+        // beyond the clock's range never comes.
+        let wait_deadline = match policy {
+            OverflowPolicy::Wait { deadline } => deadline.and_then(|d| started.checked_add(d)),
             _ => None,
+        };
+        let deadline = match (wait_deadline, timeout.and_then(|t| started.checked_add(t))) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let (mut pending, rx) = self.prepare(message, options);
         let mut rx = Some(rx);
@@ -259,6 +273,7 @@ impl<T: Deliver> Publisher<T> {
             let mut notified = pin!(self.hub.room.notified());
             // Register before looking, so no freed room goes unnoticed.
             notified.as_mut().enable();
+            pending = remaining_timeout(pending, timeout, started);
             match self.submit(pending, &mut rx) {
                 Ok(receipt) => return receipt,
                 Err(back) => pending = back,
@@ -266,7 +281,7 @@ impl<T: Deliver> Publisher<T> {
             match deadline {
                 Some(d) => {
                     if tokio::time::timeout_at(d, notified).await.is_err() {
-                        let (entry, options) = pending;
+                        let (entry, options) = remaining_timeout(pending, timeout, started);
                         let options = options.overflow(OverflowPolicy::RejectNew);
                         match self.submit((entry, options), &mut rx) {
                             Ok(receipt) => return receipt,
@@ -321,15 +336,21 @@ impl<T: Deliver> Publisher<T> {
     /// returns once the first is done.
     pub async fn shutdown(&self, drain_timeout: Duration) -> OutboxStats {
         self.hub.with_core(|core| core.close());
-        let deadline = tokio::time::Instant::now() + drain_timeout;
+        // A drain timeout beyond the clock's range waits until drained.
+        let deadline = tokio::time::Instant::now().checked_add(drain_timeout);
         loop {
             let mut notified = pin!(self.hub.room.notified());
             notified.as_mut().enable();
             if self.hub.with_core(|core| core.pending()) == 0 {
                 break;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        break;
+                    }
+                }
+                None => notified.await,
             }
         }
         self.hub.with_core(|core| core.shutdown());
@@ -389,10 +410,27 @@ impl<T: Deliver> Publisher<T> {
     }
 }
 
+/// What is left of the publish timeout for a message submitted after
+/// waiting since `started`.
+fn remaining_timeout<E>(
+    (entry, options): (E, SubmitOptions),
+    timeout: Option<Duration>,
+    started: tokio::time::Instant,
+) -> (E, SubmitOptions) {
+    match timeout {
+        Some(t) => (
+            entry,
+            options.publish_timeout(t.saturating_sub(started.elapsed())),
+        ),
+        None => (entry, options),
+    }
+}
+
 /// The flush task's state.
 struct Flusher<T: Deliver> {
     hub: Arc<Hub<T::Message>>,
     deliver: Arc<T>,
+    config: OutboxConfig,
     links: watch::Receiver<Option<CurrentLink<T::Link>>>,
     snapshots: watch::Receiver<Snapshot>,
 }
@@ -418,22 +456,51 @@ async fn send_one<T: Deliver>(
     (id, deliver.send(&link, &message, id).await)
 }
 
-async fn confirm_one<C: Future<Output = Result<(), DeliveryError>>>(
+/// One awaited confirm, with its message's id.
+struct Answer<C> {
     id: MessageId,
-    confirm: C,
-) -> (MessageId, Result<(), DeliveryError>) {
-    (id, confirm.await)
+    confirm: Pin<Box<C>>,
+}
+
+impl<C: Future<Output = Result<(), DeliveryError>>> Future for Answer<C> {
+    type Output = (MessageId, Result<(), DeliveryError>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let id = self.id;
+        self.confirm.as_mut().poll(cx).map(|r| (id, r))
+    }
+}
+
+/// What the flush task tracks about the link it writes to.
+struct Flight<C> {
+    generation: Generation,
+    confirms: FuturesUnordered<Answer<C>>,
+    /// The engine's outage count when a write said the link died: nothing
+    /// is written until the engine replaced it (or it resumed by itself).
+    broken_at: Option<u64>,
+    /// A write answered `NotWritten` while confirms of its channel were
+    /// outstanding: that channel is closing, so nothing is written until
+    /// they are answered (or their channel's close is applied).
+    hold: bool,
+    /// The confirm timeout on this link.
+    confirm_timeout: Option<Duration>,
+}
+
+/// What an answer asks of the flush task.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Continue,
+    /// The publishing channel closed: drop the write under way (its message
+    /// went back to the queue with the others).
+    ChannelReset,
 }
 
 impl<T: Deliver> Flusher<T> {
     async fn run(mut self) {
         let hub = self.hub.clone();
         let _end = EndGuard(hub.clone());
-        // The link being flushed, and since when it must not be written to
-        // (a write said the link died: wait for the engine to replace it).
         let mut link: Option<CurrentLink<T::Link>> = None;
-        let mut broken_at: Option<u64> = None;
-        let mut confirms = FuturesUnordered::new();
+        let mut flight: Flight<T::Confirm> = self.flight(Generation(0), None);
         let mut sending = pin!(Fuse::terminated());
         loop {
             let current = self.links.borrow_and_update().clone();
@@ -443,28 +510,36 @@ impl<T: Deliver> Flusher<T> {
                     hub.with_core(|core| core.link_lost(old.generation));
                 }
                 // Answers about the old link can only be stale now.
-                confirms = FuturesUnordered::new();
+                let generation = current.as_ref().map_or(Generation(0), |l| l.generation);
+                flight = self.flight(generation, current.as_ref());
                 sending.set(Fuse::terminated());
-                broken_at = None;
                 link = current;
             }
-            let (finished, ttl) = hub.with_core(|core| {
+            let overdue = flight
+                .confirm_timeout
+                .filter(|_| link.is_some() && flight.broken_at.is_none());
+            let (finished, ttl, overdue_at) = hub.with_core(|core| {
                 let finished =
                     matches!(core.gate(), crate::outbox::Gate::Closed) && core.pending() == 0;
-                (finished, core.poll_timeout())
+                let overdue_at = overdue.and_then(|t| core.confirm_deadline(t));
+                (finished, core.poll_timeout(), overdue_at)
             });
             if finished {
                 break;
             }
-            if let Some(outages) = broken_at
+            if let Some(outages) = flight.broken_at
                 && hub.handle.stats().outages > outages
             {
                 // The link went down and came back by itself (a resume).
-                broken_at = None;
+                flight.broken_at = None;
+            }
+            if flight.confirms.is_empty() {
+                flight.hold = false;
             }
             if let Some(l) = &link
                 && sending.is_terminated()
-                && broken_at.is_none()
+                && flight.broken_at.is_none()
+                && !flight.hold
                 && snapshot.state == StateKind::Connected
                 && snapshot.generation == l.generation
             {
@@ -479,64 +554,164 @@ impl<T: Deliver> Flusher<T> {
                     continue;
                 }
             }
-            let generation = link.as_ref().map_or(Generation(0), |l| l.generation);
-            tokio::select! {
+            let next = tokio::select! {
                 biased;
                 changed = self.links.changed() => {
                     if changed.is_err() {
                         break;
                     }
+                    Next::Continue
                 }
                 changed = self.snapshots.changed() => {
                     if changed.is_err() {
                         break;
                     }
+                    Next::Continue
                 }
                 (id, result) = &mut sending => match result {
-                    Ok(confirm) => confirms.push(confirm_one(id, confirm)),
-                    Err(error) => self.failed(generation, id, error, &mut broken_at),
-                },
-                Some((id, result)) = confirms.next(), if !confirms.is_empty() => match result {
-                    Ok(()) => {
-                        hub.with_core(|core| core.confirmed(generation, id));
+                    Ok(confirm) => {
+                        flight.confirms.push(Answer { id, confirm: Box::pin(confirm) });
+                        Next::Continue
                     }
-                    Err(error) => self.failed(generation, id, error, &mut broken_at),
+                    Err(error) => self.answer(&mut flight, id, Err(error)),
                 },
-                () = poll_fn(|cx| hub.shared.poll_work(cx)) => {}
+                Some((id, result)) = flight.confirms.next(), if !flight.confirms.is_empty() => {
+                    self.answer(&mut flight, id, result)
+                }
+                () = poll_fn(|cx| hub.shared.poll_work(cx)) => Next::Continue,
                 () = sleep_until(ttl), if ttl.is_some() => {
                     hub.with_core(|core| core.expire(now()));
+                    Next::Continue
                 }
+                () = sleep_until(overdue_at), if overdue_at.is_some() => {
+                    self.check_overdue(&mut flight);
+                    Next::Continue
+                }
+            };
+            if next == Next::ChannelReset {
+                sending.set(Fuse::terminated());
             }
         }
         // The engine is gone or the outbox is closed: `_end` resolves what is left.
     }
 
-    fn failed(
+    fn flight(
         &self,
         generation: Generation,
+        link: Option<&CurrentLink<T::Link>>,
+    ) -> Flight<T::Confirm> {
+        let heartbeat = link.and_then(|l| self.deliver.heartbeat(&l.link));
+        Flight {
+            generation,
+            confirms: FuturesUnordered::new(),
+            broken_at: None,
+            hold: false,
+            confirm_timeout: self.config.confirm_timeout().resolve(heartbeat),
+        }
+    }
+
+    /// Marks the link broken and has the engine replace it (a no-op when
+    /// the link already reported its own death).
+    fn report_broken(&self, flight: &mut Flight<T::Confirm>, generation: Generation) {
+        if flight.broken_at.is_none() {
+            flight.broken_at = Some(self.hub.handle.stats().outages);
+        }
+        self.hub
+            .handle
+            .report_lost(generation, ErrorKind::Transient);
+    }
+
+    /// A written message went unconfirmed past the confirm timeout: the
+    /// link confirms nothing (heartbeats may well flow), so it is replaced;
+    /// its messages go back to the queue when the engine drops it.
+    fn check_overdue(&self, flight: &mut Flight<T::Confirm>) {
+        let Some(timeout) = flight.confirm_timeout else {
+            return;
+        };
+        let overdue = self
+            .hub
+            .with_core(|core| core.confirm_overdue(now(), timeout));
+        if let Some(generation) = overdue {
+            tracing::warn!(
+                generation = generation.0,
+                ?timeout,
+                "no publisher confirm within the confirm timeout: replacing the link"
+            );
+            self.report_broken(flight, generation);
+        }
+    }
+
+    fn answer(
+        &self,
+        flight: &mut Flight<T::Confirm>,
         id: MessageId,
-        error: DeliveryError,
-        broken_at: &mut Option<u64>,
-    ) {
-        let failure = match error {
-            DeliveryError::LinkLost | DeliveryError::Timeout => {
-                self.hub.with_core(|core| core.requeue(generation, id));
-                if broken_at.is_none() {
-                    *broken_at = Some(self.hub.handle.stats().outages);
-                }
-                // The link is dead or half-open: have the engine replace it
-                // (a no-op when the link already reported its own death).
-                self.hub
-                    .handle
-                    .report_lost(generation, ErrorKind::Transient);
-                return;
+        result: Result<(), DeliveryError>,
+    ) -> Next {
+        let generation = flight.generation;
+        let failure = match result {
+            Ok(()) => {
+                self.hub.with_core(|core| core.confirmed(generation, id));
+                return Next::Continue;
             }
-            DeliveryError::Nacked => PublishError::Nacked,
-            DeliveryError::Unroutable => PublishError::Unroutable,
-            DeliveryError::Rejected(reason) => PublishError::Rejected(reason),
+            Err(DeliveryError::LinkLost | DeliveryError::Timeout) => {
+                self.hub.with_core(|core| core.requeue(generation, id));
+                // The link is dead or half-open: have the engine replace it.
+                self.report_broken(flight, generation);
+                return Next::Continue;
+            }
+            Err(DeliveryError::NotWritten) => {
+                self.hub.with_core(|core| core.requeue(generation, id));
+                // Its channel is closing: wait for the answers of the
+                // messages still on it before writing on a new one.
+                flight.hold = !flight.confirms.is_empty();
+                return Next::Continue;
+            }
+            Err(DeliveryError::ChannelClosed { code, text }) => {
+                return self.channel_closed(flight, id, format!("{code} {text}"));
+            }
+            Err(DeliveryError::Nacked) => PublishError::Nacked,
+            Err(DeliveryError::Unroutable) => PublishError::Unroutable,
+            Err(DeliveryError::Rejected(reason)) => PublishError::Rejected(reason),
         };
         self.hub
             .with_core(|core| core.failed(generation, id, failure));
+        Next::Continue
+    }
+
+    /// The broker closed the publishing channel while `id` was unconfirmed
+    /// on it. Answers that had already arrived are applied first (a confirm
+    /// received before the close is a confirm); then the core decides
+    /// (culprit alone, or suspects); every other answer of that channel is
+    /// dropped, since its message went back to the queue.
+    fn channel_closed(
+        &self,
+        flight: &mut Flight<T::Confirm>,
+        id: MessageId,
+        reason: String,
+    ) -> Next {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        while let Poll::Ready(Some((other, result))) = flight.confirms.poll_next_unpin(&mut cx) {
+            match result {
+                Err(DeliveryError::ChannelClosed { .. } | DeliveryError::NotWritten) => {}
+                result => {
+                    self.answer(flight, other, result);
+                }
+            }
+        }
+        let generation = flight.generation;
+        let decided = self
+            .hub
+            .with_core(|core| core.channel_closed(generation, id, reason));
+        tracing::debug!(
+            generation = generation.0,
+            id = id.0,
+            ?decided,
+            "publishing channel closed by the broker"
+        );
+        flight.confirms = FuturesUnordered::new();
+        flight.hold = false;
+        Next::ChannelReset
     }
 }
 

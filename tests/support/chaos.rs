@@ -10,7 +10,14 @@
 //!   notices a side closing; a connection accepted meanwhile waits, unread
 //!   and not yet dialled upstream, until the blackhole lifts;
 //! * [`ChaosProxy::refuse`] accepts new connections and resets them at once
-//!   (counted by [`ChaosProxy::refused`], not by [`ChaosProxy::accepted`]).
+//!   (counted by [`ChaosProxy::refused`], not by [`ChaosProxy::accepted`]);
+//! * [`ChaosProxy::drop_publishes`] drops, on AMQP 0-9-1 connections only,
+//!   every client `basic.publish` (the method frame and its header and body
+//!   frames) while forwarding every other frame, heartbeats included: the
+//!   link stays alive and confirms nothing (counted by
+//!   [`ChaosProxy::dropped_publishes`]). A connection is AMQP when the
+//!   client opens it with the AMQP 0-9-1 protocol header; others (MQTT) are
+//!   forwarded byte for byte as always.
 //!
 //! Dropping the proxy stops the listener and closes every connection.
 
@@ -32,6 +39,7 @@ struct Ctl {
     sever_epoch: u64,
     blackhole: bool,
     stopped: bool,
+    drop_publishes: bool,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +48,7 @@ struct Counters {
     refused: AtomicUsize,
     open: AtomicUsize,
     refuse: AtomicBool,
+    dropped_publishes: AtomicUsize,
 }
 
 /// A TCP proxy that can sever, blackhole and refuse connections on command.
@@ -103,6 +112,17 @@ impl ChaosProxy {
         self.counters.refused.load(Ordering::SeqCst)
     }
 
+    /// While on, client `basic.publish` frames on AMQP connections are
+    /// dropped; every other frame is forwarded.
+    pub fn drop_publishes(&self, on: bool) {
+        self.ctl.send_modify(|c| c.drop_publishes = on);
+    }
+
+    /// How many `basic.publish` frames were dropped.
+    pub fn dropped_publishes(&self) -> usize {
+        self.counters.dropped_publishes.load(Ordering::SeqCst)
+    }
+
     /// How many forwarded connections are open right now.
     pub fn open_connections(&self) -> usize {
         self.counters.open.load(Ordering::SeqCst)
@@ -138,7 +158,7 @@ async fn accept_loop(
         let rx = ctl.subscribe();
         let counters = counters.clone();
         tokio::spawn(async move {
-            connection(client, upstream, rx).await;
+            connection(client, upstream, rx, &counters).await;
             counters.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -169,7 +189,12 @@ async fn next_ctl(ctl: &mut watch::Receiver<Ctl>, epoch: u64) -> Option<End> {
     }
 }
 
-async fn connection(client: TcpStream, upstream: SocketAddr, mut ctl: watch::Receiver<Ctl>) {
+async fn connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mut ctl: watch::Receiver<Ctl>,
+    counters: &Counters,
+) {
     let epoch = ctl.borrow_and_update().sever_epoch;
     // A connection accepted during a blackhole waits for it to lift.
     while ctl.borrow().blackhole {
@@ -198,8 +223,8 @@ async fn connection(client: TcpStream, upstream: SocketAddr, mut ctl: watch::Rec
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let end = tokio::select! {
-        end = pump(&mut cr, &mut sw, ctl.clone(), epoch) => end,
-        end = pump(&mut sr, &mut cw, ctl.clone(), epoch) => end,
+        end = pump(&mut cr, &mut sw, ctl.clone(), epoch, Some(counters)) => end,
+        end = pump(&mut sr, &mut cw, ctl.clone(), epoch, None) => end,
     };
     if matches!(end, End::Sever) {
         let _ = cr.as_ref().set_zero_linger();
@@ -211,15 +236,83 @@ async fn connection(client: TcpStream, upstream: SocketAddr, mut ctl: watch::Rec
     }
 }
 
+/// The AMQP 0-9-1 protocol header a client opens with.
+const AMQP_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+
+/// Splits a client's AMQP byte stream into frames and drops the publishes
+/// (a `basic.publish` method frame, then its header and body frames).
+#[derive(Debug, Default)]
+struct PublishFilter {
+    /// Bytes not yet forwarded: the protocol header, then whole frames.
+    pending: Vec<u8>,
+    header_seen: bool,
+    /// Channels whose current publish is being dropped (its content follows).
+    dropping: std::collections::HashSet<u16>,
+}
+
+impl PublishFilter {
+    /// Takes `bytes`, returns what to forward (whole frames only).
+    fn feed(&mut self, bytes: &[u8], drop_publishes: bool, dropped: &AtomicUsize) -> Vec<u8> {
+        self.pending.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        let mut at = 0;
+        if !self.header_seen {
+            if self.pending.len() < AMQP_HEADER.len() {
+                return out;
+            }
+            out.extend_from_slice(&self.pending[..AMQP_HEADER.len()]);
+            at = AMQP_HEADER.len();
+            self.header_seen = true;
+        }
+        // A frame: type (1), channel (2), size (4), payload, 0xCE.
+        while self.pending.len() - at >= 7 {
+            let p = &self.pending[at..];
+            let kind = p[0];
+            let channel = u16::from_be_bytes([p[1], p[2]]);
+            let size = u32::from_be_bytes([p[3], p[4], p[5], p[6]]) as usize;
+            let total = 7 + size + 1;
+            if p.len() < total {
+                break;
+            }
+            let publish = kind == 1 && size >= 4 && p[7..11] == [0, 60, 0, 40];
+            let drop = match kind {
+                1 => {
+                    self.dropping.remove(&channel);
+                    if publish && drop_publishes {
+                        self.dropping.insert(channel);
+                        dropped.fetch_add(1, Ordering::SeqCst);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                2 | 3 => self.dropping.contains(&channel),
+                _ => false,
+            };
+            if !drop {
+                out.extend_from_slice(&p[..total]);
+            }
+            at += total;
+        }
+        self.pending.drain(..at);
+        out
+    }
+}
+
 /// Copies `from` to `to` until one side closes or the control says stop;
-/// drops what it reads while blackholed.
+/// drops what it reads while blackholed. With `filter` (the client's side),
+/// an AMQP connection goes through a [`PublishFilter`].
 async fn pump(
     from: &mut OwnedReadHalf,
     to: &mut OwnedWriteHalf,
     mut ctl: watch::Receiver<Ctl>,
     epoch: u64,
+    filter: Option<&Counters>,
 ) -> End {
     let mut buf = vec![0u8; 64 * 1024];
+    // Undecided until the first bytes show whether the client speaks AMQP.
+    let mut amqp: Option<Option<PublishFilter>> = filter.is_none().then_some(None);
+    let mut first: Vec<u8> = Vec::new();
     loop {
         let n = tokio::select! {
             biased;
@@ -235,10 +328,41 @@ async fn pump(
         if ctl.borrow().blackhole {
             continue;
         }
+        let bytes: Vec<u8> = match (&mut amqp, filter) {
+            (Some(Some(f)), Some(counters)) => f.feed(
+                &buf[..n],
+                ctl.borrow().drop_publishes,
+                &counters.dropped_publishes,
+            ),
+            (Some(None), _) | (_, None) => buf[..n].to_vec(),
+            (None, Some(counters)) => {
+                // Decide on the first bytes: the AMQP protocol header or not.
+                first.extend_from_slice(&buf[..n]);
+                let len = first.len().min(AMQP_HEADER.len());
+                if first[..len] != AMQP_HEADER[..len] {
+                    amqp = Some(None);
+                    std::mem::take(&mut first)
+                } else if first.len() >= AMQP_HEADER.len() {
+                    let mut f = PublishFilter::default();
+                    let out = f.feed(
+                        &std::mem::take(&mut first),
+                        ctl.borrow().drop_publishes,
+                        &counters.dropped_publishes,
+                    );
+                    amqp = Some(Some(f));
+                    out
+                } else {
+                    continue;
+                }
+            }
+        };
+        if bytes.is_empty() {
+            continue;
+        }
         tokio::select! {
             biased;
             end = async { loop { if let Some(end) = next_ctl(&mut ctl, epoch).await { break end } } } => return end,
-            written = to.write_all(&buf[..n]) => if written.is_err() { return End::Closed },
+            written = to.write_all(&bytes) => if written.is_err() { return End::Closed },
         }
     }
 }
