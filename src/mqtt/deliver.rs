@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use crate::mqtt::error::PublishError;
 use crate::mqtt::link::MqttLink;
@@ -51,6 +52,13 @@ impl Deliver for MqttTransport {
             .await
             .map(DeliverConfirm)
             .map_err(to_delivery)
+    }
+
+    /// The keep-alive: the broker answers a ping within it, so a confirm
+    /// later than the outbox's multiple of it means a stuck link.
+    fn heartbeat(&self, _link: &MqttLink) -> Option<Duration> {
+        let keep_alive = self.config().keep_alive;
+        (!keep_alive.is_zero()).then_some(keep_alive)
     }
 
     fn size_of(message: &MqttMessage) -> usize {
