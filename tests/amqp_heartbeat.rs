@@ -95,6 +95,7 @@ async fn fake_broker(server_heartbeat: u16) -> (std::net::SocketAddr, oneshot::R
                 (10, 50) => Some(method_frame(0, 10, 51, &[])),  // close-ok
                 (20, 10) => Some(method_frame(channel, 20, 11, &0u32.to_be_bytes())), // channel.open-ok
                 (20, 40) => Some(method_frame(channel, 20, 41, &[])), // channel.close-ok
+                (60, 10) => Some(method_frame(channel, 60, 11, &[])), // basic.qos-ok (prefetch)
                 (85, 10) => Some(method_frame(channel, 85, 11, &[])), // confirm.select-ok
                 _ => None,
             };
