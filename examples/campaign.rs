@@ -8,26 +8,27 @@
 //!
 //! Options: `--seeds N` (seeds 1..=N), `--seed N` (replay one),
 //! `--adapter amqp|mqtt|both`, `--quick` (the CI profile), `--no-alarm`
-//! (never raise the broker-wide memory alarm). Exits non-zero when any run
-//! breaks a rule.
+//! (never raise the broker-wide memory alarm), `--dry-run` (print the
+//! schedules only). Exits non-zero when any run breaks a rule.
 
 #[path = "../tests/campaign/mod.rs"]
 mod campaign;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use campaign::schedule::Adapter;
-use campaign::{Options, checker, run_campaign};
+use campaign::schedule::{Adapter, Schedule};
+use campaign::{Options, Settings, checker, run_campaign};
 
 fn usage(error: &str) -> ! {
     eprintln!("campaign: {error}");
     eprintln!(
-        "usage: campaign [--seeds N | --seed N] [--adapter amqp|mqtt|both] [--quick] [--no-alarm]"
+        "usage: campaign [--seeds N | --seed N] [--adapter amqp|mqtt|both] [--quick] [--no-alarm] [--dry-run]"
     );
     std::process::exit(2);
 }
 
-fn parse(args: impl Iterator<Item = String>) -> Options {
+fn parse(args: impl Iterator<Item = String>) -> (Options, bool) {
+    let mut dry_run = false;
     let mut options = Options {
         seeds: (1..=20).collect(),
         adapters: vec![Adapter::Amqp, Adapter::Mqtt],
@@ -63,15 +64,28 @@ fn parse(args: impl Iterator<Item = String>) -> Options {
             }
             "--quick" => options.quick = true,
             "--no-alarm" => options.alarms = false,
+            "--dry-run" => dry_run = true,
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown option {other}")),
         }
     }
-    options
+    (options, dry_run)
 }
 
 fn main() {
-    let options = parse(std::env::args().skip(1));
+    let (options, dry_run) = parse(std::env::args().skip(1));
+    if dry_run {
+        for &seed in &options.seeds {
+            for &adapter in &options.adapters {
+                let profile = Settings::new(options.quick).profile(options.quick, options.alarms);
+                println!(
+                    "seed {seed} {adapter}: {}",
+                    Schedule::draw(seed, adapter, profile)
+                );
+            }
+        }
+        return;
+    }
     if let Err(e) = checker::self_check() {
         eprintln!("campaign: the checker's self-check failed: {e}");
         std::process::exit(3);

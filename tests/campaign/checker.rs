@@ -100,6 +100,8 @@ pub struct Figures {
     pub attempt_bound: Option<u64>,
     /// Link losses.
     pub losses: u64,
+    /// Per window: what it visibly did (losses charged, Blocked seen).
+    pub windows: Vec<String>,
 }
 
 /// The checker's verdict on one run.
@@ -412,17 +414,18 @@ pub fn check(run: &Run) -> Verdict {
     let lost = losses(run);
     let tail = run.bounds.loss_tail;
     let windows: Vec<_> = run.applied.iter().filter(|a| a.skipped.is_none()).collect();
+    // A loss belongs to the latest window it falls in (with its tail),
+    // preferring one that takes links down.
     let mut charged = vec![0usize; windows.len()];
     let mut unexplained = Vec::new();
     for t in &lost {
-        let within = |a: &&Applied| *t >= a.start && *t <= a.end + tail;
-        if windows
-            .iter()
-            .any(|a| a.fault.takes_links_down() && within(a))
-        {
-            continue;
-        }
-        match windows.iter().position(within) {
+        let within = |a: &Applied| *t >= a.start && *t <= a.end + tail;
+        let latest = |down: bool| {
+            (0..windows.len())
+                .filter(|&i| within(windows[i]) && (!down || windows[i].fault.takes_links_down()))
+                .max_by_key(|&i| windows[i].start)
+        };
+        match latest(true).or_else(|| latest(false)) {
             Some(i) => charged[i] += 1,
             None => unexplained.push(format!(
                 "{:.1}s",
@@ -430,9 +433,40 @@ pub fn check(run: &Run) -> Verdict {
             )),
         }
     }
+    let blocked: Vec<std::time::Instant> = run
+        .events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Event::StateChanged {
+                to: StateKind::Blocked,
+                ..
+            } => Some(*t),
+            _ => None,
+        })
+        .collect();
+    let effects: Vec<String> = run
+        .applied
+        .iter()
+        .map(|a| {
+            if a.skipped.is_some() {
+                return format!("{}: skipped", a.fault);
+            }
+            let i = windows
+                .iter()
+                .position(|w| std::ptr::eq(*w, a))
+                .unwrap_or(0);
+            let b = blocked.iter().any(|t| *t >= a.start && *t <= a.end + tail);
+            format!(
+                "{}: {}{} lost",
+                a.fault,
+                if b { "blocked, " } else { "" },
+                charged[i]
+            )
+        })
+        .collect();
     for (a, n) in windows.iter().zip(charged) {
         let allowed = usize::from(a.fault == Fault::Poison);
-        if n > allowed {
+        if !a.fault.takes_links_down() && n > allowed {
             out(
                 Rule::LinkLostToQuietFault,
                 format!("{}: {n} link losses (allowed {allowed})", a.fault),
@@ -516,6 +550,7 @@ pub fn check(run: &Run) -> Verdict {
         attempts: run.attempts,
         attempt_bound: bound,
         losses: lost.len() as u64,
+        windows: effects,
     };
     v
 }

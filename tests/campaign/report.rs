@@ -31,6 +31,7 @@ pub fn print_run(run: &Run, verdict: &Verdict, quick: bool, took: Duration) {
         f.attempt_bound.map_or("none".to_owned(), |b| b.to_string()),
         f.losses,
     );
+    println!("  windows: {}", f.windows.join("; "));
     for note in &run.notes {
         println!("  note: {note}");
     }
