@@ -414,18 +414,16 @@ pub fn check(run: &Run) -> Verdict {
     let lost = losses(run);
     let tail = run.bounds.loss_tail;
     let windows: Vec<_> = run.applied.iter().filter(|a| a.skipped.is_none()).collect();
-    // A loss belongs to the latest window it falls in (with its tail),
-    // preferring one that takes links down.
+    // A loss belongs to the latest window it falls in (with its tail):
+    // gaps are at least 0.5 s, and a fault's own losses (including the
+    // proxy's late CONNECT after a blackhole) come before the next window.
     let mut charged = vec![0usize; windows.len()];
     let mut unexplained = Vec::new();
     for t in &lost {
-        let within = |a: &Applied| *t >= a.start && *t <= a.end + tail;
-        let latest = |down: bool| {
-            (0..windows.len())
-                .filter(|&i| within(windows[i]) && (!down || windows[i].fault.takes_links_down()))
-                .max_by_key(|&i| windows[i].start)
-        };
-        match latest(true).or_else(|| latest(false)) {
+        let owner = (0..windows.len())
+            .filter(|&i| *t >= windows[i].start && *t <= windows[i].end + tail)
+            .max_by_key(|&i| windows[i].start);
+        match owner {
             Some(i) => charged[i] += 1,
             None => unexplained.push(format!(
                 "{:.1}s",
