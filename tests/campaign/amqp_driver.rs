@@ -86,7 +86,7 @@ impl Special for AmqpSpecial {
                     // The guard restores the watermark when dropped (also on a panic).
                     let took = raised.took;
                     let _ = tokio::task::spawn_blocking(move || drop(raised)).await;
-                    tracing_note(took);
+                    warn_if_slow(took);
                     Ok((start, Instant::now()))
                 }
                 other => Err(format!("{other} does not apply to AMQP")),
@@ -96,7 +96,7 @@ impl Special for AmqpSpecial {
 }
 
 /// `rabbitmqctl` takes about a second: worth knowing when reading a run.
-fn tracing_note(took: Duration) {
+fn warn_if_slow(took: Duration) {
     if took > Duration::from_secs(3) {
         eprintln!(
             "campaign: raising the memory alarm took {:.1}s",
