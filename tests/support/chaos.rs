@@ -18,6 +18,8 @@
 //!   [`ChaosProxy::dropped_publishes`]). A connection is AMQP when the
 //!   client opens it with the AMQP 0-9-1 protocol header; others (MQTT) are
 //!   forwarded byte for byte as always.
+//! * [`ChaosProxy::drop_client_to_broker`] stops the client-to-broker
+//!   direction only, as a one-way partition does (see that section below).
 //!
 //! Dropping the proxy stops the listener and closes every connection.
 
@@ -40,6 +42,8 @@ struct Ctl {
     blackhole: bool,
     stopped: bool,
     drop_publishes: bool,
+    /// `drop_client_to_broker(true)`: the client-to-broker pump is paused.
+    client_to_broker_dropped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -223,7 +227,7 @@ async fn connection(
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let end = tokio::select! {
-        end = pump(&mut cr, &mut sw, ctl.clone(), epoch, Some(counters)) => end,
+        end = paused_while_client_to_broker_dropped(pump(&mut cr, &mut sw, ctl.clone(), epoch, Some(counters)), ctl.clone()) => end,
         end = pump(&mut sr, &mut cw, ctl.clone(), epoch, None) => end,
     };
     if matches!(end, End::Sever) {
@@ -363,6 +367,44 @@ async fn pump(
             biased;
             end = async { loop { if let Some(end) = next_ctl(&mut ctl, epoch).await { break end } } } => return end,
             written = to.write_all(&bytes) => if written.is_err() { return End::Closed },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client-to-broker-only drop (a one-way partition).
+
+impl ChaosProxy {
+    /// While on, nothing the client sends reaches the broker; the broker's
+    /// traffic still reaches the client (its heartbeats, its acks of what it
+    /// got before). The client-to-broker pump is paused rather than made to
+    /// discard: as with dropped packets that TCP keeps retransmitting, the
+    /// bytes wait and arrive, in order, if the drop lifts before a side gives
+    /// up (a discarding proxy would cut frames out of the middle of the
+    /// stream, which no real network does). New connections are dialled
+    /// upstream; their first bytes wait too.
+    pub fn drop_client_to_broker(&self, on: bool) {
+        self.ctl.send_modify(|c| c.client_to_broker_dropped = on);
+    }
+}
+
+/// Polls `pump` only while the client-to-broker drop is off: pausing the
+/// future (never cancelling it) keeps a half-written buffer intact.
+async fn paused_while_client_to_broker_dropped(
+    pump: impl std::future::Future<Output = End>,
+    mut ctl: watch::Receiver<Ctl>,
+) -> End {
+    let mut pump = std::pin::pin!(pump);
+    loop {
+        if ctl.borrow_and_update().client_to_broker_dropped {
+            if ctl.changed().await.is_err() {
+                return End::Stopped;
+            }
+            continue;
+        }
+        tokio::select! {
+            end = &mut pump => return end,
+            changed = ctl.changed() => if changed.is_err() { return End::Stopped },
         }
     }
 }
