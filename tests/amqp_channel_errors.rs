@@ -22,8 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use redial::amqp::lapin::options::BasicConsumeOptions;
-use redial::amqp::lapin::types::FieldTable;
 use redial::amqp::{AmqpConfig, AmqpMessage, AmqpTransport, Heartbeat};
 use redial::machine::StateKind;
 use redial::outbox::{OutboxConfig, PublishError, Publisher};
@@ -35,19 +33,7 @@ use support::chaos;
 
 /// Message ids (outbox ids) in the order the queue received them.
 async fn arrivals(conn: &lapin::Connection, queue: &str, prefix: &str) -> Arc<Mutex<Vec<u64>>> {
-    let ch = conn.create_channel().await.expect("a channel");
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("basic.consume");
+    let (ch, mut consumer) = a::plain_consumer(conn, queue).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let out = seen.clone();
     let prefix = format!("{prefix}-");

@@ -110,19 +110,7 @@ fn warn_if_slow(took: Duration) {
 async fn witness(conn: &Connection, queue: &str, tag: &str) -> SharedWitness {
     let log: SharedWitness = Arc::new(Mutex::new(WitnessLog::default()));
     let out = log.clone();
-    let ch = conn.create_channel().await.expect("a witness channel");
-    let mut deliveries = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("the witness's basic.consume");
+    let (ch, mut deliveries) = a::plain_consumer(conn, queue).await;
     let tag = tag.to_owned();
     tokio::spawn(async move {
         let _ch = ch;

@@ -95,10 +95,12 @@ impl Seen {
     }
 }
 
-/// Consumes `queue` on a direct connection (auto-ack), counting `message_id`s.
-pub async fn collect(conn: &Connection, queue: &str) -> Arc<Mutex<Seen>> {
+/// A plain auto-ack consumer of `queue` on its own channel of `conn`: an
+/// independent witness of what the broker holds, in queue order. Keep the
+/// channel alive as long as the consumer.
+pub async fn plain_consumer(conn: &Connection, queue: &str) -> (lapin::Channel, lapin::Consumer) {
     let ch = conn.create_channel().await.expect("a channel");
-    let mut consumer = ch
+    let consumer = ch
         .basic_consume(
             queue.into(),
             "".into(),
@@ -110,6 +112,12 @@ pub async fn collect(conn: &Connection, queue: &str) -> Arc<Mutex<Seen>> {
         )
         .await
         .expect("basic.consume");
+    (ch, consumer)
+}
+
+/// Consumes `queue` on a direct connection (auto-ack), counting `message_id`s.
+pub async fn collect(conn: &Connection, queue: &str) -> Arc<Mutex<Seen>> {
+    let (ch, mut consumer) = plain_consumer(conn, queue).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let out = seen.clone();
     tokio::spawn(async move {
