@@ -6,9 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use redial::amqp::lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use redial::amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use redial::amqp::lapin::types::FieldTable;
 use redial::amqp::lapin::{BasicProperties, Connection};
 use redial::amqp::{AmqpConfig, AmqpTransport, Consumer, DEFAULT_PREFETCH, Delivery};
@@ -20,20 +18,7 @@ use support::brokers;
 
 /// The queue's ready (not yet delivered) message count.
 async fn ready(conn: &Connection, queue: &str) -> u32 {
-    let ch = conn.create_channel().await.expect("a channel");
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("the queue exists");
-    let _ = ch.close(200, "done".into()).await;
-    q.message_count()
+    a::ready(conn, queue).await.expect("the queue exists")
 }
 
 async fn next(consumer: &mut Consumer, within: Duration) -> Option<Delivery> {

@@ -48,28 +48,6 @@ async fn connected_after(handle: &Handle, after: Generation, within: Duration) -
     snapshot.generation
 }
 
-/// Whether `queue` exists, and its ready message count (passive declare on
-/// a throwaway channel: a missing queue closes it).
-async fn ready(conn: &redial::amqp::lapin::Connection, queue: &str) -> Option<u32> {
-    let ch = conn.create_channel().await.expect("a channel");
-    let declared = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .ok()
-        .map(|q| q.message_count());
-    if declared.is_some() {
-        let _ = ch.close(200, "done".into()).await;
-    }
-    declared
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeclaring_a_queue_and_its_binding_keeps_one_entry_each() {
     if !brokers::require("AMQP", brokers::amqp_available()) {
@@ -162,7 +140,11 @@ async fn deletes_remove_entities_and_their_bindings() {
         .await
         .unwrap();
     assert_eq!(transport.topology_len().await, 0);
-    assert_eq!(ready(&direct, &queue).await, None, "deleted at the broker");
+    assert_eq!(
+        a::ready(&direct, &queue).await,
+        None,
+        "deleted at the broker"
+    );
     engine.shutdown().await;
 
     // Offline, a delete is kept until a replay has applied it.
@@ -174,11 +156,11 @@ async fn deletes_remove_entities_and_their_bindings() {
         .await
         .unwrap();
     assert_eq!(transport.topology_len().await, 1, "pending");
-    assert!(ready(&direct, &offline).await.is_some());
+    assert!(a::ready(&direct, &offline).await.is_some());
     let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
     engine.handle().wait_for(StateKind::Connected).await;
     assert_eq!(
-        ready(&direct, &offline).await,
+        a::ready(&direct, &offline).await,
         None,
         "deleted by the replay"
     );
@@ -255,7 +237,7 @@ async fn a_large_distinct_topology_reconnects_after_a_sever() {
     .unwrap()
     .await
     .unwrap();
-    assert_eq!(ready(&direct, last).await, Some(1));
+    assert_eq!(a::ready(&direct, last).await, Some(1));
 
     engine.shutdown().await;
     delete_all(&ch, &names).await;

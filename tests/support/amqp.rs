@@ -320,3 +320,25 @@ pub fn close_named_connections(name: &str) -> usize {
     }
     closed
 }
+
+/// Whether `queue` exists, and its ready message count (passive declare on
+/// a throwaway channel: a missing queue closes it).
+pub async fn ready(conn: &Connection, queue: &str) -> Option<u32> {
+    let ch = conn.create_channel().await.expect("a channel");
+    let declared = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()
+        .map(|q| q.message_count());
+    if declared.is_some() {
+        let _ = ch.close(200, "done".into()).await;
+    }
+    declared
+}
