@@ -6,7 +6,8 @@
 //! cargo run --release --all-features --example campaign -- --seed 17 --adapter amqp
 //! ```
 //!
-//! Options: `--seeds N` (seeds 1..=N), `--seed N` (replay one),
+//! Options: `--seeds N` (seeds 1..=N), `--seeds A..=B` (a range, to split a
+//! long run over several processes), `--seed N` (replay one),
 //! `--adapter amqp|mqtt|both`, `--quick` (the CI profile), `--no-alarm`
 //! (never raise the broker-wide memory alarm), `--dry-run` (print the
 //! schedules only). Exits non-zero when any run breaks a rule.
@@ -22,9 +23,18 @@ use campaign::{Options, Settings, checker, run_campaign};
 fn usage(error: &str) -> ! {
     eprintln!("campaign: {error}");
     eprintln!(
-        "usage: campaign [--seeds N | --seed N] [--adapter amqp|mqtt|both] [--quick] [--no-alarm] [--dry-run]"
+        "usage: campaign [--seeds N | --seeds A..=B | --seed N] [--adapter amqp|mqtt|both] [--quick] [--no-alarm] [--dry-run]"
     );
     std::process::exit(2);
+}
+
+/// `N` (1..=N) or `A..=B`.
+fn seed_range(text: &str) -> Option<Vec<u64>> {
+    let (first, last) = match text.split_once("..=") {
+        Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+        None => (1, text.parse().ok()?),
+    };
+    (first <= last).then(|| (first..=last).collect())
 }
 
 fn parse(args: impl Iterator<Item = String>) -> (Options, bool) {
@@ -43,10 +53,8 @@ fn parse(args: impl Iterator<Item = String>) -> (Options, bool) {
         };
         match arg.as_str() {
             "--seeds" => {
-                let n: u64 = value("--seeds")
-                    .parse()
-                    .unwrap_or_else(|_| usage("--seeds N"));
-                options.seeds = (1..=n).collect();
+                options.seeds = seed_range(&value("--seeds"))
+                    .unwrap_or_else(|| usage("--seeds N or --seeds A..=B"));
             }
             "--seed" => {
                 let n: u64 = value("--seed")

@@ -191,6 +191,17 @@ impl Consumer {
         self.rx.recv().await
     }
 
+    /// Deliveries waiting in the buffer (at most
+    /// [`AmqpConfig::consumer_buffer`](crate::amqp::AmqpConfig::consumer_buffer)).
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no delivery is waiting in the buffer.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Cancels the consumer on the current link and removes it from the log.
     /// Deliveries already buffered are dropped (the broker redelivers them).
     pub async fn cancel(mut self) {

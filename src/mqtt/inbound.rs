@@ -177,6 +177,17 @@ impl Messages {
         Some(self.take(item))
     }
 
+    /// Deliveries waiting in the buffer (at most
+    /// [`MqttConfig::inbound_capacity`](crate::mqtt::MqttConfig::inbound_capacity)).
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no delivery is waiting in the buffer.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     fn dropped(&self) -> Option<InboundError> {
         let count = self.counters.unreported.swap(0, Ordering::AcqRel);
         (count > 0).then_some(InboundError::Dropped { count })

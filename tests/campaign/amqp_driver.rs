@@ -6,8 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use redial::amqp::lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
 };
@@ -34,8 +34,8 @@ impl Inbound for Consumer {
         self.recv()
     }
 
-    fn ready(&mut self) -> Option<Delivery> {
-        self.recv().now_or_never().flatten()
+    fn buffered(&self) -> usize {
+        self.len()
     }
 
     fn payload(item: &Delivery) -> &[u8] {

@@ -43,8 +43,9 @@ pub trait Inbound: Send + 'static {
     type Item: Send + 'static;
     /// The next delivery (`None`: the stream ended).
     fn next(&mut self) -> impl Future<Output = Option<Self::Item>> + Send;
-    /// A delivery already waiting in the stream, if any.
-    fn ready(&mut self) -> Option<Self::Item>;
+    /// How many deliveries the stream holds, read without taking any (taking
+    /// one makes room the link refills at once, so a drain over-counts).
+    fn buffered(&self) -> usize;
     /// The campaign payload of a delivery.
     fn payload(item: &Self::Item) -> &[u8];
     /// Acknowledges it (`Ok` also when the adapter says it is stale and
@@ -162,15 +163,8 @@ fn consume<I: Inbound>(
             tokio::select! {
                 biased;
                 () = knobs.sample.notified() => {
-                    let mut waiting = Vec::new();
-                    while let Some(item) = inbound.ready() {
-                        waiting.push(item);
-                    }
-                    errors.lock().unwrap().buffered.push((Instant::now(), waiting.len()));
+                    errors.lock().unwrap().buffered.push((Instant::now(), inbound.buffered()));
                     knobs.sampled.notify_one();
-                    for item in waiting {
-                        handle(item).await;
-                    }
                 }
                 item = inbound.next() => match item {
                     Some(item) => {

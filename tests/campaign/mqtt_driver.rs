@@ -37,8 +37,8 @@ impl Inbound for Messages {
         self.recv()
     }
 
-    fn ready(&mut self) -> Option<Delivery> {
-        self.try_recv()
+    fn buffered(&self) -> usize {
+        self.len()
     }
 
     /// A poison message (`TooLarge`) has no payload: it is taken, and so
