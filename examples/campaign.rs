@@ -11,6 +11,7 @@
 //! `--adapter amqp|mqtt|both`, `--quick` (the CI profile), `--no-alarm`
 //! (never raise the broker-wide memory alarm), `--dry-run` (print the
 //! schedules only). Exits non-zero when any run breaks a rule.
+//! `REDIAL_LOG=redial=debug` (a tracing filter) prints the logs to stderr.
 
 #[path = "../tests/campaign/mod.rs"]
 mod campaign;
@@ -81,6 +82,13 @@ fn parse(args: impl Iterator<Item = String>) -> (Options, bool) {
 }
 
 fn main() {
+    // `REDIAL_LOG=redial=debug` prints the engine's and adapters' logs.
+    if let Ok(filter) = std::env::var("REDIAL_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let (options, dry_run) = parse(std::env::args().skip(1));
     if dry_run {
         for &seed in &options.seeds {

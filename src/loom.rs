@@ -22,3 +22,46 @@ pub(crate) mod task {
     #[cfg(all(test, loom))]
     pub(crate) use loom::future::AtomicWaker;
 }
+
+/// Deliberate bugs the loom models must catch, so that they cannot pass
+/// vacuously (`runtime::loom_tests::mutant_*`). Outside the loom models no
+/// mutant is ever active and the checks compile to `false`.
+pub(crate) mod mutant {
+    /// One deliberate bug.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[cfg_attr(not(all(test, loom)), allow(dead_code))]
+    pub(crate) enum Mutant {
+        /// The handle queues reports of a generation that is not current.
+        StaleReports = 1,
+        /// The driver takes the commands before the reports.
+        CommandsFirst = 2,
+    }
+
+    #[cfg(all(test, loom))]
+    static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+    /// Whether `m` is active (only ever in a loom model that asked for it).
+    #[inline(always)]
+    pub(crate) fn active(m: Mutant) -> bool {
+        #[cfg(all(test, loom))]
+        return ACTIVE.load(std::sync::atomic::Ordering::Relaxed) == m as u8;
+        #[cfg(not(all(test, loom)))]
+        {
+            let _ = m;
+            false
+        }
+    }
+
+    /// Activates `m` until the guard drops (also when a model panics).
+    #[cfg(all(test, loom))]
+    pub(crate) fn activate(m: Mutant) -> impl Drop {
+        struct Guard;
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                ACTIVE.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        ACTIVE.store(m as u8, std::sync::atomic::Ordering::Relaxed);
+        Guard
+    }
+}

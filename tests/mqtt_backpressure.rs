@@ -9,7 +9,10 @@
 //!   message again on its persistent session;
 //! * a buffer smaller than the broker's in-flight window stops reading the
 //!   socket without losing anything;
-//! * QoS 0 deliveries that find the buffer full are dropped and reported.
+//! * QoS 0 deliveries that find the buffer full are dropped and reported;
+//! * deliveries still buffered when a later link resumed their session give
+//!   way to the broker's redelivery: each message is taken once, and the
+//!   new link does not stall behind them.
 #![cfg(feature = "mqtt")]
 
 mod mqtt_util;
@@ -211,5 +214,127 @@ async fn qos0_overflow_is_dropped_and_reported() {
     for want in 0..5 {
         assert_eq!(id_of(take(&mut c.messages).await.payload()), want);
     }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_deliveries_of_an_old_link_give_way_to_the_resumed_session() {
+    let Some(broker) = broker() else { return };
+    const N: u64 = 30;
+    const CAPACITY: usize = 10;
+    let topic = unique("redial/superseded");
+    let mut c = client(
+        &broker,
+        &unique("superseded"),
+        &topic,
+        QoS::AtLeastOnce,
+        CAPACITY,
+    )
+    .await;
+    publish_many(broker.addr(), &topic, 0..N, 64, QoS::AtLeastOnce).await;
+    until(&c.transport, "the buffer fills", |_, buffered| {
+        buffered == CAPACITY as u64
+    })
+    .await;
+    // A new link on the same session while link 1's deliveries wait unread.
+    let handle = c.engine.handle();
+    let first = handle.generation();
+    handle.reconnect_now().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while c.transport.stats().sessions_opened < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a second link");
+    let mut taken = Vec::new();
+    for _ in 0..N {
+        let m = take(&mut c.messages).await;
+        assert_ne!(
+            m.generation, first,
+            "a delivery of the replaced link was taken"
+        );
+        taken.push(id_of(m.payload()));
+    }
+    assert_eq!(
+        taken,
+        (0..N).collect::<Vec<_>>(),
+        "each message once, in order"
+    );
+    let s = c.transport.stats();
+    assert_eq!(s.messages_superseded, CAPACITY as u64, "{s:?}");
+    assert_eq!(s.sessions_opened, 2, "{s:?}");
+    c.stop().await;
+}
+
+/// A reader slower than the ping interval, with the buffer full while the
+/// same link publishes: the link stops reading, so PINGRESPs wait in the
+/// socket behind deliveries and PUBACKs. That must not cost the link
+/// (rumqttc alone would call it dead at its next ping); the watchdog, which
+/// sees every packet read, is the judge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_slower_than_the_pings_keeps_its_link() {
+    let Some(broker) = broker() else { return };
+    const N: u64 = 600;
+    const SLOW: u64 = 20;
+    let topic = unique("redial/slow-pings");
+    let config = MqttConfig::new("127.0.0.1", broker.addr().port(), unique("slow-pings"))
+        .clean_session(false)
+        .keep_alive(Duration::from_secs(2))
+        .inbound_capacity(5);
+    let mut c = mqtt_util::Client::start(
+        config.clone(),
+        config.engine_config(),
+        OutboxConfig::default(),
+    );
+    c.transport
+        .subscribe(&topic, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    c.connected(Duration::from_secs(10)).await;
+    // The link publishes what it reads, 200 per second.
+    let publisher = c.publisher.clone();
+    let sender = tokio::spawn({
+        let topic = topic.clone();
+        async move {
+            let mut receipts = Vec::new();
+            for id in 0..N {
+                receipts.push(
+                    publisher
+                        .publish(mqtt_util::message(&topic, id, QoS::AtLeastOnce))
+                        .await,
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            receipts
+        }
+    });
+    // 20 takes 200 ms apart: 4 s, four pings of 1 s, behind deliveries.
+    let mut taken = Vec::new();
+    for i in 0..N {
+        let m = tokio::time::timeout(Duration::from_secs(10), c.messages.recv()).await;
+        let Ok(Some(Ok(m))) = m else {
+            panic!(
+                "no delivery {i} within 10 s: {:?} {:?} {:?}",
+                c.transport.stats(),
+                c.publisher.stats(),
+                c.engine.handle().snapshot()
+            );
+        };
+        taken.push(m);
+        if i < SLOW {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for receipt in sender.await.unwrap() {
+        receipt.await.expect("confirmed");
+    }
+    let ids: Vec<u64> = taken
+        .iter()
+        .map(|m| std::str::from_utf8(m.payload()).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, (0..N).collect::<Vec<_>>(), "each once, in order");
+    let s = c.transport.stats();
+    assert_eq!(s.sessions_opened, 1, "the link stayed up: {s:?}");
     c.stop().await;
 }

@@ -1,10 +1,18 @@
 //! Delivered messages on their way to the application: one bounded buffer
 //! for the transport's whole life, each QoS 1/2 message acknowledged to the
 //! broker only when the application takes it.
+//!
+//! A QoS 1/2 delivery still buffered when a later link resumed its session
+//! is dropped when it reaches the front: it can no longer be acknowledged,
+//! and the broker must send it again on the resumed session (MQTT 3.1.1
+//! section 4.4), where it is queued behind. Without this, a slow reader's
+//! stale deliveries fill the buffer, the new link stops reading, and its
+//! keep-alive fails (found by the fault campaign, slow consumer after a
+//! blackhole).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use rumqttc::QoS;
@@ -56,6 +64,8 @@ pub(crate) struct Ack {
 
 /// One delivery in the buffer.
 pub(crate) struct Item {
+    /// The link it arrived on.
+    pub(crate) generation: Generation,
     pub(crate) delivery: Result<Message, InboundError>,
     /// The link's acknowledger and what to acknowledge (QoS 1/2 only).
     pub(crate) ack: Option<(mpsc::UnboundedSender<Ack>, Ack)>,
@@ -68,8 +78,33 @@ pub(crate) struct Counters {
     pub(crate) max_buffered: AtomicU64,
     pub(crate) too_large: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) superseded: AtomicU64,
     /// Dropped QoS 0 messages not yet reported to the application.
     unreported: AtomicU64,
+    sessions: Mutex<Sessions>,
+}
+
+/// Which links share the broker's session (links are numbered by generation).
+#[derive(Debug, Default, Clone, Copy)]
+struct Sessions {
+    /// The link that began the current session (CONNACK without
+    /// `session_present`).
+    began: u64,
+    /// The latest link that resumed it (CONNACK with `session_present`).
+    resumed: u64,
+}
+
+impl Counters {
+    /// Whether the broker must send this delivery again: a QoS 1/2 one
+    /// (unacknowledged while buffered) from a link of the current session
+    /// older than the latest link that resumed it.
+    fn superseded(&self, item: &Item) -> bool {
+        if item.ack.is_none() {
+            return false;
+        }
+        let s = *self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        (s.began..s.resumed).contains(&item.generation.0)
+    }
 }
 
 /// The links' side of the buffer.
@@ -80,14 +115,34 @@ pub(crate) struct InboundTx {
 }
 
 impl InboundTx {
+    /// A link is up, before it reads anything: whether the broker resumed
+    /// the session (CONNACK `session_present`).
+    pub(crate) fn link_up(&self, generation: Generation, session_present: bool) {
+        let mut s = self
+            .counters
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if session_present {
+            s.resumed = s.resumed.max(generation.0);
+        } else {
+            *s = Sessions {
+                began: generation.0,
+                resumed: 0,
+            };
+        }
+    }
+
     /// Hands one delivery to the application's buffer. When the buffer is
     /// full a QoS 0 delivery is dropped (and reported at the next take); a
     /// QoS 1/2 one waits for room: the caller stops reading the socket.
-    pub(crate) async fn push(&self, item: Item) {
+    /// Returns whether it waited.
+    pub(crate) async fn push(&self, item: Item) -> bool {
         self.counters.received.fetch_add(1, Ordering::AcqRel);
         if matches!(item.delivery, Err(InboundError::TooLarge { .. })) {
             self.counters.too_large.fetch_add(1, Ordering::AcqRel);
         }
+        let mut waited = false;
         let sent = match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(item)) if item.ack.is_none() => {
@@ -97,7 +152,10 @@ impl InboundTx {
                 false
             }
             // Not acknowledged: the broker holds the rest of its window.
-            Err(mpsc::error::TrySendError::Full(item)) => self.tx.send(item).await.is_ok(),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                waited = true;
+                self.tx.send(item).await.is_ok()
+            }
             // Nobody can take it any more; never acknowledged, so a
             // persistent session keeps it at the broker.
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -107,6 +165,7 @@ impl InboundTx {
                 .max_buffered
                 .fetch_max(self.buffered(), Ordering::AcqRel);
         }
+        waited
     }
 
     /// Deliveries waiting for the application.
@@ -164,8 +223,12 @@ impl Messages {
         if let Some(e) = self.dropped() {
             return Some(Err(e));
         }
-        let item = self.rx.recv().await?;
-        Some(self.take(item))
+        loop {
+            let item = self.rx.recv().await?;
+            if let Some(delivery) = self.take(item) {
+                return Some(delivery);
+            }
+        }
     }
 
     /// The next delivery if one is waiting.
@@ -173,8 +236,12 @@ impl Messages {
         if let Some(e) = self.dropped() {
             return Some(Err(e));
         }
-        let item = self.rx.try_recv().ok()?;
-        Some(self.take(item))
+        loop {
+            let item = self.rx.try_recv().ok()?;
+            if let Some(delivery) = self.take(item) {
+                return Some(delivery);
+            }
+        }
     }
 
     /// Deliveries waiting in the buffer (at most
@@ -194,13 +261,22 @@ impl Messages {
     }
 
     /// The application has it now: acknowledge it on its link (which
-    /// ignores it if it died meanwhile).
-    fn take(&self, item: Item) -> Result<Message, InboundError> {
+    /// ignores it if it died meanwhile). `None`: a superseded delivery,
+    /// dropped (the broker sends it again on the resumed session).
+    fn take(&self, item: Item) -> Option<Result<Message, InboundError>> {
+        if self.counters.superseded(&item) {
+            self.counters.superseded.fetch_add(1, Ordering::AcqRel);
+            tracing::debug!(
+                generation = item.generation.0,
+                "buffered delivery of an old link dropped: the resumed session sends it again"
+            );
+            return None;
+        }
         self.counters.taken.fetch_add(1, Ordering::AcqRel);
         if let Some((acks, ack)) = item.ack {
             let _ = acks.send(ack);
         }
-        item.delivery
+        Some(item.delivery)
     }
 }
 
@@ -211,8 +287,16 @@ impl futures::Stream for Messages {
         if let Some(e) = self.dropped() {
             return Poll::Ready(Some(Err(e)));
         }
-        self.rx
-            .poll_recv(cx)
-            .map(|item| item.map(|item| self.take(item)))
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(item)) => {
+                    if let Some(delivery) = self.take(item) {
+                        return Poll::Ready(Some(delivery));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }

@@ -113,7 +113,8 @@ impl Shared {
 
     /// Hands a delivery to the application's buffer; waits (and so stops
     /// reading the socket) while the buffer is full of QoS 1/2 messages.
-    async fn deliver(&self, publish: Publish) {
+    /// Returns whether it waited.
+    async fn deliver(&self, publish: Publish) -> bool {
         let ack = (publish.qos != QoS::AtMostOnce).then(|| {
             let ack = Ack {
                 qos: publish.qos,
@@ -147,7 +148,13 @@ impl Shared {
                 publish,
             })
         };
-        self.inbound.push(Item { delivery, ack }).await;
+        self.inbound
+            .push(Item {
+                generation: self.generation,
+                delivery,
+                ack,
+            })
+            .await
     }
 
     fn confirm(&self, pkid: u16, qos: QoS) {
@@ -292,6 +299,8 @@ impl MqttLink {
     /// successful CONNACK.
     pub(crate) fn start(client: AsyncClient, eventloop: EventLoop, p: LinkParams) -> Self {
         let (acks, acks_rx) = mpsc::unbounded_channel();
+        p.inbound
+            .link_up(p.reporter.generation(), p.session_present);
         let shared = Arc::new(Shared {
             generation: p.reporter.generation(),
             reporter: p.reporter,
@@ -445,7 +454,16 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop, session: SessionGuar
                 // Only inbound packets prove the link is alive.
                 shared.reporter.activity();
                 match packet {
-                    Packet::Publish(publish) => shared.deliver(publish).await,
+                    Packet::Publish(publish) => {
+                        if shared.deliver(publish).await {
+                            // We stopped reading for the application, so a
+                            // PINGRESP may wait unread in the socket: rumqttc
+                            // would call the link dead at its next ping. The
+                            // watchdog, which sees every packet we read,
+                            // judges liveness.
+                            eventloop.state.await_pingresp = false;
+                        }
+                    }
                     other => shared.incoming(other),
                 }
             }

@@ -99,6 +99,9 @@ pub struct TransportStats {
     pub messages_too_large: u64,
     /// QoS 0 deliveries dropped because the buffer was full.
     pub messages_dropped: u64,
+    /// QoS 1/2 deliveries dropped from the buffer because a later link
+    /// resumed their session, on which the broker sends them again.
+    pub messages_superseded: u64,
 }
 
 struct Inner {
@@ -190,6 +193,7 @@ impl MqttTransport {
             max_messages_buffered: m.max_buffered.load(Ordering::Acquire),
             messages_too_large: m.too_large.load(Ordering::Acquire),
             messages_dropped: m.dropped.load(Ordering::Acquire),
+            messages_superseded: m.superseded.load(Ordering::Acquire),
         }
     }
 

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::machine::{ErrorKind, Generation, Input, Machine, Output, Reason, State, StateKind};
 use crate::runtime::events::{Event, SharedError};
 use crate::runtime::handle::{Handle, Inner, Snapshot};
+use crate::runtime::step::{Effects, Step, Work};
 use crate::runtime::transport::{Classify, OpenContext, Transport};
 
 /// The link the driver currently holds, shared with publishers.
@@ -44,7 +45,13 @@ struct Opening<T: Transport> {
 
 /// Runs one engine. Built by [`crate::runtime::Engine`].
 pub(crate) struct Driver<T: Transport> {
-    machine: Machine,
+    step: Step,
+    io: Io<T>,
+}
+
+/// Everything the driver does around the machine: the transport, the
+/// handle's shared state, the watch channels, events and counters.
+struct Io<T: Transport> {
     transport: Arc<T>,
     handle: Handle,
     snapshot_tx: watch::Sender<Snapshot>,
@@ -54,8 +61,6 @@ pub(crate) struct Driver<T: Transport> {
     down_since: Option<DownSince>,
     last_error: Option<SharedError>,
     last_reason: Option<Reason>,
-    /// Reused buffer for a step's opens and closes.
-    actions: Vec<Output>,
     /// The snapshot changed since watchers were last notified.
     snapshot_unseen: bool,
 }
@@ -86,8 +91,7 @@ impl<T: Transport> Driver<T> {
         snapshot_tx: watch::Sender<Snapshot>,
         links_tx: watch::Sender<Option<CurrentLink<T::Link>>>,
     ) -> Self {
-        Self {
-            machine,
+        let io = Io {
             transport: Arc::new(transport),
             handle: Handle { inner },
             snapshot_tx,
@@ -100,15 +104,18 @@ impl<T: Transport> Driver<T> {
             }),
             last_error: None,
             last_reason: None,
-            actions: Vec::new(),
             snapshot_unseen: false,
+        };
+        Self {
+            step: Step::new(machine),
+            io,
         }
     }
 
     pub(crate) async fn run(mut self) {
         self.feed(Input::Start).await;
-        while self.machine.kind() != StateKind::Closed {
-            let deadline = self.machine.poll_timeout();
+        while self.step.machine().kind() != StateKind::Closed {
+            let deadline = self.step.machine().poll_timeout();
             match self.wait(deadline).await {
                 Wake::Work => self.take_work().await,
                 Wake::Timer => {
@@ -119,12 +126,12 @@ impl<T: Transport> Driver<T> {
                 Wake::Opened(result) => self.opened(result).await,
             }
         }
-        self.links_tx.send_replace(None);
+        self.io.links_tx.send_replace(None);
         tracing::debug!("driver stopped");
     }
 
     async fn wait(&mut self, deadline: Option<Instant>) -> Wake<T> {
-        let shared = &self.handle.inner.shared;
+        let shared = &self.io.handle.inner.shared;
         let work = poll_fn(|cx| shared.poll_work(cx));
         let timer = async {
             match deadline {
@@ -133,7 +140,7 @@ impl<T: Transport> Driver<T> {
             }
         };
         let opened = async {
-            match &mut self.opening {
+            match &mut self.io.opening {
                 Some(o) => (&mut o.task).await,
                 None => pending().await,
             }
@@ -148,17 +155,9 @@ impl<T: Transport> Driver<T> {
 
     /// Takes the user's commands and the links' reports and feeds them.
     async fn take_work(&mut self) {
-        let shared = &self.handle.inner.shared;
-        let (commands, batch) = shared.take_work();
-        if commands.shutdown {
-            self.feed(Input::Shutdown).await;
-        } else if commands.reconnect {
-            self.feed(Input::ReconnectNow).await;
-        }
-        if !batch.is_empty() {
-            for input in batch.inputs() {
-                self.feed(input).await;
-            }
+        let work = Work::take(&self.io.handle.inner.shared);
+        for input in work.inputs() {
+            self.feed(input).await;
         }
     }
 
@@ -167,125 +166,131 @@ impl<T: Transport> Driver<T> {
             generation,
             attempt,
             ..
-        }) = self.opening.take()
+        }) = self.io.opening.take()
         else {
             return;
         };
-        match result {
+        let (error, kind) = match result {
             Ok(Ok(link)) => {
-                self.link = Some((generation, link.clone()));
-                self.links_tx
+                self.io.link = Some((generation, link.clone()));
+                self.io
+                    .links_tx
                     .send_replace(Some(CurrentLink { generation, link }));
                 self.feed(Input::AttemptSucceeded { generation }).await;
+                return;
             }
             Ok(Err(error)) => {
                 let kind = error.kind();
                 tracing::warn!(generation = generation.0, attempt, ?kind, %error, "attempt failed");
-                let error: SharedError = Arc::new(error);
-                self.last_error = Some(error.clone());
-                self.emit(Event::AttemptFailed {
-                    generation,
-                    attempt,
-                    kind,
-                    error,
-                });
-                self.feed(Input::AttemptFailed { generation, kind }).await;
+                (Arc::new(error) as SharedError, kind)
             }
             Err(join) => {
                 // The open task panicked: a bug in the transport, treated as transient.
                 tracing::error!(generation = generation.0, attempt, %join, "open task failed");
-                let error: SharedError = Arc::new(join);
-                self.last_error = Some(error.clone());
-                self.emit(Event::AttemptFailed {
-                    generation,
-                    attempt,
-                    kind: ErrorKind::Transient,
-                    error,
-                });
-                self.feed(Input::AttemptFailed {
-                    generation,
-                    kind: ErrorKind::Transient,
-                })
-                .await;
+                (Arc::new(join) as SharedError, ErrorKind::Transient)
             }
-        }
+        };
+        self.io.last_error = Some(error.clone());
+        self.io.emit(Event::AttemptFailed {
+            generation,
+            attempt,
+            kind,
+            error,
+        });
+        self.feed(Input::AttemptFailed { generation, kind }).await;
     }
 
-    /// Feeds one input and executes every output it causes.
+    /// Feeds one input and executes every action it causes, round by round
+    /// (`step.rs` decides; this only runs the opens and closes).
     async fn feed(&mut self, input: Input) {
-        let before = self.machine.stats().stale_inputs;
-        self.machine.handle(now(), input);
-        if self.machine.stats().stale_inputs > before {
-            self.handle
-                .inner
-                .counters
-                .machine_stale
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.publish_state();
+        let mut actions = self.step.feed(input, &mut self.io);
         loop {
-            // Report first, act second: the step's events are broadcast and
-            // watchers notified before any close or open is awaited, so they
-            // see `closing` while the close runs, and they are notified only
-            // after the events of the change were broadcast.
-            let mut actions = std::mem::take(&mut self.actions);
-            while let Some(output) = self.machine.poll(now()) {
-                match output {
-                    Output::Open { .. } | Output::Close { .. } => actions.push(output),
-                    report => self.report(report),
-                }
-            }
-            self.publish_state();
-            self.notify_watchers();
             for action in actions.drain(..) {
                 self.execute(action).await;
             }
-            self.actions = actions;
-            // A shutdown's close has been executed (closes are awaited inline).
-            if self.machine.kind() == StateKind::Closing
-                && self.opening.is_none()
-                && self.link.is_none()
-            {
-                self.machine.handle(now(), Input::CloseCompleted);
-                self.publish_state();
-                continue;
+            match self.step.settle(&mut self.io) {
+                Some(next) => {
+                    self.step.recycle(actions);
+                    actions = next;
+                }
+                None => break,
             }
-            break;
         }
+        self.step.recycle(actions);
     }
 
     async fn execute(&mut self, output: Output) {
-        let counters = &self.handle.inner.counters;
+        let io = &mut self.io;
         match output {
             Output::Open {
                 generation,
                 attempt,
             } => {
                 tracing::info!(generation = generation.0, attempt, "opening link");
-                counters.attempts.fetch_add(1, Ordering::Relaxed);
-                self.emit(Event::AttemptStarted {
+                io.handle
+                    .inner
+                    .counters
+                    .attempts
+                    .fetch_add(1, Ordering::Relaxed);
+                io.emit(Event::AttemptStarted {
                     generation,
                     attempt,
                 });
                 let ctx = OpenContext {
                     generation,
                     attempt,
-                    reporter: self.handle.reporter(generation),
+                    reporter: io.handle.reporter(generation),
                 };
-                let task = tokio::spawn(self.transport.open(ctx));
-                self.opening = Some(Opening {
+                let task = tokio::spawn(io.transport.open(ctx));
+                io.opening = Some(Opening {
                     generation,
                     attempt,
                     task,
                 });
             }
-            Output::Close { generation } => self.close(generation).await,
-            report => self.report(report),
+            Output::Close { generation } => {
+                let timeout = self.step.machine().config().close_timeout();
+                io.close(generation, timeout).await;
+            }
+            report => io.report(self.step.machine(), report),
         }
+    }
+}
+
+impl<T: Transport> Effects for Io<T> {
+    fn now(&self) -> Instant {
+        now()
+    }
+
+    /// Publishes the machine's state as soon as it moves: the atomic the
+    /// handle reads (so stale reports are rejected at once) and the watched
+    /// snapshot's value, without notifying watchers yet.
+    fn publish(&mut self, machine: &Machine) {
+        self.handle
+            .inner
+            .shared
+            .publish(machine.generation(), machine.kind());
+        let next = Snapshot {
+            state: machine.kind(),
+            generation: machine.generation(),
+            attempt: machine.attempts(),
+            reason: self.last_reason,
+            failure: match machine.state() {
+                State::Failed { cause } => Some(*cause),
+                _ => None,
+            },
+        };
+        let mut changed = false;
+        self.snapshot_tx.send_if_modified(|s| {
+            changed = *s != next;
+            *s = next;
+            false
+        });
+        self.snapshot_unseen |= changed;
     }
 
     /// Broadcasts what the machine reports (no I/O).
-    fn report(&mut self, output: Output) {
+    fn report(&mut self, machine: &Machine, output: Output) {
         match output {
             Output::StateChanged {
                 from,
@@ -300,7 +305,7 @@ impl<T: Transport> Driver<T> {
                 {
                     let (generation, attempt) = (opening.generation, opening.attempt);
                     let error: SharedError = Arc::new(ConnectTimedOut {
-                        after: self.machine.config().connect_timeout(),
+                        after: machine.config().connect_timeout(),
                     });
                     self.last_error = Some(error.clone());
                     self.emit(Event::AttemptFailed {
@@ -310,12 +315,15 @@ impl<T: Transport> Driver<T> {
                         error,
                     });
                 }
-                if let State::BackingOff { attempt, until, .. } = self.machine.state() {
+                if let State::BackingOff { attempt, until, .. } = machine.state() {
                     let delay_ms =
                         u64::try_from(until.saturating_duration_since(now()).as_millis())
                             .unwrap_or(u64::MAX);
                     tracing::info!(generation = generation.0, attempt, delay_ms, "backing off");
                 }
+                // Readers of `snapshot()` who got the event see its reason.
+                self.last_reason = Some(reason);
+                self.publish(machine);
                 self.emit(Event::StateChanged {
                     from,
                     to,
@@ -332,20 +340,38 @@ impl<T: Transport> Driver<T> {
             }
             Output::GaveUp { cause } => {
                 tracing::error!(%cause, "gave up reconnecting");
-                self.emit(Event::GaveUp {
-                    cause,
-                    error: self.last_error.clone(),
-                });
+                let error = self.last_error.clone();
+                self.emit(Event::GaveUp { cause, error });
             }
             // Actions: run by `execute`, never reported.
             Output::Open { .. } | Output::Close { .. } => {}
         }
     }
 
+    /// Wakes the snapshot's watchers, once the round's events were broadcast.
+    fn notify(&mut self) {
+        if std::mem::take(&mut self.snapshot_unseen) {
+            self.snapshot_tx.send_modify(|_| {});
+        }
+    }
+
+    fn stale_input(&mut self) {
+        self.handle
+            .inner
+            .counters
+            .machine_stale
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> bool {
+        self.opening.is_none() && self.link.is_none()
+    }
+}
+
+impl<T: Transport> Io<T> {
     /// Closes link `generation`, aborting its open if it is still running.
     /// Awaited inline: the next `Open` never starts before the close ends.
-    async fn close(&mut self, generation: Generation) {
-        let timeout = self.machine.config().close_timeout();
+    async fn close(&mut self, generation: Generation, timeout: std::time::Duration) {
         if self
             .opening
             .as_ref()
@@ -402,46 +428,7 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Publishes the machine's state as soon as it moves: the atomic the
-    /// handle reads (so stale reports are rejected at once) and the watched
-    /// snapshot's value, without notifying watchers yet.
-    fn publish_state(&mut self) {
-        self.handle
-            .inner
-            .shared
-            .publish(self.machine.generation(), self.machine.kind());
-        let next = Snapshot {
-            state: self.machine.kind(),
-            generation: self.machine.generation(),
-            attempt: self.machine.attempts(),
-            reason: self.last_reason,
-            failure: match self.machine.state() {
-                State::Failed { cause } => Some(*cause),
-                _ => None,
-            },
-        };
-        let mut changed = false;
-        self.snapshot_tx.send_if_modified(|s| {
-            changed = *s != next;
-            *s = next;
-            false
-        });
-        self.snapshot_unseen |= changed;
-    }
-
-    /// Wakes the snapshot's watchers, once the step's events were broadcast.
-    fn notify_watchers(&mut self) {
-        if std::mem::take(&mut self.snapshot_unseen) {
-            self.snapshot_tx.send_modify(|_| {});
-        }
-    }
-
     fn emit(&mut self, event: Event) {
-        if let Event::StateChanged { reason, .. } = &event {
-            self.last_reason = Some(*reason);
-            // Readers of `snapshot()` who got the event see its reason.
-            self.publish_state();
-        }
         // No receivers is fine: nobody is listening.
         let _ = self.handle.inner.events.send(event);
     }

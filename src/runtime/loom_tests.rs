@@ -1,19 +1,21 @@
-//! Loom models of the handle's shared state.
+//! Loom models of the handle's shared state and the driver's step.
 //!
-//! Each model runs the real [`Shared`] and a real [`Machine`], driven by a
-//! small driver that does what `driver.rs` does for one wake-up: take the
-//! reports and commands (`Shared::take_work`, which the driver calls too),
-//! feed them, drain the outputs, publish the snapshot. The driver blocks on [`Shared::poll_work`] with
-//! `loom::future::block_on`, so a lost wake-up shows up as a loom deadlock.
-//! Time is a fixed `Instant`: timers never fire inside a model, which keeps
-//! the machine's timers out of the interleavings.
+//! Each model runs the real [`Shared`], the real [`Step`] (the code the
+//! tokio driver runs for every wake-up: which inputs, in which order, the
+//! rounds of reports and actions, the shutdown's completion) and a real
+//! [`Machine`]. Only the execution of `Open` and `Close` is the model's
+//! own: an open completes when the model says so, a close at once. The
+//! driver blocks on [`Shared::poll_work`] with `loom::future::block_on`, so
+//! a lost wake-up shows up as a loom deadlock. Time is the model's clock:
+//! fixed, or moved by a thread of its own so that timers fire inside
+//! `Machine::poll` at any point of a step.
 //!
 //! Run them (about a minute on two cores; each model sets its own
-//! preemption bound, see [`model`]):
+//! preemption bound, which `LOOM_MAX_PREEMPTIONS` can raise, see [`model`]):
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-//!     cargo test --lib --release runtime::loom_tests -- --test-threads=1
+//!     cargo test --lib --release --features tokio runtime::loom_tests -- --test-threads=1
 //! ```
 
 use std::future::poll_fn;
@@ -21,11 +23,13 @@ use std::time::{Duration, Instant};
 
 use loom::future::block_on;
 use loom::sync::Arc;
-use loom::sync::atomic::Ordering;
+use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::thread;
 
+use crate::loom::mutant::{self, Mutant};
 use crate::machine::{Config, ErrorKind, Generation, Input, Machine, Output, StateKind};
 use crate::runtime::shared::{Batch, LinkEvent, Report, Shared};
+use crate::runtime::step::{Effects, Step, Work};
 
 const LOST: LinkEvent = LinkEvent::Lost(ErrorKind::Transient);
 
@@ -38,105 +42,64 @@ enum Act {
     Shutdown,
 }
 
-/// The driver of `driver.rs`, minus tokio: opens complete when the model
-/// says so, closes complete at once.
-struct ModelDriver {
-    machine: Machine,
+/// The model's time: fixed, or moved forward by another thread.
+#[derive(Clone)]
+enum Clock {
+    Fixed(Instant),
+    Moving {
+        base: Instant,
+        /// Milliseconds since `base`; the clock thread stores, the step loads.
+        ms: Arc<AtomicU64>,
+    },
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        match self {
+            Clock::Fixed(t) => *t,
+            Clock::Moving { base, ms } => *base + Duration::from_millis(ms.load(Ordering::Acquire)),
+        }
+    }
+}
+
+/// The model's side of [`Effects`]: it records instead of doing I/O.
+struct ModelIo {
     shared: Arc<Shared>,
-    now: Instant,
+    clock: Clock,
     log: Vec<Act>,
     opening: Option<Generation>,
     link: Option<Generation>,
-    /// Batches taken that held an event that wakes the driver.
-    waking_batches: u64,
 }
 
-impl ModelDriver {
-    /// A driver whose link 1 is up, then time moves past the stable period
-    /// so that a loss starts a fresh outage (immediate first retry).
-    fn connected(config: Config) -> Self {
-        let t0 = Instant::now();
-        let machine = Machine::new(config);
-        let shared = Arc::new(Shared::new(machine.generation(), machine.kind()));
-        let mut d = Self {
-            machine,
-            shared,
-            now: t0,
-            log: Vec::new(),
-            opening: None,
-            link: None,
-            waking_batches: 0,
-        };
-        d.feed(Input::Start);
-        d.complete_open();
-        d.now = t0 + Duration::from_secs(3600);
-        d.log.clear();
-        assert_eq!(d.machine.kind(), StateKind::Connected);
-        d
+impl Effects for ModelIo {
+    fn now(&self) -> Instant {
+        self.clock.now()
     }
 
-    /// Blocks until `Shared` says there is work; the reporter must wake us.
-    fn wait(&self) {
-        block_on(poll_fn(|cx| self.shared.poll_work(cx)));
+    fn publish(&mut self, machine: &Machine) {
+        self.shared.publish(machine.generation(), machine.kind());
     }
 
-    /// One wake-up of `driver.rs`'s `take_work`.
-    fn step(&mut self) -> Batch {
-        let (commands, batch) = self.shared.take_work();
-        if is_waking(&batch) {
-            self.waking_batches += 1;
-        }
-        if commands.shutdown {
-            self.log.push(Act::Shutdown);
-            self.feed(Input::Shutdown);
-        } else if commands.reconnect {
-            self.feed(Input::ReconnectNow);
-        }
-        for input in batch.inputs() {
-            self.feed(input);
-        }
-        batch
-    }
+    fn report(&mut self, _machine: &Machine, _output: Output) {}
 
-    /// The pending open succeeds.
-    fn complete_open(&mut self) {
-        let generation = self.opening.take().expect("an open is running");
-        self.link = Some(generation);
-        self.feed(Input::AttemptSucceeded { generation });
-    }
+    fn notify(&mut self) {}
 
-    /// `driver.rs`'s `feed`: handle, publish, then run the opens and
-    /// closes (the new generation is public before the old link closes).
-    fn feed(&mut self, input: Input) {
-        self.machine.handle(self.now, input);
-        self.publish();
-        loop {
-            let mut actions = Vec::new();
-            while let Some(output) = self.machine.poll(self.now) {
-                if matches!(output, Output::Open { .. } | Output::Close { .. }) {
-                    actions.push(output);
-                }
-            }
-            self.publish();
-            for action in actions {
-                self.execute(action);
-            }
-            if self.machine.kind() == StateKind::Closing
-                && self.opening.is_none()
-                && self.link.is_none()
-            {
-                self.machine.handle(self.now, Input::CloseCompleted);
-                self.publish();
-                continue;
-            }
-            break;
-        }
-    }
+    fn stale_input(&mut self) {}
 
+    fn idle(&self) -> bool {
+        self.opening.is_none() && self.link.is_none()
+    }
+}
+
+impl ModelIo {
     fn execute(&mut self, output: Output) {
         match output {
             Output::Open { generation, .. } => {
-                assert!(self.opening.is_none() && self.link.is_none(), "S17");
+                assert!(
+                    self.opening.is_none() && self.link.is_none(),
+                    "S17: one attempt at a time: {:?}",
+                    self.log
+                );
                 self.log.push(Act::Open(generation));
                 self.opening = Some(generation);
             }
@@ -149,17 +112,115 @@ impl ModelDriver {
                     self.link = None;
                 }
             }
-            Output::StateChanged { .. } | Output::LivenessLost { .. } | Output::GaveUp { .. } => {}
+            Output::StateChanged { .. } | Output::LivenessLost { .. } | Output::GaveUp { .. } => {
+                unreachable!("the step reports these through `Effects::report`")
+            }
         }
     }
+}
 
-    fn publish(&self) {
-        self.shared
-            .publish(self.machine.generation(), self.machine.kind());
+/// `driver.rs` minus tokio, around the shared [`Step`].
+struct ModelDriver {
+    step: Step,
+    io: ModelIo,
+    /// Batches taken that held an event that wakes the driver.
+    waking_batches: u64,
+}
+
+impl ModelDriver {
+    /// A driver whose link 1 is up, then time moves past the stable period
+    /// so that a loss starts a fresh outage (immediate first retry).
+    fn connected(config: Config) -> Self {
+        Self::connected_on(config, |t0| Clock::Fixed(t0 + Duration::from_secs(3600)))
+    }
+
+    /// Like [`ModelDriver::connected`], with the clock `clock` makes of the
+    /// connect time once link 1 is up.
+    fn connected_on(config: Config, clock: impl FnOnce(Instant) -> Clock) -> Self {
+        let t0 = Instant::now();
+        let machine = Machine::new(config);
+        let shared = Arc::new(Shared::new(machine.generation(), machine.kind()));
+        let mut d = Self {
+            step: Step::new(machine),
+            io: ModelIo {
+                shared,
+                clock: Clock::Fixed(t0),
+                log: Vec::new(),
+                opening: None,
+                link: None,
+            },
+            waking_batches: 0,
+        };
+        d.feed(Input::Start);
+        d.complete_open();
+        d.io.clock = clock(t0);
+        d.io.log.clear();
+        assert_eq!(d.machine().kind(), StateKind::Connected);
+        d
+    }
+
+    fn machine(&self) -> &Machine {
+        self.step.machine()
+    }
+
+    fn shared(&self) -> Arc<Shared> {
+        self.io.shared.clone()
+    }
+
+    /// Blocks until `Shared` says there is work; the reporter must wake us.
+    fn wait(&self) {
+        block_on(poll_fn(|cx| self.io.shared.poll_work(cx)));
+    }
+
+    /// One wake-up of `driver.rs`'s `take_work`.
+    fn step(&mut self) -> Batch {
+        let work = Work::take(&self.io.shared);
+        if is_waking(&work.batch) {
+            self.waking_batches += 1;
+        }
+        for input in work.inputs() {
+            if input == Input::Shutdown {
+                self.io.log.push(Act::Shutdown);
+            }
+            self.feed(input);
+        }
+        work.batch
+    }
+
+    /// A timer wake-up of `driver.rs`: the work first, then `Timeout`.
+    fn timer(&mut self) {
+        self.step();
+        self.feed(Input::Timeout);
+    }
+
+    /// The pending open succeeds.
+    fn complete_open(&mut self) {
+        let generation = self.io.opening.take().expect("an open is running");
+        self.io.link = Some(generation);
+        self.feed(Input::AttemptSucceeded { generation });
+    }
+
+    /// `driver.rs`'s `feed`: the step's rounds, each round's actions run.
+    fn feed(&mut self, input: Input) {
+        let mut actions = self.step.feed(input, &mut self.io);
+        loop {
+            for action in actions.drain(..) {
+                self.io.execute(action);
+            }
+            match self.step.settle(&mut self.io) {
+                Some(next) => {
+                    self.step.recycle(actions);
+                    actions = next;
+                }
+                None => break,
+            }
+        }
+        self.step.recycle(actions);
     }
 
     fn opens(&self) -> Vec<Generation> {
-        self.log
+        self.io
+            .log
             .iter()
             .filter_map(|a| match a {
                 Act::Open(g) => Some(*g),
@@ -169,7 +230,8 @@ impl ModelDriver {
     }
 
     fn closes(&self) -> Vec<Generation> {
-        self.log
+        self.io
+            .log
             .iter()
             .filter_map(|a| match a {
                 Act::Close(g) => Some(*g),
@@ -178,10 +240,19 @@ impl ModelDriver {
             .collect()
     }
 
+    /// The handle shows what the machine is.
+    fn assert_published(&self) {
+        assert_eq!(
+            self.io.shared.snapshot(),
+            (self.machine().generation(), self.machine().kind()),
+            "the snapshot lags the machine"
+        );
+    }
+
     /// One wake-up per batch: every report that woke the driver is matched
     /// by exactly one batch taken (call after a final drain).
     fn assert_one_wakeup_per_batch(&self) {
-        let wakeups = self.shared.counters.wakeups.load(Ordering::Relaxed);
+        let wakeups = self.io.shared.counters.wakeups.load(Ordering::Relaxed);
         assert_eq!(wakeups, self.waking_batches, "wake-ups vs batches");
     }
 }
@@ -251,23 +322,23 @@ fn model<F: Fn() + Sync + Send + 'static>(bound: Option<usize>, f: F) {
 fn two_losses_one_reconnect() {
     model(Some(4), || {
         let mut d = ModelDriver::connected(config());
-        let g = d.machine.generation();
+        let g = d.machine().generation();
         let reporters: Vec<_> = (0..2)
             .map(|_| {
-                let shared = d.shared.clone();
+                let shared = d.shared();
                 thread::spawn(move || shared.report(g, LOST))
             })
             .collect();
-        while d.machine.generation() == g {
+        while d.machine().generation() == g {
             d.wait();
             d.step();
         }
         let reports: Vec<Report> = reporters.into_iter().map(|t| t.join().unwrap()).collect();
         d.step();
         assert!(reports.contains(&Report::Queued), "{reports:?}");
-        assert_eq!(d.log, [Act::Close(g), Act::Open(g.next())]);
-        assert_eq!(d.machine.kind(), StateKind::Connecting);
-        assert_eq!(d.shared.snapshot(), (g.next(), StateKind::Connecting));
+        assert_eq!(d.io.log, [Act::Close(g), Act::Open(g.next())]);
+        assert_eq!(d.machine().kind(), StateKind::Connecting);
+        assert_eq!(d.io.shared.snapshot(), (g.next(), StateKind::Connecting));
         d.assert_one_wakeup_per_batch();
     });
 }
@@ -278,8 +349,8 @@ fn two_losses_one_reconnect() {
 fn loss_then_resume_does_not_reconnect() {
     model(None, || {
         let mut d = ModelDriver::connected(config_with_grace());
-        let g = d.machine.generation();
-        let shared = d.shared.clone();
+        let g = d.machine().generation();
+        let shared = d.shared();
         let sdk = thread::spawn(move || {
             shared.report(g, LOST);
             shared.report(g, LinkEvent::Resumed)
@@ -293,9 +364,9 @@ fn loss_then_resume_does_not_reconnect() {
         }
         assert_eq!(sdk.join().unwrap(), Report::Queued);
         d.step();
-        assert_eq!(d.log, []);
-        assert_eq!(d.machine.kind(), StateKind::Connected);
-        assert_eq!(d.shared.snapshot(), (g, StateKind::Connected));
+        assert_eq!(d.io.log, []);
+        assert_eq!(d.machine().kind(), StateKind::Connected);
+        assert_eq!(d.io.shared.snapshot(), (g, StateKind::Connected));
         d.assert_one_wakeup_per_batch();
     });
 }
@@ -309,19 +380,19 @@ fn loss_then_resume_does_not_reconnect() {
 fn old_link_reports_change_nothing() {
     model(Some(3), || {
         let mut d = ModelDriver::connected(config());
-        let g = d.machine.generation();
-        let shared = d.shared.clone();
+        let g = d.machine().generation();
+        let shared = d.shared();
         let io = thread::spawn(move || {
             shared.report(g, LOST);
             shared.report(g, LOST);
         });
-        while d.machine.generation() == g {
+        while d.machine().generation() == g {
             d.wait();
             d.step();
         }
         // Our close of link g makes its SDK fire an interrupt from its own thread.
-        assert_eq!(d.log, [Act::Close(g), Act::Open(g.next())]);
-        let shared = d.shared.clone();
+        assert_eq!(d.io.log, [Act::Close(g), Act::Open(g.next())]);
+        let shared = d.shared();
         let hangup = thread::spawn(move || {
             let during = shared.report(g, LOST);
             while shared.snapshot() != (g.next(), StateKind::Connected) {
@@ -331,11 +402,15 @@ fn old_link_reports_change_nothing() {
             (during, after)
         });
         d.complete_open();
-        assert_eq!(hangup.join().unwrap(), (Report::Stale, Report::Stale));
+        assert_eq!(
+            hangup.join().unwrap(),
+            (Report::Stale, Report::Stale),
+            "S08: an old link's report was not dropped at the handle"
+        );
         io.join().unwrap();
         d.step();
-        assert_eq!(d.log, [Act::Close(g), Act::Open(g.next())]);
-        assert_eq!(d.shared.snapshot(), (g.next(), StateKind::Connected));
+        assert_eq!(d.io.log, [Act::Close(g), Act::Open(g.next())]);
+        assert_eq!(d.io.shared.snapshot(), (g.next(), StateKind::Connected));
         d.assert_one_wakeup_per_batch();
     });
 }
@@ -348,11 +423,11 @@ fn old_link_reports_change_nothing() {
 fn loss_after_resume_wakes_the_driver() {
     model(None, || {
         let mut d = ModelDriver::connected(config_with_grace());
-        let g = d.machine.generation();
-        d.shared.report(g, LOST);
+        let g = d.machine().generation();
+        d.io.shared.report(g, LOST);
         d.step();
-        assert_eq!(d.machine.kind(), StateKind::BackingOff);
-        let shared = d.shared.clone();
+        assert_eq!(d.machine().kind(), StateKind::BackingOff);
+        let shared = d.shared();
         let sdk = thread::spawn(move || {
             shared.report(g, LinkEvent::Resumed);
             shared.report(g, LOST);
@@ -365,8 +440,8 @@ fn loss_after_resume_wakes_the_driver() {
             }
         }
         sdk.join().unwrap();
-        assert_eq!(d.log, [], "the link lingers: no close, no open yet");
-        assert_eq!(d.shared.snapshot(), (g, StateKind::BackingOff));
+        assert_eq!(d.io.log, [], "the link lingers: no close, no open yet");
+        assert_eq!(d.io.shared.snapshot(), (g, StateKind::BackingOff));
         d.assert_one_wakeup_per_batch();
     });
 }
@@ -379,22 +454,22 @@ fn loss_after_resume_wakes_the_driver() {
 fn new_link_loss_after_reconnect_wakes_the_driver() {
     model(Some(3), || {
         let mut d = ModelDriver::connected(config());
-        let g1 = d.machine.generation();
+        let g1 = d.machine().generation();
         let g2 = g1.next();
-        let shared = d.shared.clone();
+        let shared = d.shared();
         let old = thread::spawn(move || {
             shared.report(g1, LOST);
             shared.report(g1, LOST);
         });
-        while d.machine.generation() == g1 {
+        while d.machine().generation() == g1 {
             d.wait();
             d.step();
         }
         d.complete_open();
         // Link g2's reporter exists once its open completed.
-        let shared = d.shared.clone();
+        let shared = d.shared();
         let new = thread::spawn(move || shared.report(g2, LOST));
-        while d.machine.generation() == g2 {
+        while d.machine().generation() == g2 {
             d.wait();
             d.step();
         }
@@ -403,12 +478,12 @@ fn new_link_loss_after_reconnect_wakes_the_driver() {
         d.step();
         // Link g2 dropped before the stable period: backoff, no third open.
         assert_eq!(
-            d.log,
+            d.io.log,
             [Act::Close(g1), Act::Open(g2), Act::Close(g2)],
             "{:?}",
-            d.log
+            d.io.log
         );
-        assert_eq!(d.shared.snapshot(), (g2.next(), StateKind::BackingOff));
+        assert_eq!(d.io.shared.snapshot(), (g2.next(), StateKind::BackingOff));
         d.assert_one_wakeup_per_batch();
     });
 }
@@ -420,22 +495,26 @@ fn new_link_loss_after_reconnect_wakes_the_driver() {
 fn loss_after_shutdown_never_opens() {
     model(None, || {
         let mut d = ModelDriver::connected(config());
-        let g = d.machine.generation();
-        let shared = d.shared.clone();
+        let g = d.machine().generation();
+        let shared = d.shared();
         let user = thread::spawn(move || {
             shared.command(false, true);
             shared.report(g, LOST)
         });
         // A timer wake-up: `driver.rs` takes work then as well.
         d.step();
-        while d.machine.kind() != StateKind::Closed {
+        while d.machine().kind() != StateKind::Closed {
             d.wait();
             d.step();
         }
         user.join().unwrap();
         d.step();
-        assert_eq!(d.log, [Act::Shutdown, Act::Close(g)], "{:?}", d.log);
-        assert_eq!(d.shared.snapshot(), (g.next(), StateKind::Closed));
+        assert_eq!(
+            d.io.log,
+            [Act::Shutdown, Act::Close(g)],
+            "S41: a loss after shutdown changed what the driver did"
+        );
+        assert_eq!(d.io.shared.snapshot(), (g.next(), StateKind::Closed));
     });
 }
 
@@ -446,37 +525,185 @@ fn loss_after_shutdown_never_opens() {
 fn shutdown_racing_a_loss() {
     model(Some(3), || {
         let mut d = ModelDriver::connected(config());
-        let g = d.machine.generation();
-        let shared = d.shared.clone();
+        let g = d.machine().generation();
+        let shared = d.shared();
         let user = thread::spawn(move || {
             shared.command(false, true);
             shared.command(true, false);
         });
-        let shared = d.shared.clone();
+        let shared = d.shared();
         let link = thread::spawn(move || shared.report(g, LOST));
         d.step();
-        while d.machine.kind() != StateKind::Closed {
+        while d.machine().kind() != StateKind::Closed {
             d.wait();
             d.step();
         }
         user.join().unwrap();
         link.join().unwrap();
         d.step();
-        let shutdown_at = d.log.iter().position(|a| *a == Act::Shutdown).unwrap();
+        let shutdown_at = d.io.log.iter().position(|a| *a == Act::Shutdown).unwrap();
         assert!(
-            !d.log[shutdown_at..]
+            !d.io.log[shutdown_at..]
                 .iter()
                 .any(|a| matches!(a, Act::Open(_))),
             "{:?}",
-            d.log
+            d.io.log
         );
         let opens = d.opens();
-        assert!(opens.len() <= 1, "{:?}", d.log);
+        assert!(opens.len() <= 1, "{:?}", d.io.log);
         let mut closes = d.closes();
         closes.sort();
         let mut expected = vec![g];
         expected.extend(opens);
-        assert_eq!(closes, expected, "every link is closed once: {:?}", d.log);
-        assert_eq!(d.machine.kind(), StateKind::Closed);
+        assert_eq!(
+            closes, expected,
+            "every link is closed once: {:?}",
+            d.io.log
+        );
+        assert_eq!(d.machine().kind(), StateKind::Closed);
     });
+}
+
+/// (f) Activity and flow control mixed with a loss, from two threads:
+/// activity never wakes the driver, blocked/unblocked never open or close
+/// anything, and the loss still yields exactly one reconnect.
+#[test]
+fn activity_and_flow_mixed_with_a_loss() {
+    model(Some(3), || {
+        let mut d = ModelDriver::connected(config());
+        let g = d.machine().generation();
+        let shared = d.shared();
+        let flow = thread::spawn(move || {
+            shared.report(g, LinkEvent::Activity);
+            shared.report(g, LinkEvent::Blocked);
+            shared.report(g, LinkEvent::Unblocked);
+        });
+        let shared = d.shared();
+        let link = thread::spawn(move || shared.report(g, LOST));
+        while d.machine().generation() == g {
+            d.wait();
+            d.step();
+        }
+        flow.join().unwrap();
+        assert_eq!(link.join().unwrap(), Report::Queued);
+        d.step();
+        assert_eq!(d.io.log, [Act::Close(g), Act::Open(g.next())]);
+        assert_eq!(d.machine().kind(), StateKind::Connecting);
+        d.assert_published();
+        d.assert_one_wakeup_per_batch();
+    });
+}
+
+/// (g) S17: the backoff timer fires inside `Machine::poll` while a step
+/// runs (the clock moves on another thread) and races a reconnect request:
+/// whichever comes first opens the next link, the other opens nothing.
+#[test]
+fn backoff_timer_racing_a_reconnect_request() {
+    model(Some(3), || {
+        let ms = Arc::new(AtomicU64::new(0));
+        let clock_ms = ms.clone();
+        let mut d = ModelDriver::connected_on(config(), |t0| Clock::Moving {
+            base: t0,
+            ms: clock_ms,
+        });
+        // Lost before the stable period: the next attempt waits a backoff.
+        let g = d.machine().generation();
+        d.io.shared.report(g, LOST);
+        d.step();
+        assert_eq!(d.machine().kind(), StateKind::BackingOff);
+        assert_eq!(d.io.log, [Act::Close(g)]);
+        let due = d.machine().poll_timeout().expect("a backoff deadline");
+        let jump = u64::try_from((due - d.io.clock.now()).as_millis()).unwrap() + 1;
+        let clock = thread::spawn(move || ms.store(jump, Ordering::Release));
+        let shared = d.shared();
+        let user = thread::spawn(move || shared.command(true, false));
+        // The driver wakes on its timer or on the request, as `driver.rs`.
+        while d.opens().is_empty() {
+            d.timer();
+            thread::yield_now();
+        }
+        clock.join().unwrap();
+        user.join().unwrap();
+        d.timer();
+        d.step();
+        assert_eq!(
+            d.io.log,
+            [Act::Close(g), Act::Open(g.next())],
+            "S17: exactly one attempt"
+        );
+        assert_eq!(d.machine().kind(), StateKind::Connecting);
+        d.assert_published();
+    });
+}
+
+/// (h) An open completes while the old link reports its loss, the new
+/// link reports its own as soon as it is up, and the user shuts down:
+/// nothing opens after the shutdown, every link opened is closed once,
+/// the old link's reports change nothing, and the engine ends closed.
+#[test]
+fn open_completing_while_reports_and_shutdown_arrive() {
+    model(Some(2), || {
+        let mut d = ModelDriver::connected(config());
+        let g1 = d.machine().generation();
+        let g2 = g1.next();
+        d.io.shared.report(g1, LOST);
+        d.step();
+        assert_eq!(d.io.log, [Act::Close(g1), Act::Open(g2)]);
+        let shared = d.shared();
+        let old = thread::spawn(move || shared.report(g1, LOST));
+        let shared = d.shared();
+        let user = thread::spawn(move || shared.command(false, true));
+        let shared = d.shared();
+        let new = thread::spawn(move || {
+            loop {
+                match shared.snapshot() {
+                    (g, StateKind::Connected) if g == g2 => return Some(shared.report(g2, LOST)),
+                    (_, kind) if kind.is_shutting_down() || kind == StateKind::Closed => {
+                        return None;
+                    }
+                    _ => thread::yield_now(),
+                }
+            }
+        });
+        d.complete_open();
+        while d.machine().kind() != StateKind::Closed {
+            d.wait();
+            d.step();
+        }
+        assert_eq!(old.join().unwrap(), Report::Stale, "S08");
+        user.join().unwrap();
+        new.join().unwrap();
+        d.step();
+        let shutdown_at = d.io.log.iter().position(|a| *a == Act::Shutdown).unwrap();
+        assert!(
+            !d.io.log[shutdown_at..]
+                .iter()
+                .any(|a| matches!(a, Act::Open(_))),
+            "S41: {:?}",
+            d.io.log
+        );
+        let mut closes = d.closes();
+        closes.sort();
+        let mut opened = vec![g1];
+        opened.extend(d.opens());
+        assert_eq!(closes, opened, "every link is closed once: {:?}", d.io.log);
+        assert_eq!(d.machine().kind(), StateKind::Closed);
+        d.assert_published();
+    });
+}
+
+/// The models catch a handle that queues stale reports.
+#[test]
+#[should_panic(expected = "S08")]
+fn mutant_queueing_stale_reports_is_caught() {
+    let _mutant = mutant::activate(Mutant::StaleReports);
+    old_link_reports_change_nothing();
+}
+
+/// The models catch a driver that takes commands before reports.
+#[test]
+#[should_panic(expected = "S41")]
+fn mutant_taking_commands_first_is_caught() {
+    let _mutant = mutant::activate(Mutant::CommandsFirst);
+    loss_after_shutdown_never_opens();
 }

@@ -19,6 +19,7 @@ mod driver;
 mod events;
 mod handle;
 pub(crate) mod shared;
+mod step;
 mod transport;
 
 #[cfg(all(test, loom))]

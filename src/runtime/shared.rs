@@ -15,6 +15,7 @@
 
 use std::task::{Context, Poll};
 
+use crate::loom::mutant::{self, Mutant};
 use crate::loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::loom::task::AtomicWaker;
 use crate::machine::{ErrorKind, Generation, Input, StateKind};
@@ -74,10 +75,6 @@ pub(crate) struct Batch {
 impl Batch {
     pub(crate) fn generation(&self) -> Generation {
         Generation(self.word >> EVENT_BITS)
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.word & EVENT_MASK == 0
     }
 
     /// The machine inputs, in the order the driver must feed them:
@@ -175,7 +172,8 @@ impl Shared {
     pub(crate) fn report(&self, generation: Generation, event: LinkEvent) -> Report {
         self.counters.reports.fetch_add(1, Ordering::Relaxed);
         let (current, _) = self.snapshot();
-        if generation != current || generation.0 > MAX_GENERATION {
+        let stale = generation != current && !mutant::active(Mutant::StaleReports);
+        if stale || generation.0 > MAX_GENERATION {
             self.counters.stale.fetch_add(1, Ordering::Relaxed);
             return Report::Stale;
         }
@@ -234,6 +232,10 @@ impl Shared {
     /// the two takes and open a link after shutdown began (S41; found by
     /// `loom_tests::loss_after_shutdown_never_opens`).
     pub(crate) fn take_work(&self) -> (Commands, Batch) {
+        if mutant::active(Mutant::CommandsFirst) {
+            let commands = self.take_commands();
+            return (commands, self.take_reports());
+        }
         let batch = self.take_reports();
         let commands = self.take_commands();
         (commands, batch)

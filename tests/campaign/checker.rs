@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use redial::backoff::{Backoff, Jitter};
-use redial::machine::StateKind;
+use redial::machine::{Reason, StateKind};
 use redial::outbox::PublishErrorKind;
 use redial::runtime::Event;
 
@@ -157,22 +157,24 @@ pub fn attempts_in_outage(backoff: &Backoff, outage: Duration) -> Option<u64> {
     Some(1 + fits + 1)
 }
 
-/// Link losses: the engine left Connected or Blocked for anything else.
-fn losses(run: &Run) -> Vec<std::time::Instant> {
+/// Link losses: the engine left Connected or Blocked for anything else;
+/// when, and why.
+fn losses(run: &Run) -> Vec<(std::time::Instant, Reason)> {
     run.events
         .iter()
         .filter_map(|(t, e)| match e {
-            Event::StateChanged { from, to, .. }
-                if matches!(from, StateKind::Connected | StateKind::Blocked)
-                    && !matches!(
-                        to,
-                        StateKind::Connected
-                            | StateKind::Blocked
-                            | StateKind::Closing
-                            | StateKind::Closed
-                    ) =>
+            Event::StateChanged {
+                from, to, reason, ..
+            } if matches!(from, StateKind::Connected | StateKind::Blocked)
+                && !matches!(
+                    to,
+                    StateKind::Connected
+                        | StateKind::Blocked
+                        | StateKind::Closing
+                        | StateKind::Closed
+                ) =>
             {
-                Some(*t)
+                Some((*t, *reason))
             }
             _ => None,
         })
@@ -417,18 +419,22 @@ pub fn check(run: &Run) -> Verdict {
     // A loss belongs to the latest window it falls in (with its tail):
     // gaps are at least 0.5 s, and a fault's own losses (including the
     // proxy's late CONNECT after a blackhole) come before the next window.
-    let mut charged = vec![0usize; windows.len()];
+    let mut charged = vec![Vec::new(); windows.len()];
     let mut unexplained = Vec::new();
-    for t in &lost {
+    let at = |t: &std::time::Instant| {
+        format!(
+            "{:.2}s",
+            t.saturating_duration_since(run.started).as_secs_f64()
+        )
+    };
+    for (t, reason) in &lost {
         let owner = (0..windows.len())
             .filter(|&i| *t >= windows[i].start && *t <= windows[i].end + tail)
             .max_by_key(|&i| windows[i].start);
+        let what = format!("{} ({reason:?})", at(t));
         match owner {
-            Some(i) => charged[i] += 1,
-            None => unexplained.push(format!(
-                "{:.1}s",
-                t.saturating_duration_since(run.started).as_secs_f64()
-            )),
+            Some(i) => charged[i].push(what),
+            None => unexplained.push(what),
         }
     }
     let blocked: Vec<std::time::Instant> = run
@@ -458,16 +464,23 @@ pub fn check(run: &Run) -> Verdict {
                 "{}: {}{} lost",
                 a.fault,
                 if b { "blocked, " } else { "" },
-                charged[i]
+                charged[i].len()
             )
         })
         .collect();
-    for (a, n) in windows.iter().zip(charged) {
+    for (a, charged) in windows.iter().zip(charged) {
         let allowed = usize::from(a.fault == Fault::Poison);
+        let n = charged.len();
         if !a.fault.takes_links_down() && n > allowed {
             out(
                 Rule::LinkLostToQuietFault,
-                format!("{}: {n} link losses (allowed {allowed})", a.fault),
+                format!(
+                    "{} ({} to {}): {n} link losses (allowed {allowed}) at {}",
+                    a.fault,
+                    at(&a.start),
+                    at(&a.end),
+                    charged.join(", ")
+                ),
             );
         }
     }
