@@ -198,7 +198,10 @@ pub(crate) fn channel(capacity: usize) -> (InboundTx, Messages) {
 /// is never acknowledged: with a persistent session the broker delivers it
 /// again on the next session. A message taken after its link died cannot be
 /// acknowledged either, so with a persistent session it may come again
-/// (compare `generation` and the payload's own id if that matters).
+/// (compare `generation` and the payload's own id if that matters). Once a
+/// later link has resumed the session, such a QoS 1/2 message is dropped
+/// here instead of being handed over: the broker sends it again on that
+/// link (counted in `TransportStats::messages_superseded`).
 ///
 /// [`MqttConfig::inbound_capacity`]: crate::mqtt::MqttConfig::inbound_capacity
 #[derive(Debug)]
