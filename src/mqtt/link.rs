@@ -264,6 +264,8 @@ pub(crate) struct SessionCounter {
     pub(crate) opened: AtomicU64,
     pub(crate) live: AtomicU64,
     pub(crate) max_live: AtomicU64,
+    /// Links rumqttc ended for a missing PINGRESP.
+    pub(crate) ping_timeouts: AtomicU64,
 }
 
 /// One live session; dropped with the event loop it was made for.
@@ -473,6 +475,9 @@ async fn run(shared: Arc<Shared>, mut eventloop: EventLoop, session: SessionGuar
         }
     };
     shared.waiters().kill();
+    if error.as_ref().is_some_and(is_ping_timeout) && !shared.closing.load(Ordering::Acquire) {
+        session.0.ping_timeouts.fetch_add(1, Ordering::AcqRel);
+    }
     // Close the socket before the engine hears of the loss, so that the
     // next link never overlaps this one at the broker.
     drop(eventloop);

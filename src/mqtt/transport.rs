@@ -102,6 +102,10 @@ pub struct TransportStats {
     /// QoS 1/2 deliveries dropped from the buffer because a later link
     /// resumed their session, on which the broker sends them again.
     pub messages_superseded: u64,
+    /// Links that ended because a PINGRESP did not come before the next
+    /// ping (rumqttc's keep-alive check, the other liveness detector next
+    /// to the engine's watchdog).
+    pub ping_timeouts: u64,
 }
 
 struct Inner {
@@ -194,6 +198,7 @@ impl MqttTransport {
             messages_too_large: m.too_large.load(Ordering::Acquire),
             messages_dropped: m.dropped.load(Ordering::Acquire),
             messages_superseded: m.superseded.load(Ordering::Acquire),
+            ping_timeouts: s.ping_timeouts.load(Ordering::Acquire),
         }
     }
 

@@ -240,6 +240,32 @@ impl ModelDriver {
             .collect()
     }
 
+    /// Steps on every wake-up until the engine is closed.
+    fn run_until_closed(&mut self) {
+        while self.machine().kind() != StateKind::Closed {
+            self.wait();
+            self.step();
+        }
+    }
+
+    /// S41 and a clean end: nothing opened after the shutdown was fed,
+    /// every link opened (`first`, then each open) closed once, closed.
+    fn assert_clean_shutdown(&self, first: Generation) {
+        let log = &self.io.log;
+        let shutdown_at = log.iter().position(|a| *a == Act::Shutdown).unwrap();
+        assert!(
+            !log[shutdown_at..].iter().any(|a| matches!(a, Act::Open(_))),
+            "S41: opened after shutdown: {log:?}"
+        );
+        let mut closes = self.closes();
+        closes.sort();
+        let mut opened = vec![first];
+        opened.extend(self.opens());
+        assert_eq!(closes, opened, "every link is closed once: {log:?}");
+        assert_eq!(self.machine().kind(), StateKind::Closed);
+        self.assert_published();
+    }
+
     /// The handle shows what the machine is.
     fn assert_published(&self) {
         assert_eq!(
@@ -503,10 +529,7 @@ fn loss_after_shutdown_never_opens() {
         });
         // A timer wake-up: `driver.rs` takes work then as well.
         d.step();
-        while d.machine().kind() != StateKind::Closed {
-            d.wait();
-            d.step();
-        }
+        d.run_until_closed();
         user.join().unwrap();
         d.step();
         assert_eq!(
@@ -534,33 +557,12 @@ fn shutdown_racing_a_loss() {
         let shared = d.shared();
         let link = thread::spawn(move || shared.report(g, LOST));
         d.step();
-        while d.machine().kind() != StateKind::Closed {
-            d.wait();
-            d.step();
-        }
+        d.run_until_closed();
         user.join().unwrap();
         link.join().unwrap();
         d.step();
-        let shutdown_at = d.io.log.iter().position(|a| *a == Act::Shutdown).unwrap();
-        assert!(
-            !d.io.log[shutdown_at..]
-                .iter()
-                .any(|a| matches!(a, Act::Open(_))),
-            "{:?}",
-            d.io.log
-        );
-        let opens = d.opens();
-        assert!(opens.len() <= 1, "{:?}", d.io.log);
-        let mut closes = d.closes();
-        closes.sort();
-        let mut expected = vec![g];
-        expected.extend(opens);
-        assert_eq!(
-            closes, expected,
-            "every link is closed once: {:?}",
-            d.io.log
-        );
-        assert_eq!(d.machine().kind(), StateKind::Closed);
+        assert!(d.opens().len() <= 1, "{:?}", d.io.log);
+        d.assert_clean_shutdown(g);
     });
 }
 
@@ -663,28 +665,11 @@ fn open_completing_while_reports_and_shutdown_arrive() {
             }
         });
         d.complete_open();
-        while d.machine().kind() != StateKind::Closed {
-            d.wait();
-            d.step();
-        }
+        d.run_until_closed();
         user.join().unwrap();
         new.join().unwrap();
         d.step();
-        let shutdown_at = d.io.log.iter().position(|a| *a == Act::Shutdown).unwrap();
-        assert!(
-            !d.io.log[shutdown_at..]
-                .iter()
-                .any(|a| matches!(a, Act::Open(_))),
-            "S41: {:?}",
-            d.io.log
-        );
-        let mut closes = d.closes();
-        closes.sort();
-        let mut opened = vec![g1];
-        opened.extend(d.opens());
-        assert_eq!(closes, opened, "every link is closed once: {:?}", d.io.log);
-        assert_eq!(d.machine().kind(), StateKind::Closed);
-        d.assert_published();
+        d.assert_clean_shutdown(g1);
     });
 }
 
