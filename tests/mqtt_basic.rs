@@ -142,12 +142,15 @@ async fn a_refused_restore_fails_the_attempt_and_is_retried() {
         )
         .unwrap(),
     );
-    let c = Client::start(cfg, engine, OutboxConfig::default());
-    let mut events = c.engine.handle().events();
-    c.transport
+    // Recorded before the engine starts, so that every open must restore it
+    // (subscribed after a first connect, it would be refused at once).
+    let transport = redial::mqtt::MqttTransport::new(cfg).unwrap();
+    transport
         .subscribe("denied/x", QoS::AtLeastOnce)
         .await
         .unwrap();
+    let (engine, mut events) =
+        redial::runtime::Engine::spawn_with_events(engine.build().unwrap(), transport.clone());
     let error = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Ok(Event::AttemptFailed { error, kind, .. }) = events.recv().await {
@@ -170,8 +173,8 @@ async fn a_refused_restore_fails_the_attempt_and_is_retried() {
     })
     .await
     .expect("retried");
-    assert_eq!(c.engine.handle().stats().connects, 0);
-    c.stop().await;
+    assert_eq!(engine.handle().stats().connects, 0);
+    engine.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
