@@ -79,6 +79,8 @@ pub(crate) struct Counters {
     pub(crate) too_large: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) superseded: AtomicU64,
+    /// Acknowledgements handed to a live link's event loop.
+    pub(crate) acked: AtomicU64,
     /// Dropped QoS 0 messages not yet reported to the application.
     unreported: AtomicU64,
     sessions: Mutex<Sessions>,

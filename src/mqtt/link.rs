@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::machine::Generation;
 use crate::mqtt::error::{PublishError, is_ping_timeout, link_error_kind};
-use crate::mqtt::inbound::{Ack, InboundError, InboundTx, Item};
+use crate::mqtt::inbound::{Ack, Counters, InboundError, InboundTx, Item};
 use crate::mqtt::message::{Message, MqttConfirm, MqttMessage};
 use crate::runtime::LinkReporter;
 
@@ -316,7 +316,11 @@ impl MqttLink {
         let poll = tokio::spawn(run(shared.clone(), eventloop, p.session));
         let forwarder = tokio::spawn(forward(shared.clone(), client.clone(), rx));
         let announcer = tokio::spawn(announce(shared.reporter.clone()));
-        let acknowledger = tokio::spawn(acknowledge(client.clone(), acks_rx));
+        let acknowledger = tokio::spawn(acknowledge(
+            client.clone(),
+            acks_rx,
+            shared.inbound.counters.clone(),
+        ));
         Self {
             inner: Arc::new(LinkInner {
                 shared,
@@ -547,7 +551,11 @@ async fn forward(shared: Arc<Shared>, client: AsyncClient, mut rx: mpsc::Receive
 /// took them (rumqttc answers PUBREL with PUBCOMP by itself). Its own task:
 /// rumqttc's request channel is drained by the event loop, which may be
 /// waiting for room in the application's buffer.
-async fn acknowledge(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<Ack>) {
+async fn acknowledge(
+    client: AsyncClient,
+    mut acks: mpsc::UnboundedReceiver<Ack>,
+    counters: Arc<Counters>,
+) {
     while let Some(ack) = acks.recv().await {
         let mut publish = Publish::new("", ack.qos, Vec::new());
         publish.pkid = ack.pkid;
@@ -555,6 +563,7 @@ async fn acknowledge(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<Ack>
             // The event loop is gone: the broker will deliver it again.
             break;
         }
+        counters.acked.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -102,6 +102,10 @@ pub struct TransportStats {
     /// QoS 1/2 deliveries dropped from the buffer because a later link
     /// resumed their session, on which the broker sends them again.
     pub messages_superseded: u64,
+    /// Acknowledgements (PUBACK; QoS 2: PUBREC) of taken deliveries handed
+    /// to their live link, in order, ahead of anything the link sends
+    /// later. A delivery taken after its link died is not counted.
+    pub messages_acked: u64,
     /// Links that ended because a PINGRESP did not come before the next
     /// ping (rumqttc's keep-alive check, the other liveness detector next
     /// to the engine's watchdog).
@@ -198,6 +202,7 @@ impl MqttTransport {
             messages_too_large: m.too_large.load(Ordering::Acquire),
             messages_dropped: m.dropped.load(Ordering::Acquire),
             messages_superseded: m.superseded.load(Ordering::Acquire),
+            messages_acked: m.acked.load(Ordering::Acquire),
             ping_timeouts: s.ping_timeouts.load(Ordering::Acquire),
         }
     }
