@@ -320,18 +320,13 @@ impl Entry {
                 source,
                 routing_key,
                 args,
-            } => Key::Bind(Binding::new(
-                Entity::Exchange(destination.clone()),
-                source,
-                routing_key,
-                args,
-            )),
-            Entry::ExchangeUnbind {
+            }
+            | Entry::ExchangeUnbind {
                 destination,
                 source,
                 routing_key,
                 args,
-            } => Key::Unbind(Binding::new(
+            } => self.binding_key(Binding::new(
                 Entity::Exchange(destination.clone()),
                 source,
                 routing_key,
@@ -344,18 +339,13 @@ impl Entry {
                 exchange,
                 routing_key,
                 args,
-            } => Key::Bind(Binding::new(
-                Entity::Queue(queue.key()),
-                exchange,
-                routing_key,
-                args,
-            )),
-            Entry::QueueUnbind {
+            }
+            | Entry::QueueUnbind {
                 queue,
                 exchange,
                 routing_key,
                 args,
-            } => Key::Unbind(Binding::new(
+            } => self.binding_key(Binding::new(
                 Entity::Queue(queue.key()),
                 exchange,
                 routing_key,
@@ -363,6 +353,14 @@ impl Entry {
             )),
             Entry::Qos { global, .. } => Key::Qos { global: *global },
             Entry::Consume { id, .. } => Key::Consume(*id),
+        }
+    }
+
+    /// A bind's or an unbind's key: the same binding either way.
+    fn binding_key(&self, binding: Binding) -> Key {
+        match self {
+            Entry::ExchangeUnbind { .. } | Entry::QueueUnbind { .. } => Key::Unbind(binding),
+            _ => Key::Bind(binding),
         }
     }
 
