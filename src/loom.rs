@@ -35,6 +35,8 @@ pub(crate) mod mutant {
         StaleReports = 1,
         /// The driver takes the commands before the reports.
         CommandsFirst = 2,
+        /// The flush task leaves a replaced link's messages in flight on it.
+        KeepRetiredFlight = 3,
     }
 
     #[cfg(all(test, loom))]
@@ -64,4 +66,32 @@ pub(crate) mod mutant {
         ACTIVE.store(m as u8, std::sync::atomic::Ordering::Relaxed);
         Guard
     }
+}
+
+#[cfg(all(test, loom))]
+/// Runs `f` under loom with at most `bound` preemptions (`None`: every
+/// interleaving). Each model's bound is tuned so that the whole run stays
+/// near a minute on two cores; `LOOM_MAX_PREEMPTIONS` can only raise it
+/// (for a deeper search), never lower it. `--nocapture` shows how many
+/// executions each model explored.
+pub(crate) fn model<F: Fn() + Sync + Send + 'static>(bound: Option<usize>, f: F) {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    // A plain atomic: it counts executions, it is not part of the model.
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    RUNS.store(0, Relaxed);
+    let mut builder = loom::model::Builder::new();
+    // `Builder::new` read `LOOM_MAX_PREEMPTIONS`.
+    let bound = match (bound, builder.preemption_bound) {
+        (Some(ours), Some(env)) => Some(ours.max(env)),
+        _ => bound,
+    };
+    builder.preemption_bound = bound;
+    builder.check(move || {
+        RUNS.fetch_add(1, Relaxed);
+        f();
+    });
+    eprintln!(
+        "explored {} executions (preemption bound {bound:?})",
+        RUNS.load(Relaxed)
+    );
 }

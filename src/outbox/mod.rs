@@ -34,6 +34,8 @@ mod core;
 #[cfg(feature = "tokio")]
 mod deliver;
 #[cfg(feature = "tokio")]
+pub(crate) mod flush;
+#[cfg(feature = "tokio")]
 mod publisher;
 #[cfg(feature = "tokio")]
 pub(crate) mod shared;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::future::{Fuse, FusedFuture, FutureExt};
+use futures::future::{Fuse, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -18,6 +18,7 @@ use crate::outbox::core::{
     MessageId, OutboxCore, OutboxStats, Outcome, PublishError, SharedError, Submit,
 };
 use crate::outbox::deliver::{Deliver, DeliveryError};
+use crate::outbox::flush::{FlushStep, Next, Plan, View};
 use crate::outbox::shared::Shared;
 use crate::runtime::{CurrentLink, Engine, Event, Handle, Snapshot};
 
@@ -426,7 +427,7 @@ fn remaining_timeout<E>(
     }
 }
 
-/// The flush task's state.
+/// The flush task's state: the I/O around [`FlushStep`], which decides.
 struct Flusher<T: Deliver> {
     hub: Arc<Hub<T::Message>>,
     deliver: Arc<T>,
@@ -445,115 +446,107 @@ impl<M: Send + Sync> Drop for EndGuard<M> {
     }
 }
 
-type SendResult<C> = (MessageId, Result<C, DeliveryError>);
+type SendResult<C> = (Generation, MessageId, Result<C, DeliveryError>);
 
 async fn send_one<T: Deliver>(
     deliver: Arc<T>,
+    generation: Generation,
     link: T::Link,
     message: Arc<T::Message>,
     id: MessageId,
 ) -> SendResult<T::Confirm> {
-    (id, deliver.send(&link, &message, id).await)
+    (generation, id, deliver.send(&link, &message, id).await)
 }
 
-/// One awaited confirm, with its message's id.
+type AnswerResult = (Generation, MessageId, Result<(), DeliveryError>);
+
+/// One awaited confirm, with its message's id and link.
 struct Answer<C> {
+    generation: Generation,
     id: MessageId,
     confirm: Pin<Box<C>>,
 }
 
 impl<C: Future<Output = Result<(), DeliveryError>>> Future for Answer<C> {
-    type Output = (MessageId, Result<(), DeliveryError>);
+    type Output = AnswerResult;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let id = self.id;
-        self.confirm.as_mut().poll(cx).map(|r| (id, r))
+        let (generation, id) = (self.generation, self.id);
+        self.confirm.as_mut().poll(cx).map(|r| (generation, id, r))
     }
 }
 
-/// What the flush task tracks about the link it writes to.
-struct Flight<C> {
-    generation: Generation,
-    confirms: FuturesUnordered<Answer<C>>,
-    /// The engine's outage count when a write said the link died: nothing
-    /// is written until the engine replaced it (or it resumed by itself).
-    broken_at: Option<u64>,
-    /// A write answered `NotWritten` while confirms of its channel were
-    /// outstanding: that channel is closing, so nothing is written until
-    /// they are answered (or their channel's close is applied).
-    hold: bool,
-    /// The confirm timeout on this link.
-    confirm_timeout: Option<Duration>,
-}
+type Confirms<C> = FuturesUnordered<Answer<C>>;
 
-/// What an answer asks of the flush task.
-#[derive(PartialEq, Eq)]
-enum Next {
-    Continue,
-    /// The publishing channel closed: drop the write under way (its message
-    /// went back to the queue with the others).
-    ChannelReset,
+/// The confirms that already arrived, without waiting for more.
+fn ready<C: Future<Output = Result<(), DeliveryError>>>(
+    confirms: &mut Confirms<C>,
+) -> Vec<AnswerResult> {
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    std::iter::from_fn(|| match confirms.poll_next_unpin(&mut cx) {
+        Poll::Ready(Some(answer)) => Some(answer),
+        _ => None,
+    })
+    .collect()
 }
 
 impl<T: Deliver> Flusher<T> {
     async fn run(mut self) {
         let hub = self.hub.clone();
         let _end = EndGuard(hub.clone());
+        let mut step = FlushStep::new();
         let mut link: Option<CurrentLink<T::Link>> = None;
-        let mut flight: Flight<T::Confirm> = self.flight(Generation(0), None);
+        let mut confirm_timeout = None;
+        let mut confirms: Confirms<T::Confirm> = FuturesUnordered::new();
         let mut sending = pin!(Fuse::terminated());
         loop {
             let current = self.links.borrow_and_update().clone();
             let snapshot = *self.snapshots.borrow_and_update();
             if current.as_ref().map(|l| l.generation) != link.as_ref().map(|l| l.generation) {
-                if let Some(old) = link.take() {
-                    hub.with_core(|core| core.link_lost(old.generation));
-                }
-                // Answers about the old link can only be stale now.
-                let generation = current.as_ref().map_or(Generation(0), |l| l.generation);
-                flight = self.flight(generation, current.as_ref());
+                // What is under way on the old link can only be stale now.
+                confirms = FuturesUnordered::new();
                 sending.set(Fuse::terminated());
+                let heartbeat = current
+                    .as_ref()
+                    .and_then(|l| self.deliver.heartbeat(&l.link));
+                confirm_timeout = self.config.confirm_timeout().resolve(heartbeat);
                 link = current;
             }
-            let overdue = flight
-                .confirm_timeout
-                .filter(|_| link.is_some() && flight.broken_at.is_none());
-            let (finished, ttl, overdue_at) = hub.with_core(|core| {
-                let finished =
-                    matches!(core.gate(), crate::outbox::Gate::Closed) && core.pending() == 0;
-                let overdue_at = overdue.and_then(|t| core.confirm_deadline(t));
-                (finished, core.poll_timeout(), overdue_at)
-            });
-            if finished {
-                break;
-            }
-            if let Some(outages) = flight.broken_at
-                && hub.handle.stats().outages > outages
-            {
-                // The link went down and came back by itself (a resume).
-                flight.broken_at = None;
-            }
-            if flight.confirms.is_empty() {
-                flight.hold = false;
-            }
-            if let Some(l) = &link
-                && sending.is_terminated()
-                && flight.broken_at.is_none()
-                && !flight.hold
-                && snapshot.state == StateKind::Connected
-                && snapshot.generation == l.generation
-            {
-                let next = hub.with_core(|core| {
-                    core.next_to_send(now(), l.generation)
-                        .map(|(id, e)| (id, e.message.clone()))
-                });
-                if let Some((id, message)) = next {
-                    let deliver = self.deliver.clone();
-                    sending.set(send_one(deliver, l.link.clone(), message, id).fuse());
+            let view = View {
+                link: link.as_ref().map(|l| l.generation),
+                confirm_timeout,
+                state: snapshot.state,
+                generation: snapshot.generation,
+                outages: hub.handle.outages(),
+            };
+            let plan = hub.with_core(|core| step.plan(core, now(), &view, |e| e.message.clone()));
+            let (expire_at, overdue_at) = match plan {
+                Plan::Finish => break,
+                Plan::Write {
+                    generation,
+                    id,
+                    message,
+                } => {
+                    // The step writes only to the link it was shown.
+                    if let Some(l) = link.as_ref().filter(|l| l.generation == generation) {
+                        let deliver = self.deliver.clone();
+                        let write = send_one(deliver, generation, l.link.clone(), message, id);
+                        sending.set(write.fuse());
+                    } else {
+                        let error = DeliveryError::NotWritten;
+                        hub.with_core(|core| {
+                            step.write_failed(core, generation, id, error, Vec::new)
+                        });
+                    }
                     // Take the next one as soon as this write is done.
                     continue;
                 }
-            }
+                Plan::Wait {
+                    expire_at,
+                    overdue_at,
+                } => (expire_at, overdue_at),
+            };
             let next = tokio::select! {
                 biased;
                 changed = self.links.changed() => {
@@ -568,150 +561,43 @@ impl<T: Deliver> Flusher<T> {
                     }
                     Next::Continue
                 }
-                (id, result) = &mut sending => match result {
+                (generation, id, result) = &mut sending => match result {
                     Ok(confirm) => {
-                        flight.confirms.push(Answer { id, confirm: Box::pin(confirm) });
+                        if step.wrote(generation) {
+                            confirms.push(Answer { generation, id, confirm: Box::pin(confirm) });
+                        }
                         Next::Continue
                     }
-                    Err(error) => self.answer(&mut flight, id, Err(error)),
+                    Err(error) => hub.with_core(|core| {
+                        step.write_failed(core, generation, id, error, || ready(&mut confirms))
+                    }),
                 },
-                Some((id, result)) = flight.confirms.next(), if !flight.confirms.is_empty() => {
-                    self.answer(&mut flight, id, result)
+                Some((generation, id, result)) = confirms.next(), if !confirms.is_empty() => {
+                    hub.with_core(|core| {
+                        step.answer(core, generation, id, result, || ready(&mut confirms))
+                    })
                 }
                 () = poll_fn(|cx| hub.shared.poll_work(cx)) => Next::Continue,
-                () = sleep_until(ttl), if ttl.is_some() => {
+                () = sleep_until(expire_at), if expire_at.is_some() => {
                     hub.with_core(|core| core.expire(now()));
                     Next::Continue
                 }
                 () = sleep_until(overdue_at), if overdue_at.is_some() => {
-                    self.check_overdue(&mut flight);
+                    hub.with_core(|core| step.overdue(core, now()));
                     Next::Continue
                 }
             };
             if next == Next::ChannelReset {
                 sending.set(Fuse::terminated());
+                confirms = FuturesUnordered::new();
+            }
+            if let Some(generation) = step.report(|| hub.handle.outages()) {
+                // Dead, half-open or confirming nothing: have the engine
+                // replace it (a no-op when it already reported its death).
+                hub.handle.report_lost(generation, ErrorKind::Transient);
             }
         }
         // The engine is gone or the outbox is closed: `_end` resolves what is left.
-    }
-
-    fn flight(
-        &self,
-        generation: Generation,
-        link: Option<&CurrentLink<T::Link>>,
-    ) -> Flight<T::Confirm> {
-        let heartbeat = link.and_then(|l| self.deliver.heartbeat(&l.link));
-        Flight {
-            generation,
-            confirms: FuturesUnordered::new(),
-            broken_at: None,
-            hold: false,
-            confirm_timeout: self.config.confirm_timeout().resolve(heartbeat),
-        }
-    }
-
-    /// Marks the link broken and has the engine replace it (a no-op when
-    /// the link already reported its own death).
-    fn report_broken(&self, flight: &mut Flight<T::Confirm>, generation: Generation) {
-        if flight.broken_at.is_none() {
-            flight.broken_at = Some(self.hub.handle.stats().outages);
-        }
-        self.hub
-            .handle
-            .report_lost(generation, ErrorKind::Transient);
-    }
-
-    /// A written message went unconfirmed past the confirm timeout: the
-    /// link confirms nothing (heartbeats may well flow), so it is replaced;
-    /// its messages go back to the queue when the engine drops it.
-    fn check_overdue(&self, flight: &mut Flight<T::Confirm>) {
-        let Some(timeout) = flight.confirm_timeout else {
-            return;
-        };
-        let overdue = self
-            .hub
-            .with_core(|core| core.confirm_overdue(now(), timeout));
-        if let Some(generation) = overdue {
-            tracing::warn!(
-                generation = generation.0,
-                ?timeout,
-                "no publisher confirm within the confirm timeout: replacing the link"
-            );
-            self.report_broken(flight, generation);
-        }
-    }
-
-    fn answer(
-        &self,
-        flight: &mut Flight<T::Confirm>,
-        id: MessageId,
-        result: Result<(), DeliveryError>,
-    ) -> Next {
-        let generation = flight.generation;
-        let failure = match result {
-            Ok(()) => {
-                self.hub.with_core(|core| core.confirmed(generation, id));
-                return Next::Continue;
-            }
-            Err(DeliveryError::LinkLost | DeliveryError::Timeout) => {
-                self.hub.with_core(|core| core.requeue(generation, id));
-                // The link is dead or half-open: have the engine replace it.
-                self.report_broken(flight, generation);
-                return Next::Continue;
-            }
-            Err(DeliveryError::NotWritten) => {
-                self.hub.with_core(|core| core.requeue(generation, id));
-                // Its channel is closing: wait for the answers of the
-                // messages still on it before writing on a new one.
-                flight.hold = !flight.confirms.is_empty();
-                return Next::Continue;
-            }
-            Err(DeliveryError::ChannelClosed { code, text }) => {
-                return self.channel_closed(flight, id, format!("{code} {text}"));
-            }
-            Err(DeliveryError::Nacked) => PublishError::Nacked,
-            Err(DeliveryError::Unroutable) => PublishError::Unroutable,
-            Err(DeliveryError::Rejected(reason)) => PublishError::Rejected(reason),
-        };
-        self.hub
-            .with_core(|core| core.failed(generation, id, failure));
-        Next::Continue
-    }
-
-    /// The broker closed the publishing channel while `id` was unconfirmed
-    /// on it. Answers that had already arrived are applied first (a confirm
-    /// received before the close is a confirm); then the core decides
-    /// (culprit alone, or suspects); every other answer of that channel is
-    /// dropped, since its message went back to the queue.
-    fn channel_closed(
-        &self,
-        flight: &mut Flight<T::Confirm>,
-        id: MessageId,
-        reason: String,
-    ) -> Next {
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        while let Poll::Ready(Some((other, result))) = flight.confirms.poll_next_unpin(&mut cx) {
-            match result {
-                Err(DeliveryError::ChannelClosed { .. } | DeliveryError::NotWritten) => {}
-                result => {
-                    self.answer(flight, other, result);
-                }
-            }
-        }
-        let generation = flight.generation;
-        let decided = self
-            .hub
-            .with_core(|core| core.channel_closed(generation, id, reason));
-        tracing::debug!(
-            generation = generation.0,
-            id = id.0,
-            ?decided,
-            "publishing channel closed by the broker"
-        );
-        flight.confirms = FuturesUnordered::new();
-        flight.hold = false;
-        Next::ChannelReset
     }
 }
 

@@ -168,6 +168,11 @@ impl Handle {
         self.inner.events.subscribe()
     }
 
+    /// Times an up link went down (`Stats::outages`), in one load.
+    pub(crate) fn outages(&self) -> u64 {
+        self.inner.counters.outages.load(Ordering::Relaxed)
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;

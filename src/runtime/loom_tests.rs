@@ -26,6 +26,7 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::thread;
 
+use crate::loom::model;
 use crate::loom::mutant::{self, Mutant};
 use crate::machine::{Config, ErrorKind, Generation, Input, Machine, Output, StateKind};
 use crate::runtime::shared::{Batch, LinkEvent, Report, Shared};
@@ -313,33 +314,6 @@ fn config_with_grace() -> Config {
         .resume_grace(Some(Duration::from_secs(5)))
         .build()
         .unwrap()
-}
-
-/// Runs `f` under loom with at most `bound` preemptions (`None`: every
-/// interleaving). Each model's bound is tuned so that the whole run stays
-/// near a minute on two cores; `LOOM_MAX_PREEMPTIONS` can only raise it
-/// (for a deeper search), never lower it. `--nocapture` shows how many
-/// executions each model explored.
-fn model<F: Fn() + Sync + Send + 'static>(bound: Option<usize>, f: F) {
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-    // A plain atomic: it counts executions, it is not part of the model.
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    RUNS.store(0, Relaxed);
-    let mut builder = loom::model::Builder::new();
-    // `Builder::new` read `LOOM_MAX_PREEMPTIONS`.
-    let bound = match (bound, builder.preemption_bound) {
-        (Some(ours), Some(env)) => Some(ours.max(env)),
-        _ => bound,
-    };
-    builder.preemption_bound = bound;
-    builder.check(move || {
-        RUNS.fetch_add(1, Relaxed);
-        f();
-    });
-    eprintln!(
-        "explored {} executions (preemption bound {bound:?})",
-        RUNS.load(Relaxed)
-    );
 }
 
 /// (a) S06/S43: two threads report the loss of the current link while the
