@@ -445,7 +445,11 @@ async fn overflow_drop_oldest_resolves_the_victim() {
 
 #[tokio::test(start_paused = true)]
 async fn byte_capacity_uses_the_adapters_sizes() {
-    let config = OutboxConfig::builder().max_bytes(10).build().unwrap();
+    let config = OutboxConfig::builder()
+        .max_bytes(10)
+        .overflow(OverflowPolicy::RejectNew)
+        .build()
+        .unwrap();
     let r = rig(machine().build().unwrap(), config, &[Plan::Hang]);
     let _a = r.publisher.publish("12345678".into()).await;
     let mut b = r.publisher.publish("abc".into()).await;
@@ -454,6 +458,60 @@ async fn byte_capacity_uses_the_adapters_sizes() {
         Some(PublishErrorKind::Overflow)
     );
     assert_eq!(r.publisher.stats().pending_bytes, 8);
+    r.engine.shutdown().await;
+}
+
+/// The default outbox absorbs an outage that outlasts its capacity at the
+/// publishing rate: once full, callers wait for room instead of failing,
+/// nothing beyond the capacity is held, and every publish is confirmed
+/// after the link comes back.
+#[tokio::test(start_paused = true)]
+async fn the_default_outbox_slows_publishers_down_instead_of_failing_them() {
+    const RATE_PER_S: u64 = 1_000;
+    const OUTAGE: Duration = Duration::from_secs(15);
+    let config = OutboxConfig::default();
+    let capacity = config.max_messages() as u64;
+    let total = RATE_PER_S * OUTAGE.as_secs() + 1_000;
+    assert!(
+        total > capacity + 1_000,
+        "the outage must outlast the capacity"
+    );
+    let r = rig(machine().build().unwrap(), config, &[Plan::Succeed]);
+    wait_state(&r.handle, |s| s == StateKind::Connected).await;
+    r.control.set_default(Plan::Fail(ErrorKind::Transient));
+    r.control.sever();
+    let control = r.control.clone();
+    let restore = tokio::spawn(async move {
+        tokio::time::sleep(OUTAGE).await;
+        control.set_default(Plan::Succeed);
+    });
+    let start = tokio::time::Instant::now();
+    let mut receipts = Vec::new();
+    let mut most_pending = 0;
+    let mut waited = 0;
+    for i in 0..total {
+        // A fixed-rate publisher that catches up when it falls behind.
+        tokio::time::sleep_until(start + Duration::from_micros(i * 1_000_000 / RATE_PER_S)).await;
+        let called = tokio::time::Instant::now();
+        receipts.push(r.publisher.publish(format!("m{i}")).await);
+        if called.elapsed() > Duration::ZERO {
+            waited += 1;
+        }
+        let s = r.publisher.stats();
+        most_pending = most_pending.max(s.queued + s.in_flight);
+    }
+    for receipt in receipts {
+        receipt.await.expect("every publish is confirmed");
+    }
+    restore.await.unwrap();
+    let s = r.publisher.stats();
+    assert_eq!(s.confirmed, total, "{s:?}");
+    assert_eq!(s.failed.total(), 0, "{s:?}");
+    assert!(most_pending <= capacity, "held {most_pending} > {capacity}");
+    assert!(
+        waited > 0,
+        "no publisher ever waited: the outage did not fill the outbox"
+    );
     r.engine.shutdown().await;
 }
 

@@ -3,23 +3,31 @@
 use std::time::Duration;
 
 /// What a full outbox does with a new message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverflowPolicy {
     /// Backpressure: the caller waits for room, at most `deadline` (`None`:
     /// until the publish timeout, or as long as it takes without one), then
     /// gets [`crate::outbox::PublishError::Overflow`]. The core answers
     /// [`crate::outbox::Submit::Full`]; the async publisher does the waiting.
+    /// The default, with no deadline of its own: an outage slows publishers
+    /// down instead of failing their publishes.
     Wait {
         /// The longest wait (a deadline beyond the clock's range never comes).
         deadline: Option<Duration>,
     },
     /// The new message fails at once with `Overflow`.
-    #[default]
     RejectNew,
     /// The oldest *queued* message fails with `Dropped` to make room
     /// (messages in flight are never dropped; when they alone fill the
     /// outbox, the new message fails with `Overflow`).
     DropOldest,
+}
+
+impl Default for OverflowPolicy {
+    /// `Wait` until the publish timeout.
+    fn default() -> Self {
+        Self::Wait { deadline: None }
+    }
 }
 
 /// How long a written message may wait for its broker confirm before its
@@ -98,9 +106,9 @@ pub struct OutboxConfig {
 impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
-            max_messages: 1000,
+            max_messages: 10_000,
             max_bytes: 64 << 20,
-            overflow: OverflowPolicy::RejectNew,
+            overflow: OverflowPolicy::Wait { deadline: None },
             max_in_flight: 256,
             default_ttl: None,
             publish_timeout: Some(Self::DEFAULT_PUBLISH_TIMEOUT),
@@ -116,7 +124,8 @@ impl OutboxConfig {
     /// one resolves the publishes it holds with `Timeout`.
     pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
 
-    /// A builder holding the defaults: 1000 messages, 64 MiB, `RejectNew`,
+    /// A builder holding the defaults: 10,000 messages, 64 MiB, `Wait`
+    /// (until the publish timeout),
     /// 256 messages in flight, no time to live, a 60 s publish timeout, a
     /// confirm timeout from the link's heartbeat.
     pub fn builder() -> OutboxConfigBuilder {
@@ -163,7 +172,7 @@ pub struct OutboxConfigBuilder {
 }
 
 impl OutboxConfigBuilder {
-    /// Most messages pending at once (default 1000).
+    /// Most messages pending at once (default 10,000).
     pub fn max_messages(mut self, n: usize) -> Self {
         self.config.max_messages = n;
         self
@@ -175,7 +184,8 @@ impl OutboxConfigBuilder {
         self.config.max_bytes = n;
         self
     }
-    /// The overflow policy (default `RejectNew`).
+    /// The overflow policy (default `Wait` with no deadline of its own:
+    /// a caller waits for room at most until its publish timeout).
     pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
         self.config.overflow = policy;
         self
