@@ -26,7 +26,8 @@ use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state
 use redial::backoff::{Backoff, BackoffState, Jitter};
 use redial::machine::invariants::Checker;
 use redial::machine::{
-    Config, ErrorKind, FailCause, Generation, Input, Machine, Output, Reason, State, StateKind,
+    Config, ErrorKind, FailCause, Generation, Input, Machine, Output, Reason, RetryBudget, State,
+    StateKind,
 };
 
 fn ms(v: u64) -> Duration {
@@ -43,6 +44,8 @@ struct Params {
     max_ms: u64,
     jitter: Jitter,
     immediate_first_retry: bool,
+    /// The retry budget: burst, refill in ms.
+    budget: Option<(u32, u64)>,
     max_attempts: Option<u32>,
     max_elapsed_ms: Option<u64>,
     stable_ms: u64,
@@ -67,6 +70,10 @@ impl Params {
         Config::builder()
             .backoff(backoff)
             .immediate_first_retry(self.immediate_first_retry)
+            .retry_budget(self.budget.map(|(burst, refill_ms)| RetryBudget {
+                burst,
+                refill: ms(refill_ms),
+            }))
             .max_attempts(self.max_attempts)
             .max_elapsed(self.max_elapsed_ms.map(ms))
             .stable_period(ms(self.stable_ms))
@@ -105,6 +112,7 @@ prop_compose! {
     fn params()(
         (initial_ms, multiplier, max_ms, jitter) in policy(),
         immediate_first_retry in any::<bool>(),
+        budget in prop::option::weighted(0.7, (1..=4u32, 1..=5_000u64)),
         max_attempts in prop::option::weighted(0.4, 1..=8u32),
         max_elapsed in prop::option::weighted(0.3, (any::<bool>(), 1..=120_000u64, 1..=3u64)),
         stable_ms in 1..=20_000u64,
@@ -122,7 +130,7 @@ prop_compose! {
         let max_elapsed_ms = max_elapsed.map(|(multiple, ms, k)| if multiple { k * initial_ms } else { ms });
         let blocked_ms = blocked.map(|b| liveness_ms.map_or(b.max(1), |h| 2 * h + b));
         Params {
-            initial_ms, multiplier, max_ms, jitter, immediate_first_retry, max_attempts,
+            initial_ms, multiplier, max_ms, jitter, immediate_first_retry, budget, max_attempts,
             max_elapsed_ms, stable_ms, connect_ms, liveness_ms, blocked_ms, close_ms,
             grace_ms, permanent_retries, seed,
         }
@@ -242,6 +250,9 @@ struct Model {
     generation: u64,
     outage: Option<Outage>,
     backoff: BackoffState,
+    /// Immediate retries left and since when the next is earned (`None`:
+    /// never spent, full).
+    tokens: Option<(u32, u64)>,
     /// The actions predicted for the last step.
     acts: Vec<Act>,
 }
@@ -258,6 +269,7 @@ impl Model {
             generation: 1,
             outage: None,
             backoff,
+            tokens: None,
             acts: Vec::new(),
         }
     }
@@ -573,7 +585,7 @@ impl Model {
         if self.permanent_gives_up(kind) {
             self.give_up(false, FailCause::Permanent);
         } else {
-            self.schedule(reason, false);
+            self.schedule(reason, false, false);
         }
     }
 
@@ -592,10 +604,30 @@ impl Model {
         if !lingering {
             self.close();
         }
-        self.schedule(reason, lingering);
+        self.schedule(reason, lingering, true);
     }
 
-    fn schedule(&mut self, reason: Reason, lingering: bool) {
+    /// One immediate retry from the budget, if it has one.
+    fn take_token(&mut self) -> bool {
+        let Some((burst, refill)) = self.p.budget else {
+            return false;
+        };
+        let (tokens, since) = match self.tokens {
+            None => (burst, self.now),
+            Some((tokens, since)) => {
+                let earned = (self.now - since) / refill;
+                if u64::from(tokens) + earned >= u64::from(burst) {
+                    (burst, self.now)
+                } else {
+                    (tokens + earned as u32, since + earned * refill)
+                }
+            }
+        };
+        self.tokens = Some((tokens.saturating_sub(1), since));
+        tokens > 0
+    }
+
+    fn schedule(&mut self, reason: Reason, lingering: bool, link_was_up: bool) {
         let outage = self.outage.expect("an outage");
         if self
             .p
@@ -606,6 +638,18 @@ impl Model {
         }
         let first = outage.attempts == 0 && self.p.immediate_first_retry;
         if first && !lingering {
+            return self.open(reason);
+        }
+        let proven = self.p.immediate_first_retry
+            && !lingering
+            && link_was_up
+            && outage.attempts > 0
+            && self
+                .p
+                .max_elapsed_ms
+                .is_none_or(|max| self.now - outage.started <= max)
+            && self.take_token();
+        if proven {
             return self.open(reason);
         }
         let mut wait = if first {

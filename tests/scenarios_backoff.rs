@@ -433,11 +433,14 @@ async fn s38_permanent_link_loss_gives_up_without_a_stale_error() {
 /// the delays keep growing and the opens stay within what the schedule
 /// allows; one open at a time; every link but the live one is closed; and
 /// the engine is connected within one delay after the flapping stops.
+/// Without a retry budget, so that the schedule alone decides (the next
+/// test has the default budget).
 #[tokio::test(start_paused = true)]
 async fn s40_flapping_link_backs_off_and_settles() {
     const WINDOW: u64 = 100;
     const FLAPS: u64 = 50;
-    let rig = Rig::connected(config(), Probe::memory()).await;
+    let config = builder().retry_budget(None).build().unwrap();
+    let rig = Rig::connected(config, Probe::memory()).await;
     let f = Instant::now();
     let calm = f + ms(2 * WINDOW * FLAPS);
 
@@ -504,4 +507,80 @@ async fn s40_flapping_link_backs_off_and_settles() {
         LogEntry::Open(last.generation, 1),
         LogEntry::Up(last.generation),
     ]));
+}
+
+/// S40 with the default configuration, retry budget included: the broker
+/// flaps, up 100 ms / down 100 ms for 10 s. Early losses are retried at once
+/// only while the budget lasts (3 at once, one more per 2 s); every other
+/// attempt waits its backoff delay, and those delays keep growing. One open
+/// at a time, attempts counted without gaps, and the engine settles once the
+/// flapping stops.
+#[tokio::test(start_paused = true)]
+async fn s40_flapping_with_the_default_retry_budget_stays_gentle() {
+    const WINDOW: u64 = 100;
+    const FLAPS: u64 = 50;
+    let budget = config().retry_budget().expect("a budget by default");
+    let rig = Rig::connected(config(), Probe::memory()).await;
+    let f = Instant::now();
+    let calm = f + ms(2 * WINDOW * FLAPS);
+    let mut losses = Vec::new();
+    for k in 0..FLAPS {
+        tokio::time::sleep_until(f + ms(2 * WINDOW * k + WINDOW)).await;
+        rig.control.set_default(Plan::Fail(Transient));
+        if rig.handle.is_connected() {
+            losses.push(Instant::now());
+            rig.handle.report_lost(rig.generation(), Transient);
+        }
+        tokio::time::sleep_until(f + ms(2 * WINDOW * (k + 1))).await;
+        rig.control.set_default(Plan::Succeed);
+    }
+    connected_after(&rig.handle, Generation(1)).await;
+
+    let opens: Vec<Instant> = rig.probe.open_times()[1..]
+        .iter()
+        .copied()
+        .filter(|t| *t < calm)
+        .collect();
+    // An open at the instant of a loss is an immediate retry; any other
+    // waited for its backoff delay.
+    let (immediate, waited): (Vec<Instant>, Vec<Instant>) =
+        opens.iter().partition(|t| losses.contains(t));
+    let flapping = calm - f;
+    let earned = (flapping.as_millis() / budget.refill.as_millis()) as usize;
+    assert!(
+        immediate.len() <= budget.burst as usize + earned,
+        "{} immediate retries in {flapping:?}: the budget allows {} + {earned}",
+        immediate.len(),
+        budget.burst
+    );
+    assert!(
+        immediate.len() >= budget.burst as usize,
+        "the burst was used"
+    );
+    assert!(
+        waited.len() <= 10f64.log2() as u32 as usize + 2,
+        "{} backoff opens while flapping",
+        waited.len()
+    );
+    // Each waited open follows its loss or failure by a delay; the delays
+    // grow: the last one is longer than the first two together could be
+    // with the largest jitter (1 s and 2 s at +50 %).
+    let delays: Vec<Duration> = waited
+        .iter()
+        .map(|at| {
+            let since = losses.iter().rev().find(|l| *l < at).copied().unwrap_or(f);
+            // After a failed open the wait starts at that open's failure.
+            let failed = opens.iter().rev().find(|o| *o < at).copied().unwrap_or(f);
+            *at - since.max(failed)
+        })
+        .collect();
+    assert!(delays.len() >= 3, "{delays:?}");
+    assert!(
+        *delays.last().unwrap() > ms(4_500),
+        "delays grow: {delays:?}"
+    );
+    assert_eq!(rig.probe.max_in_flight(), 1);
+    assert_eq!(rig.control.max_open_links(), 1);
+    let attempts: Vec<u32> = rig.probe.opens().iter().map(|o| o.attempt).collect();
+    assert_eq!(attempts, (1..=attempts.len() as u32).collect::<Vec<_>>());
 }

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use redial::backoff::{Backoff, Jitter};
-use redial::machine::{Config, ConfigError, Input, Machine, MachineStats, Output, StateKind};
+use redial::machine::{
+    Config, ConfigError, Input, Machine, MachineStats, Output, RetryBudget, StateKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -483,6 +485,7 @@ fn build_config(map: &Map<String, Value>) -> Result<Result<Config, ConfigError>,
             "immediate_first_retry" => {
                 builder.immediate_first_retry(value.as_bool().ok_or_else(|| bad(key, value))?)
             }
+            "retry_budget" => builder.retry_budget(opt(key, value, retry_budget)?),
             "max_attempts" => builder.max_attempts(opt(key, value, small)?),
             "max_elapsed_ms" => builder.max_elapsed(opt(key, value, millis)?),
             "stable_period_ms" => builder.stable_period(millis(key, value)?),
@@ -496,6 +499,18 @@ fn build_config(map: &Map<String, Value>) -> Result<Result<Config, ConfigError>,
         };
     }
     Ok(builder.build())
+}
+
+fn retry_budget(key: &str, value: &Value) -> Result<RetryBudget, String> {
+    let map = value.as_object().ok_or_else(|| bad(key, value))?;
+    if map.len() != 2 {
+        return Err(bad(key, value));
+    }
+    let field = |name: &str| map.get(name).ok_or_else(|| bad(key, value));
+    Ok(RetryBudget {
+        burst: small(key, field("burst")?)?,
+        refill: millis(key, field("refill_ms")?)?,
+    })
 }
 
 fn build_backoff(value: &Value) -> Result<Result<Backoff, ConfigError>, String> {

@@ -1059,9 +1059,10 @@ def s40():
         "before the stable period (10 s) counts as a failed attempt, so the attempt "
         "counter keeps rising and the delays grow (1, 2, 4, 8 s: 4 opens in the first "
         "10 s). Once a link stays up past the stable period, its loss starts a new outage "
-        "with an immediate retry at attempt 1.",
+        "with an immediate retry at attempt 1. Without a retry budget (the next vector "
+        "has the default one).",
         {"seed": 40, "backoff": {"initial_ms": 1000, "multiplier": 2.0, "max_ms": 60000,
-                                 "jitter": {"mode": "none"}}},
+                                 "jitter": {"mode": "none"}}, "retry_budget": None},
         scenario="S40",
     )
     v.step(0, start())
@@ -1075,6 +1076,72 @@ def s40():
             v.step(t + 150, lost(g))
     t = v.steps[-1]["at_ms"]
     v.step(t + 25000, lost(5), "up 25 s: stable, the counter resets")
+
+
+def s40_budget():
+    v = Vector(
+        "s40-flapping-link-with-retry-budget",
+        "S40 with the default retry budget (3 at once, one more per 2 s): the link comes "
+        "up and drops 100 ms later, for 20 s. The first three early losses are retried at "
+        "once; after that an early loss is retried at once only when the budget earned a "
+        "token, every other one waits its backoff delay, and the delays keep growing "
+        "(1, 2, 4, 8 s): the budget adds at most one attempt per 2 s to the schedule.",
+        {"seed": 40, "backoff": {"initial_ms": 1000, "multiplier": 2.0, "max_ms": 60000,
+                                 "jitter": {"mode": "none"}}},
+        scenario="S40",
+    )
+    v.step(0, start())
+    v.step(50, ok(1))
+    v.step(150, lost(1))
+    t = 150
+    while t < 20000:
+        if v.m.kind() == "backing_off":
+            v.fire("the backoff delay")
+            t = v.steps[-1]["at_ms"]
+        g = v.gen
+        v.step(t + 50, ok(g))
+        v.step(t + 150, lost(g))
+        t += 150
+
+
+def budget_rules():
+    v = Vector(
+        "retry-budget-rules",
+        "The retry budget spends a token only on an up link's early loss (a failed "
+        "attempt backs off without one), earns one token per refill_ms up to burst (time "
+        "earned toward the next token is kept), and a stable link's loss needs no token.",
+        plain(stable_period_ms=10000, liveness_timeout_ms=None,
+              retry_budget={"burst": 2, "refill_ms": 5000}),
+    )
+    v.step(0, start())
+    v.step(10, ok(1))
+    v.step(100, lost(1), "early loss: token 1 of 2, attempt 2 at once")
+    v.step(110, fail(2), "a failed attempt backs off: no token spent")
+    v.fire()
+    t = v.steps[-1]["at_ms"]
+    v.step(t + 10, ok(v.gen))
+    v.step(t + 20, lost(v.gen), "early loss: the last token")
+    v.step(t + 30, ok(v.gen))
+    v.step(t + 40, lost(v.gen), "early loss, budget empty: backoff")
+    v.fire()
+    t = v.steps[-1]["at_ms"]
+    v.step(t + 10, ok(v.gen))
+    v.step(t + 20, lost(v.gen), "still empty: backoff, the delay grew")
+    v.fire()
+    t = v.steps[-1]["at_ms"]
+    v.step(t + 10, ok(v.gen))
+    v.step(t + 20, lost(v.gen), "one token earned 5 s after the first was spent: at once")
+    v.step(t + 30, ok(v.gen))
+    v.step(t + 12030, lost(v.gen), "up 12 s: stable, a new outage, at once without a token")
+
+
+def budget_config_errors():
+    ConfigErrorVector("config-retry-budget-zero-burst",
+                      "A retry budget with a burst of 0 is rejected.",
+                      {"retry_budget": {"burst": 0, "refill_ms": 1000}}, "zero")
+    ConfigErrorVector("config-retry-budget-zero-refill",
+                      "A retry budget refilled every 0 ms is rejected.",
+                      {"retry_budget": {"burst": 1, "refill_ms": 0}}, "zero")
 
 
 def s41():
@@ -1124,8 +1191,8 @@ def branches():
         "stable-period-boundary",
         "The stable period is evaluated when the link is lost: up exactly "
         "stable_period_ms is stable (new outage, immediate retry at attempt 1); up one "
-        "millisecond less counts as a failed attempt (backoff, attempt 2).",
-        plain(stable_period_ms=3000, liveness_timeout_ms=None),
+        "millisecond less counts as a failed attempt (backoff, attempt 2; no retry budget).",
+        plain(stable_period_ms=3000, liveness_timeout_ms=None, retry_budget=None),
     )
     v.step(0, start())
     v.step(100, ok(1))
@@ -1363,7 +1430,8 @@ def main():
         row_closed, row_failed,
         s01, s02, s03, s04, s05, s06, s07, s08, s09, s10, s11, s12, s13, s14, s16, s17,
         s19, s19_lingering, s20, s23, s23_modes, s23_outages, s23_invalid, s29, s34, s35,
-        s38, s38_retries, s38_link, s40, s41, s43, branches,
+        s38, s38_retries, s38_link, s40, s40_budget, s41, s43, branches, budget_rules,
+        budget_config_errors,
     ]:
         f()
     names = [v.name for v in VECTORS]

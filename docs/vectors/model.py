@@ -22,6 +22,7 @@ DEFAULT_BACKOFF = {
 DEFAULTS = {
     "seed": 0,
     "immediate_first_retry": True,
+    "retry_budget": {"burst": 3, "refill_ms": 2000},
     "max_attempts": None,
     "max_elapsed_ms": None,
     "stable_period_ms": 10000,
@@ -84,6 +85,13 @@ def full_config(cfg):
         check_ms(out["resume_grace_ms"])
     if out["max_attempts"] == 0:
         raise ConfigError("zero_attempts")
+    rb = out["retry_budget"]
+    if rb is not None:
+        if set(rb) != {"burst", "refill_ms"}:
+            raise KeyError("retry_budget")
+        if rb["burst"] < 1:
+            raise ConfigError("zero")
+        check_ms(rb["refill_ms"])
     return out
 
 
@@ -178,6 +186,7 @@ class Machine:
         self.gen = 1
         self.outage = None  # {"started", "attempts", "permanent"}
         self.backoff = Backoff(self.c["backoff"], self.c["seed"])
+        self.retry_tokens = None  # (tokens, since); None: never spent, full
         self.out = []
         self.now = None
         self.stats = dict(
@@ -263,7 +272,7 @@ class Machine:
         if inp["kind"] == "permanent" and not self.permanent_retry_allowed():
             self.give_up("permanent")
         else:
-            self.schedule(now, reason, None)
+            self.schedule(now, reason, None, False)
         return True
 
     def on_link_lost(self, now, inp):
@@ -410,18 +419,42 @@ class Machine:
         else:
             self.retire(link["generation"])
             lingering = None
-        self.schedule(now, reason, lingering)
+        self.schedule(now, reason, lingering, True)
 
-    def schedule(self, now, reason, lingering):
+    def take_retry_token(self, now):
+        b = self.c["retry_budget"]
+        if b is None:
+            return False
+        if self.retry_tokens is None:
+            tokens, since = b["burst"], now
+        else:
+            tokens, since = self.retry_tokens
+            earned = (now - since) // b["refill_ms"]
+            if tokens + earned >= b["burst"]:
+                tokens, since = b["burst"], now
+            else:
+                tokens, since = tokens + earned, since + earned * b["refill_ms"]
+        self.retry_tokens = (max(tokens - 1, 0), since)
+        return tokens > 0
+
+    def schedule(self, now, reason, lingering, link_was_up):
         o = self.outage
         ma = self.c["max_attempts"]
         if ma is not None and o["attempts"] >= ma:
             self.give_up_lingering(lingering, "retries_exhausted")
             return
         first = o["attempts"] == 0
-        if first and self.c["immediate_first_retry"] and lingering is None:
-            self.open(now, reason)
-            return
+        if self.c["immediate_first_retry"] and lingering is None:
+            me = self.c["max_elapsed_ms"]
+            proven = (
+                link_was_up
+                and not first
+                and (me is None or now - o["started"] <= me)
+                and self.take_retry_token(now)
+            )
+            if first or proven:
+                self.open(now, reason)
+                return
         if first and self.c["immediate_first_retry"]:
             wait = 0
         else:

@@ -59,11 +59,42 @@ pub enum ConfigError {
     },
 }
 
+/// How many early losses may be retried at once: a link that dropped
+/// before the stable period proved the broker reachable moments ago, so its
+/// retry skips the backoff wait while the budget lasts. At most `burst` such
+/// retries at once, then one more per `refill`; past that, early losses back
+/// off as usual, so a flapping link still slows down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// Immediate retries available at once (at least 1).
+    pub burst: u32,
+    /// The time that earns one more (at least 1 ms).
+    pub refill: Duration,
+}
+
+impl Default for RetryBudget {
+    /// 3 at once, one more every 2 s.
+    fn default() -> Self {
+        Self {
+            burst: 3,
+            refill: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The validated budget, in whole milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    pub(crate) burst: u32,
+    pub(crate) refill_ms: u64,
+}
+
 /// A validated machine configuration. Build one with [`Config::builder`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub(crate) backoff: Backoff,
     pub(crate) immediate_first_retry: bool,
+    pub(crate) retry_budget: Option<Budget>,
     pub(crate) max_attempts: Option<u32>,
     pub(crate) max_elapsed_ms: Option<u64>,
     pub(crate) stable_period_ms: u64,
@@ -100,6 +131,13 @@ impl Config {
     /// Whether the first attempt after losing a stable link is immediate.
     pub fn immediate_first_retry(&self) -> bool {
         self.immediate_first_retry
+    }
+    /// The budget of immediate retries after early losses (`None`: none).
+    pub fn retry_budget(&self) -> Option<RetryBudget> {
+        self.retry_budget.map(|b| RetryBudget {
+            burst: b.burst,
+            refill: Duration::from_millis(b.refill_ms),
+        })
     }
     /// Attempts per outage before giving up, if limited.
     pub fn max_attempts(&self) -> Option<u32> {
@@ -148,6 +186,7 @@ impl Config {
 pub struct ConfigBuilder {
     backoff: Backoff,
     immediate_first_retry: bool,
+    retry_budget: Option<RetryBudget>,
     max_attempts: Option<u32>,
     max_elapsed: Option<Duration>,
     stable_period: Duration,
@@ -165,6 +204,7 @@ impl Default for ConfigBuilder {
         Self {
             backoff: Backoff::default(),
             immediate_first_retry: true,
+            retry_budget: Some(RetryBudget::default()),
             max_attempts: None,
             max_elapsed: None,
             stable_period: Duration::from_secs(10),
@@ -189,6 +229,13 @@ impl ConfigBuilder {
     /// as NATS ADR-40 asks); every later attempt waits per the policy.
     pub fn immediate_first_retry(mut self, yes: bool) -> Self {
         self.immediate_first_retry = yes;
+        self
+    }
+    /// Immediate retries after links that dropped before the stable period
+    /// (default: 3 at once, one more every 2 s; `None`: every such loss
+    /// waits its backoff delay). Used only with `immediate_first_retry`.
+    pub fn retry_budget(mut self, budget: Option<RetryBudget>) -> Self {
+        self.retry_budget = budget;
         self
     }
     /// Give up after this many failed attempts in one outage (default: never).
@@ -286,10 +333,23 @@ impl ConfigBuilder {
         if self.max_attempts == Some(0) {
             return Err(ConfigError::ZeroAttempts);
         }
+        let retry_budget = match self.retry_budget {
+            None => None,
+            Some(b) if b.burst == 0 => {
+                return Err(ConfigError::Zero {
+                    field: "retry_budget.burst",
+                });
+            }
+            Some(b) => Some(Budget {
+                burst: b.burst,
+                refill_ms: positive_ms("retry_budget.refill", b.refill)?,
+            }),
+        };
         let seed = self.seed.unwrap_or_else(random_seed);
         Ok(Config {
             backoff: self.backoff,
             immediate_first_retry: self.immediate_first_retry,
+            retry_budget,
             max_attempts: self.max_attempts,
             max_elapsed_ms,
             stable_period_ms,

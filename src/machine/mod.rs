@@ -45,7 +45,7 @@ pub mod table;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use config::{Config, ConfigBuilder, ConfigError};
+pub use config::{Config, ConfigBuilder, ConfigError, RetryBudget};
 pub use io::{ErrorKind, FailCause, Generation, Input, Output, Reason, StateKind};
 pub use state::{Link, Liveness, State};
 
@@ -86,6 +86,9 @@ pub struct Machine {
     generation: Generation,
     outage: Option<Outage>,
     backoff: BackoffState,
+    /// Immediate retries left, and since when the budget earns the next
+    /// (`None`: never spent, full).
+    retry_tokens: Option<(u32, Instant)>,
     outputs: VecDeque<Output>,
     now: Option<Instant>,
     stats: MachineStats,
@@ -101,6 +104,7 @@ impl Machine {
             generation: Generation(1),
             outage: None,
             backoff,
+            retry_tokens: None,
             outputs: VecDeque::new(),
             now: None,
             stats: MachineStats::default(),
@@ -251,7 +255,7 @@ impl Machine {
         if kind == ErrorKind::Permanent && !self.permanent_retry_allowed() {
             self.give_up(crate::machine::FailCause::Permanent);
         } else {
-            self.schedule_attempt(now, reason, None);
+            self.schedule_attempt(now, reason, None, false);
         }
         true
     }
@@ -468,12 +472,19 @@ impl Machine {
             self.retire(link.generation);
             None
         };
-        self.schedule_attempt(now, reason, lingering);
+        self.schedule_attempt(now, reason, lingering, true);
     }
 
     /// Decides when the next attempt runs: at once (first attempt of an
-    /// outage), after a backoff delay, or never (limits reached).
-    fn schedule_attempt(&mut self, now: Instant, reason: Reason, lingering: Option<Generation>) {
+    /// outage, or an up link's early loss within the retry budget), after a
+    /// backoff delay, or never (limits reached).
+    fn schedule_attempt(
+        &mut self,
+        now: Instant,
+        reason: Reason,
+        lingering: Option<Generation>,
+        link_was_up: bool,
+    ) {
         let outage = self.outage.expect("an outage is under way");
         if self
             .config
@@ -484,9 +495,19 @@ impl Machine {
             return;
         }
         let first = outage.attempts == 0;
-        if first && self.config.immediate_first_retry && lingering.is_none() {
-            self.open(now, reason);
-            return;
+        if self.config.immediate_first_retry && lingering.is_none() {
+            // A link that came up moments ago proved the broker reachable.
+            let proven = link_was_up
+                && !first
+                && self
+                    .config
+                    .max_elapsed_ms
+                    .is_none_or(|max| elapsed_ms(now, outage.started) <= max)
+                && self.take_retry_token(now);
+            if first || proven {
+                self.open(now, reason);
+                return;
+            }
         }
         let mut wait = if first && self.config.immediate_first_retry {
             0
@@ -497,8 +518,7 @@ impl Machine {
             wait = wait.max(self.config.resume_grace_ms.unwrap_or(0));
         }
         if let Some(max) = self.config.max_elapsed_ms {
-            let elapsed = u64::try_from(now.saturating_duration_since(outage.started).as_millis())
-                .unwrap_or(u64::MAX);
+            let elapsed = elapsed_ms(now, outage.started);
             if elapsed.saturating_add(wait) > max {
                 if outage.attempts > 0 {
                     self.give_up_lingering(lingering, FailCause::DeadlineExhausted);
@@ -515,6 +535,33 @@ impl Machine {
             lingering,
         };
         self.set_state(next, reason);
+    }
+
+    /// Spends one immediate retry if the budget has one: it is full until
+    /// first spent, then earns one per `refill_ms`, up to `burst`.
+    fn take_retry_token(&mut self, now: Instant) -> bool {
+        let Some(budget) = self.config.retry_budget else {
+            return false;
+        };
+        let (tokens, since) = match self.retry_tokens {
+            None => (budget.burst, now),
+            Some((tokens, since)) => {
+                let earned = elapsed_ms(now, since) / budget.refill_ms;
+                let total = u64::from(tokens).saturating_add(earned);
+                if total >= u64::from(budget.burst) {
+                    (budget.burst, now)
+                } else {
+                    // `total < burst`, so `earned` fits and the remainder counts on.
+                    let tokens = u32::try_from(total).unwrap_or(budget.burst);
+                    (
+                        tokens,
+                        later(since, earned.saturating_mul(budget.refill_ms)),
+                    )
+                }
+            }
+        };
+        self.retry_tokens = Some((tokens.saturating_sub(1), since));
+        tokens > 0
     }
 
     /// Emits `Open` for the current (fresh) generation.
@@ -603,6 +650,11 @@ fn ms(v: u64) -> Duration {
 
 /// `t + v ms`, saturating at the latest instant the platform can represent:
 /// a caller's clock near that limit must not make the machine panic.
+/// Whole milliseconds from `since` to `now` (0 if `now` is earlier).
+fn elapsed_ms(now: Instant, since: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
+}
+
 fn later(t: Instant, v: u64) -> Instant {
     let d = ms(v);
     if let Some(at) = t.checked_add(d) {
