@@ -1,5 +1,6 @@
-//! Sever storm against the real broker through the chaos proxy: 5,000
-//! confirmed publishes at about 500/s while the proxy resets every
+//! Scenario A, the sever storm, against the real broker through the chaos
+//! proxy with the default configuration (only the heartbeat set, to 5 s):
+//! 5,000 confirmed publishes at about 500/s while the proxy resets every
 //! connection 5 times, 1.5 s apart.
 #![cfg(feature = "amqp")]
 
@@ -12,7 +13,7 @@ use redial::amqp::lapin::options::QueueDeclareOptions;
 use redial::amqp::lapin::types::FieldTable;
 use redial::amqp::{AmqpConfig, AmqpMessage, AmqpTransport, Heartbeat};
 use redial::machine::{Generation, StateKind};
-use redial::outbox::{OutboxConfig, OverflowPolicy, Publisher};
+use redial::outbox::{OutboxConfig, Publisher};
 use redial::runtime::Engine;
 
 use support::amqp::{self as a, Receipts, Timeline};
@@ -23,15 +24,11 @@ const RATE_PER_S: u64 = 500;
 const SEVERS: usize = 5;
 const SEVER_EVERY: Duration = Duration::from_millis(1_500);
 
-/// The two tests measure milliseconds: never run them at the same time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sever_storm_loses_nothing_and_recovers_at_once() {
     if !brokers::require("AMQP", brokers::amqp_available()) {
         return;
     }
-    let _serial = SERIAL.lock().await;
     let queue = a::unique("sever");
     let name = a::unique("sever-conn");
     let direct = a::direct().await;
@@ -39,13 +36,12 @@ async fn sever_storm_loses_nothing_and_recovers_at_once() {
     let seen = a::collect(&direct, &queue).await;
 
     let proxy = support::chaos::start(a::broker_addr()).await.unwrap();
-    // A stable period shorter than the 1.5 s between severs: every sever
-    // starts a fresh outage, whose first retry is immediate.
+    // The defaults: no link lives the stable period (10 s) between severs,
+    // so each is an early loss, retried at once while the retry budget (3
+    // at once, one more per 2 s) lasts: one sever per 1.5 s never drains it.
     let config = AmqpConfig::new(a::proxied_uri(proxy.addr()))
         .connection_name(&name)
-        .heartbeat(Heartbeat::secs(5))
-        .stable_period(Duration::from_secs(1))
-        .connect_timeout(Duration::from_secs(5));
+        .heartbeat(Heartbeat::secs(5));
     let transport = AmqpTransport::new(config.clone()).unwrap();
     transport
         .declare_queue(
@@ -59,15 +55,7 @@ async fn sever_storm_loses_nothing_and_recovers_at_once() {
     let handle = engine.handle();
     let timeline = Timeline::start(&handle);
     handle.wait_for(StateKind::Connected).await;
-    let publisher = Publisher::new(
-        &engine,
-        transport.clone(),
-        OutboxConfig::builder()
-            .max_messages(20_000)
-            .overflow(OverflowPolicy::Wait { deadline: None })
-            .build()
-            .unwrap(),
-    );
+    let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());
     let receipts = Receipts::start();
 
     // The producer: 5,000 publishes at ~500/s.
@@ -243,75 +231,4 @@ async fn sever_storm_loses_nothing_and_recovers_at_once() {
     publisher.shutdown(Duration::from_secs(5)).await;
     a::delete_queue(&direct, &queue).await;
     let _ = direct.close(200, "done".into()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_the_default_policy_recovery_is_the_backoff_delay_plus_the_reconnect() {
-    if !brokers::require("AMQP", brokers::amqp_available()) {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let queue = a::unique("sever-default");
-    let direct = a::direct().await;
-    a::declare_queue(&direct, &queue).await;
-    let proxy = support::chaos::start(a::broker_addr()).await.unwrap();
-    // The default stable period (10 s): a link severed after 1 s was not
-    // stable, so the retry waits for a backoff delay (1 s +- 50 %).
-    let config = AmqpConfig::new(a::proxied_uri(proxy.addr()))
-        .connection_name(a::unique("sever-default-conn"))
-        .heartbeat(Heartbeat::secs(5));
-    let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
-    let handle = engine.handle();
-    let timeline = Timeline::start(&handle);
-    handle.wait_for(StateKind::Connected).await;
-    let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());
-    let receipts = Receipts::start();
-    let producer = {
-        let publisher = publisher.clone();
-        let receipts = receipts.clone();
-        let queue = queue.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(2));
-            for n in 0..2_000u64 {
-                tick.tick().await;
-                let m = AmqpMessage::new("", &queue, n.to_be_bytes().to_vec());
-                let at = Instant::now();
-                receipts.push(at, publisher.publish(m).await);
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let severed = Instant::now();
-    proxy.sever();
-    producer.await.unwrap();
-    let done = receipts.wait(2_000, Duration::from_secs(30)).await;
-    assert!(done.iter().all(|r| r.outcome.is_ok()));
-    let first_new = done
-        .iter()
-        .filter(|r| r.outcome.as_ref().unwrap().generation > Generation(1))
-        .map(|r| r.resolved)
-        .min()
-        .unwrap();
-    let (backing_off, _) = timeline
-        .first_into(StateKind::BackingOff, severed)
-        .expect("a backoff wait");
-    let (connecting, _) = timeline
-        .first_into(StateKind::Connecting, backing_off)
-        .unwrap();
-    let delay = connecting.duration_since(backing_off);
-    let recovery = first_new.duration_since(severed);
-    let beyond = first_new.duration_since(connecting);
-    println!(
-        "default policy: backoff delay {delay:?}, recovery {recovery:?} = delay + {beyond:?} (reconnect and first confirm)"
-    );
-    assert!(delay >= Duration::from_millis(450) && delay <= Duration::from_millis(1_600));
-    // The issue asks for delay + 50 ms; the margin absorbs a loaded machine.
-    assert!(
-        beyond < Duration::from_millis(400),
-        "{beyond:?} after the backoff"
-    );
-    assert_eq!(proxy.accepted().len(), 2);
-    publisher.shutdown(Duration::from_secs(5)).await;
-    a::delete_queue(&direct, &queue).await;
 }

@@ -307,6 +307,17 @@ fn config() -> Config {
         .unwrap()
 }
 
+/// Without the retry budget: a link lost before the stable period always
+/// waits a backoff delay (the models about that wait use it).
+fn config_without_budget() -> Config {
+    Config::builder()
+        .seed(1)
+        .liveness_timeout(None)
+        .retry_budget(None)
+        .build()
+        .unwrap()
+}
+
 fn config_with_grace() -> Config {
     Config::builder()
         .seed(1)
@@ -453,7 +464,7 @@ fn loss_after_resume_wakes_the_driver() {
 #[test]
 fn new_link_loss_after_reconnect_wakes_the_driver() {
     model(Some(3), || {
-        let mut d = ModelDriver::connected(config());
+        let mut d = ModelDriver::connected(config_without_budget());
         let g1 = d.machine().generation();
         let g2 = g1.next();
         let shared = d.shared();
@@ -578,7 +589,7 @@ fn backoff_timer_racing_a_reconnect_request() {
     model(None, || {
         let ms = Arc::new(AtomicU64::new(0));
         let clock_ms = ms.clone();
-        let mut d = ModelDriver::connected_on(config(), |t0| Clock::Moving {
+        let mut d = ModelDriver::connected_on(config_without_budget(), |t0| Clock::Moving {
             base: t0,
             ms: clock_ms,
         });
@@ -618,7 +629,7 @@ fn backoff_timer_racing_a_reconnect_request() {
 #[test]
 fn open_completing_while_reports_and_shutdown_arrive() {
     model(Some(2), || {
-        let mut d = ModelDriver::connected(config());
+        let mut d = ModelDriver::connected(config_without_budget());
         let g1 = d.machine().generation();
         let g2 = g1.next();
         d.io.shared.report(g1, LOST);
