@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use redial::amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use redial::amqp::lapin::types::FieldTable;
 use redial::amqp::{AmqpConfig, AmqpMessage, AmqpTransport};
-use redial::outbox::{OutboxConfig, OverflowPolicy, Publisher};
+use redial::outbox::{OutboxConfig, Publisher};
 use redial::runtime::{Engine, Event};
 
 #[tokio::main]
@@ -77,11 +77,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let outbox = OutboxConfig::builder()
-        .max_messages(10_000)
-        .overflow(OverflowPolicy::Wait { deadline: None })
-        .build()?;
-    let publisher = Publisher::new(&engine, transport.clone(), outbox);
+    // The defaults: 10,000 messages, callers wait for room when it is full.
+    let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());
 
     let started = Instant::now();
     let mut receipts = Vec::with_capacity(count as usize);
