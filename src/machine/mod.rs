@@ -152,7 +152,9 @@ impl Machine {
     /// timer first when no output is queued.
     #[must_use]
     pub fn poll(&mut self, now: Instant) -> Option<Output> {
-        if self.outputs.is_empty() && self.poll_timeout().is_some_and(|t| t <= now) {
+        // Judged at the clamped time, as `handle` would judge the timeout.
+        let clamped = self.now.map_or(now, |last| last.max(now));
+        if self.outputs.is_empty() && self.poll_timeout().is_some_and(|t| t <= clamped) {
             self.handle(now, Input::Timeout);
         }
         self.outputs.pop_front()
@@ -679,6 +681,28 @@ mod tests {
 
     fn drain(m: &mut Machine, t: Instant) {
         while m.poll(t).is_some() {}
+    }
+
+    /// `poll` judges a due timer at the clamped time, as `handle` would:
+    /// an input that moved the clock past the connect deadline leaves the
+    /// timeout due even for a caller whose `now` is earlier.
+    #[test]
+    fn poll_with_an_earlier_now_fires_what_is_due_at_the_clock_reading() {
+        let config = Config::builder().seed(1).build().unwrap();
+        let connect_timeout = config.connect_timeout();
+        let mut m = Machine::new(config);
+        let t = Instant::now();
+        m.handle(t, Input::Start);
+        drain(&mut m, t);
+        let generation = m.generation();
+        // Ignored while connecting, but it moves the clock.
+        m.handle(t + connect_timeout * 2, Input::Activity { generation });
+        let outputs: Vec<Output> = std::iter::from_fn(|| m.poll(t)).collect();
+        assert!(
+            outputs.contains(&Output::Close { generation }),
+            "{outputs:?}"
+        );
+        assert_eq!(m.kind(), StateKind::BackingOff);
     }
 
     /// Counters are u32: an unlimited outage (or unlimited permanent
