@@ -284,9 +284,10 @@ async fn s07_fresh_engine_is_not_reconnecting() {
         Report::Queued
     );
     connected_on(&rig.handle, Generation(2)).await;
+    // A young link's loss: retried at once, from the retry budget.
     assert_eq!(
         rig.events.states()[0],
-        (Connected, BackingOff, Reason::LinkLost)
+        (Connected, Connecting, Reason::LinkLost)
     );
 }
 
@@ -353,7 +354,8 @@ async fn s09_genuine_interrupt_is_forwarded_once_with_its_kind() {
         .into_iter()
         .filter(|(from, _, _)| *from == Connected)
         .collect();
-    assert_eq!(left, [(Connected, BackingOff, Reason::LinkLost)]);
+    // Acted on once: a young link's loss, retried at once from the budget.
+    assert_eq!(left, [(Connected, Connecting, Reason::LinkLost)]);
 
     let mut rig = Rig::connected(config(), Probe::memory()).await;
     rig.events.clear();
