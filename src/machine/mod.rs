@@ -650,13 +650,13 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
-/// `t + v ms`, saturating at the latest instant the platform can represent:
-/// a caller's clock near that limit must not make the machine panic.
 /// Whole milliseconds from `since` to `now` (0 if `now` is earlier).
 fn elapsed_ms(now: Instant, since: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `t + v ms`, saturating at the latest instant the platform can represent:
+/// a caller's clock near that limit must not make the machine panic.
 fn later(t: Instant, v: u64) -> Instant {
     let d = ms(v);
     if let Some(at) = t.checked_add(d) {
