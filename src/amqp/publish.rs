@@ -11,9 +11,10 @@
 //!   publish to a missing exchange), every message unconfirmed on it
 //!   answers [`DeliveryError::ChannelClosed`] with the broker's reply code
 //!   and text, and the outbox decides which one was at fault. A write that
-//!   finds the channel already closing answers [`DeliveryError::NotWritten`].
-//!   Neither costs the connection: the next write opens a new channel (a
-//!   new channel id). Only a connection error or a dead link is
+//!   finds the channel closing or closed answers [`DeliveryError::NotWritten`]
+//!   (and opens the new one without writing on it, so that the old
+//!   channel's answers reach the outbox first). Neither costs the
+//!   connection: the next write goes on a new channel (a new channel id). Only a connection error or a dead link is
 //!   [`DeliveryError::LinkLost`].
 
 use std::sync::Arc;
@@ -80,9 +81,14 @@ async fn publish(
     message: &AmqpMessage,
 ) -> Result<PublisherConfirm, DeliveryError> {
     let lost = |e: &lapin::Error| is_connection_error(e) || !link.is_alive();
-    // An open publishing channel, or a new one (new id) if the broker closed
-    // or is closing the last: nothing is ever written on a closing channel.
+    // The broker closed (or is closing) the last publishing channel: open a
+    // new one (new id) for the next write, but do not write this message:
+    // the old channel's confirms may still be on their way, and the outbox
+    // must see them before anything goes out on the new channel (or a
+    // message could overtake the ones the close sends back).
+    let reopened = !link.inner.channel_open(Role::Publish).await;
     let channel = match link.inner.channel(Role::Publish).await {
+        Ok(_) if reopened => return Err(DeliveryError::NotWritten),
         Ok(channel) => channel,
         Err(AmqpError::Connection(e) | AmqpError::Channel(e)) if !lost(&e) => {
             return Err(DeliveryError::NotWritten);
