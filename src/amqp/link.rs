@@ -105,9 +105,17 @@ impl LinkInner {
     /// close has begun is not `connected`: it is replaced by a new channel
     /// (lapin gives it a new id), never written to again.
     pub(crate) async fn channel(&self, role: Role) -> Result<Channel, AmqpError> {
+        self.channel_or_reopen(role)
+            .await
+            .map(|(channel, _)| channel)
+    }
+
+    /// Like [`Self::channel`], and whether the channel had to be reopened
+    /// (one lock: the publish path asks this for every message).
+    pub(crate) async fn channel_or_reopen(&self, role: Role) -> Result<(Channel, bool), AmqpError> {
         let mut slot = self.slot(role).lock().await;
         if slot.status().connected() {
-            return Ok(slot.clone());
+            return Ok((slot.clone(), false));
         }
         if !self.is_alive() {
             return Err(AmqpError::Connection(
@@ -126,7 +134,7 @@ impl LinkInner {
             self.consume_state.epoch.fetch_add(1, Ordering::AcqRel);
         }
         *slot = channel.clone();
-        Ok(channel)
+        Ok((channel, true))
     }
 
     /// Whether the channel for `role` is open.

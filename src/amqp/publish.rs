@@ -86,10 +86,9 @@ async fn publish(
     // the old channel's confirms may still be on their way, and the outbox
     // must see them before anything goes out on the new channel (or a
     // message could overtake the ones the close sends back).
-    let reopened = !link.inner.channel_open(Role::Publish).await;
-    let channel = match link.inner.channel(Role::Publish).await {
-        Ok(_) if reopened => return Err(DeliveryError::NotWritten),
-        Ok(channel) => channel,
+    let channel = match link.inner.channel_or_reopen(Role::Publish).await {
+        Ok((_, true)) => return Err(DeliveryError::NotWritten),
+        Ok((channel, false)) => channel,
         Err(AmqpError::Connection(e) | AmqpError::Channel(e)) if !lost(&e) => {
             return Err(DeliveryError::NotWritten);
         }
