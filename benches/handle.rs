@@ -190,6 +190,7 @@ fn delta(a: Stats, b: Stats) -> Stats {
     Stats {
         attempts: b.attempts - a.attempts,
         connects: b.connects - a.connects,
+        probes: b.probes - a.probes,
         outages: b.outages - a.outages,
         reports: b.reports - a.reports,
         stale_reports: b.stale_reports - a.stale_reports,

@@ -20,7 +20,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redial::backoff::{Backoff, Jitter};
-use redial::machine::{Config, ErrorKind, Generation, Input, Machine, Output, StateKind};
+use redial::machine::{
+    Config, ErrorKind, Generation, Input, Machine, Output, ProbeOutcome, StateKind,
+};
 
 /// Gives up (non-zero exit) if the demo has not finished by then.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -125,6 +127,15 @@ fn main() -> ExitCode {
                         println!("close link {g}");
                         let _ = stream.shutdown(Shutdown::Both);
                     }
+                }
+                // Only with `probe_interval` set (not here): a TCP connect,
+                // then hang up, is this transport's cheap check.
+                Output::Probe { probe } => {
+                    let outcome = match TcpStream::connect_timeout(&addr, connect_timeout) {
+                        Ok(_) => ProbeOutcome::Reachable,
+                        Err(_) => ProbeOutcome::Unreachable,
+                    };
+                    machine.handle(Instant::now(), Input::Probed { probe, outcome });
                 }
                 Output::StateChanged {
                     from, to, reason, ..

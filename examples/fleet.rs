@@ -11,6 +11,8 @@
 //! the broker accepts per second once it is back, default 1,000; 0 means no
 //! limit), `--idle-secs S` (real seconds of idle CPU measurement, default 5),
 //! `--no-immediate` (no immediate first retry after losing a stable link),
+//! `--no-probes` (no reachability probes: attempts on the backoff schedule
+//! alone, as before the adapters probed),
 //! `--svg PATH` (default `docs/fleet-reconnect.svg`; `-` for none).
 //!
 //! It measures, in this order:
@@ -28,7 +30,11 @@
 //!    attempts are refused, as by a broker whose accept queue is full).
 //!    For each jitter mode: connection attempts per 100 ms, attempts per
 //!    engine (the "work" of the AWS analysis), and the time until 99 % and
-//!    100 % of the engines are back (its "completion time").
+//!    100 % of the engines are back (its "completion time"). The engines
+//!    probe every 500 ms once a backoff wait is over, as the AMQP and MQTT
+//!    adapters do by default; a probe (a TCP connect and one frame) is
+//!    answered whenever the broker is up, without counting against the
+//!    handshake rate, and is counted apart from attempts.
 //!
 //! Every engine has its own seed. The broker gate is a wrapper around
 //! [`MemoryTransport`] defined here, so the library is unchanged.
@@ -42,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use plotters::prelude::*;
 use redial::backoff::{Backoff, Jitter};
-use redial::machine::{Config, ErrorKind, StateKind};
-use redial::runtime::{Engine, Event, OpenContext, Transport};
+use redial::machine::{Config, ErrorKind, ProbeOutcome, StateKind};
+use redial::runtime::{DEFAULT_PROBE_INTERVAL, Engine, Event, OpenContext, Transport};
 use redial::testing::{MemoryControl, MemoryError, MemoryLink, MemoryTransport};
 use tokio::sync::Notify;
 
@@ -60,6 +66,7 @@ struct Options {
     rate_per_sec: u64,
     idle: Duration,
     immediate_first_retry: bool,
+    probes: bool,
     svg: Option<PathBuf>,
     /// Child mode: measure only the memory of the engines' event rings.
     rings_only: bool,
@@ -94,6 +101,7 @@ impl Options {
             rate_per_sec: number("--rate", None, 1_000),
             idle: Duration::from_secs(number("--idle-secs", None, 5)),
             immediate_first_retry: !args.iter().any(|a| a == "--no-immediate"),
+            probes: !args.iter().any(|a| a == "--no-probes"),
             svg,
             rings_only: args.iter().any(|a| a == "--rings-only"),
         }
@@ -107,6 +115,7 @@ impl Options {
 struct Bins {
     attempts: Vec<u64>,
     accepted: Vec<u64>,
+    probes: Vec<u64>,
 }
 
 impl Bins {
@@ -163,6 +172,23 @@ impl Broker {
         self.accepted_total.store(0, Ordering::Relaxed);
     }
 
+    /// One probe: answered whenever the broker is up (a TCP accept and one
+    /// frame, not a handshake: the rate limit does not apply).
+    fn probe(&self) -> ProbeOutcome {
+        let now = tokio::time::Instant::now();
+        let mut s = self.lock();
+        let Some(restart) = s.restart else {
+            return ProbeOutcome::Reachable;
+        };
+        let bin = ((now - restart).as_millis() / BIN.as_millis()) as usize;
+        Bins::bump(&mut s.bins.probes, bin);
+        if s.down_until.is_some_and(|d| now < d) {
+            ProbeOutcome::Unreachable
+        } else {
+            ProbeOutcome::Reachable
+        }
+    }
+
     /// One connection attempt: accepted or refused.
     fn admit(&self) -> Result<(), MemoryError> {
         let now = tokio::time::Instant::now();
@@ -216,6 +242,10 @@ impl Transport for FleetTransport {
 
     fn close(&self, link: MemoryLink) -> impl Future<Output = ()> + Send + 'static {
         self.memory.close(link)
+    }
+
+    fn probe(&self) -> impl Future<Output = ProbeOutcome> + Send + 'static {
+        std::future::ready(self.broker.probe())
     }
 }
 
@@ -458,6 +488,8 @@ struct StormResult {
     peak_bin: u64,
     /// The most attempts in one bin once the broker was back.
     peak_bin_up: u64,
+    /// Probes (TCP connects that open nothing) in the whole run.
+    probes: u64,
     /// Engines back when the run ended.
     back: u64,
     /// Time after the restart until 99 % and 100 % were back (`None`: not by the end).
@@ -479,6 +511,7 @@ fn storm(opts: &Options, name: &'static str, jitter: Jitter) -> StormResult {
                 .seed(seed)
                 .backoff(backoff.clone())
                 .immediate_first_retry(opts.immediate_first_retry)
+                .probe_interval(opts.probes.then_some(DEFAULT_PROBE_INTERVAL))
                 .liveness_timeout(None)
                 .build()
                 .expect("config")
@@ -526,6 +559,7 @@ fn storm(opts: &Options, name: &'static str, jitter: Jitter) -> StormResult {
             .max()
             .unwrap_or(0),
         back: bins.accepted.iter().sum(),
+        probes: bins.probes.iter().sum(),
         t99: quantile(0.99),
         t100: quantile(1.0),
         bins,
@@ -729,16 +763,17 @@ fn main() {
             0.0
         };
     println!(
-        "== broker restart (paused clock; backoff 1 s x2 capped at 60 s, immediate first retry {}; \
-         the fastest possible recovery is {floor:.1} s)",
+        "== broker restart (paused clock; backoff 1 s x2 capped at 60 s, immediate first retry {}, \
+         probes {}; the fastest possible recovery is {floor:.1} s)",
         if opts.immediate_first_retry {
             "on"
         } else {
             "off"
         },
+        if opts.probes { "every 500 ms" } else { "off" },
     );
     println!(
-        "{:<28} {:>12} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7}",
+        "{:<28} {:>12} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>7}",
         "jitter",
         "attempts/eng",
         "while down",
@@ -748,6 +783,7 @@ fn main() {
         "99 % back",
         "all back",
         "back %",
+        "probes/eng",
         "real"
     );
     let mut results = Vec::new();
@@ -755,7 +791,7 @@ fn main() {
         let r = storm(&opts, name, jitter);
         let per_engine = |a: u64| a as f64 / opts.engines as f64;
         println!(
-            "{:<28} {:>12.2} {:>10.2} {:>8.2} {:>10} {:>10} {:>10} {:>10} {:>7.1} {:>5.1} s",
+            "{:<28} {:>12.2} {:>10.2} {:>8.2} {:>10} {:>10} {:>10} {:>10} {:>7.1} {:>10.1} {:>5.1} s",
             r.name,
             per_engine(r.attempts),
             per_engine(r.attempts_down),
@@ -765,6 +801,7 @@ fn main() {
             secs(r.t99),
             secs(r.t100),
             per_engine(r.back) * 100.0,
+            per_engine(r.probes),
             r.real.as_secs_f64()
         );
         results.push(r);

@@ -32,6 +32,8 @@ pub mod machine;
 pub mod mqtt;
 pub mod outbox;
 #[cfg(any(feature = "amqp", feature = "mqtt"))]
+mod reach;
+#[cfg(any(feature = "amqp", feature = "mqtt"))]
 mod redact;
 pub mod rng;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::machine::{ErrorKind, Generation};
+use crate::machine::{ErrorKind, Generation, ProbeOutcome};
 use crate::outbox::{Deliver, DeliveryError, MessageId};
 use crate::runtime::{Classify, LinkReporter, OpenContext, Transport};
 
@@ -92,6 +92,9 @@ struct State {
     silent: HashMap<Generation, Arc<AtomicBool>>,
     log: Vec<LogEntry>,
     delivery: DeliveryState,
+    /// What probes answer (`None`: `Unsupported`, as a transport without probes).
+    probe: Option<ProbeOutcome>,
+    probe_calls: u64,
 }
 
 struct Inner {
@@ -187,6 +190,17 @@ impl MemoryControl {
     /// The behaviour once the queued plans are used up (default: succeed).
     pub fn set_default(&self, plan: Plan) {
         self.state().default_plan = Some(plan);
+    }
+
+    /// What every later probe answers (until told otherwise; the default
+    /// is `Unsupported`, as a transport that cannot probe).
+    pub fn answer_probes(&self, outcome: ProbeOutcome) {
+        self.state().probe = Some(outcome);
+    }
+
+    /// `probe` calls so far.
+    pub fn probe_calls(&self) -> u64 {
+        self.state().probe_calls
     }
 
     /// `open` calls so far.
@@ -324,6 +338,16 @@ impl Transport for MemoryTransport {
             }
             Ok(MemoryLink { generation, open })
         }
+    }
+
+    fn probe(&self) -> impl std::future::Future<Output = ProbeOutcome> + Send + 'static {
+        let outcome = {
+            let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.probe_calls += 1;
+            state.probe.unwrap_or(ProbeOutcome::Unsupported)
+        };
+        self.inner.changed.notify_waiters();
+        std::future::ready(outcome)
     }
 
     fn close(&self, link: MemoryLink) -> impl std::future::Future<Output = ()> + Send + 'static {

@@ -26,8 +26,8 @@ use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state
 use redial::backoff::{Backoff, BackoffState, Jitter};
 use redial::machine::invariants::Checker;
 use redial::machine::{
-    Config, ErrorKind, FailCause, Generation, Input, Machine, Output, Reason, RetryBudget, State,
-    StateKind,
+    Config, ErrorKind, FailCause, Generation, Input, Machine, Output, ProbeOutcome, Reason,
+    RetryBudget, State, StateKind,
 };
 
 fn ms(v: u64) -> Duration {
@@ -55,6 +55,7 @@ struct Params {
     close_ms: u64,
     grace_ms: Option<u64>,
     permanent_retries: u32,
+    probe_ms: Option<u64>,
     seed: u64,
 }
 
@@ -83,6 +84,7 @@ impl Params {
             .close_timeout(ms(self.close_ms))
             .resume_grace(self.grace_ms.map(ms))
             .permanent_retries(self.permanent_retries)
+            .probe_interval(self.probe_ms.map(ms))
             .seed(self.seed)
             .build()
             .expect("generated configurations are valid")
@@ -122,6 +124,7 @@ prop_compose! {
         close_ms in 1..=10_000u64,
         grace_ms in prop::option::weighted(0.4, 1..=10_000u64),
         permanent_retries in prop_oneof![3 => Just(0u32), 1 => 1..=3u32],
+        probe_ms in prop::option::weighted(0.4, 1..=3_000u64),
         seed in any::<u64>(),
     ) -> Params {
         // The blocked timeout must be at least twice the liveness timeout.
@@ -132,7 +135,7 @@ prop_compose! {
         Params {
             initial_ms, multiplier, max_ms, jitter, immediate_first_retry, budget, max_attempts,
             max_elapsed_ms, stable_ms, connect_ms, liveness_ms, blocked_ms, close_ms,
-            grace_ms, permanent_retries, seed,
+            grace_ms, permanent_retries, probe_ms, seed,
         }
     }
 }
@@ -169,6 +172,11 @@ enum Step {
     Activity(GenRef),
     Blocked(GenRef),
     Unblocked(GenRef),
+    /// The answer to the latest probe sent, or (`back` > 0) an older one.
+    Probed {
+        back: u64,
+        outcome: ProbeOutcome,
+    },
     ReconnectNow,
     Shutdown,
     CloseCompleted,
@@ -215,6 +223,8 @@ enum Phase {
         attempt: u32,
         until: u64,
         lingering: bool,
+        /// The unanswered probe.
+        probe: Option<u64>,
     },
     Closing {
         deadline: u64,
@@ -239,6 +249,7 @@ enum Act {
     Close(u64),
     GaveUp(FailCause),
     LivenessLost(u64),
+    Probe(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +264,10 @@ struct Model {
     /// Immediate retries left and since when the next is earned (`None`:
     /// never spent, full).
     tokens: Option<(u32, u64)>,
+    /// Probes sent so far (the last one's number).
+    probes: u64,
+    /// A probe answered `Unsupported`: no more probes.
+    unsupported: bool,
     /// The actions predicted for the last step.
     acts: Vec<Act>,
 }
@@ -270,6 +285,8 @@ impl Model {
             outage: None,
             backoff,
             tokens: None,
+            probes: 0,
+            unsupported: false,
             acts: Vec::new(),
         }
     }
@@ -318,6 +335,10 @@ impl Model {
             Step::Activity(r) => Input::Activity { generation: g(r) },
             Step::Blocked(r) => Input::Blocked { generation: g(r) },
             Step::Unblocked(r) => Input::Unblocked { generation: g(r) },
+            Step::Probed { back, outcome } => Input::Probed {
+                probe: self.probes.saturating_sub(*back),
+                outcome: *outcome,
+            },
             Step::ReconnectNow => Input::ReconnectNow,
             Step::Shutdown => Input::Shutdown,
             Step::CloseCompleted => Input::CloseCompleted,
@@ -358,6 +379,29 @@ impl Model {
         }
         let now = self.now;
         match (input, self.phase.clone()) {
+            (
+                Input::Probed { probe, outcome },
+                Phase::BackingOff {
+                    attempt,
+                    until,
+                    lingering,
+                    probe: Some(unanswered),
+                },
+            ) if probe == unanswered => match outcome {
+                ProbeOutcome::Unreachable => {
+                    self.phase = Phase::BackingOff {
+                        attempt,
+                        until,
+                        lingering,
+                        probe: None,
+                    };
+                }
+                ProbeOutcome::Reachable => self.open(Reason::BackoffElapsed),
+                ProbeOutcome::Unsupported => {
+                    self.unsupported = true;
+                    self.open(Reason::BackoffElapsed);
+                }
+            },
             (Input::Start, Phase::Idle) => {
                 self.new_outage();
                 self.open(Reason::Start);
@@ -514,7 +558,31 @@ impl Model {
                     };
                 }
             }
-            Phase::BackingOff { lingering, .. } => {
+            Phase::BackingOff {
+                attempt, lingering, ..
+            } => {
+                if let (false, Some(interval), false) =
+                    (lingering, self.p.probe_ms, self.unsupported)
+                {
+                    let started = self.outage.expect("an outage").started;
+                    let no_room = self
+                        .p
+                        .max_elapsed_ms
+                        .is_some_and(|max| now - started + interval > max);
+                    if no_room {
+                        self.open(Reason::BackoffElapsed);
+                    } else {
+                        self.probes += 1;
+                        self.phase = Phase::BackingOff {
+                            attempt,
+                            until: now + interval,
+                            lingering,
+                            probe: Some(self.probes),
+                        };
+                        self.acts.push(Act::Probe(self.probes));
+                    }
+                    return;
+                }
                 if lingering {
                     self.close();
                 }
@@ -677,6 +745,7 @@ impl Model {
                 attempt,
                 until,
                 lingering,
+                probe: None,
             },
             reason,
         );
@@ -732,20 +801,23 @@ impl ReferenceStateMachine for ModelMachine {
     fn transitions(state: &Model) -> BoxedStrategy<Step> {
         // Weights lean towards the inputs that matter in the current phase,
         // but every input stays possible everywhere.
-        //        Start Succ Fail Lost Resu Acti Blck Unbl Reco Shut Clos Tout Tick Dead Stab
+        //        Start Succ Fail Lost Resu Acti Blck Unbl Reco Shut Clos Tout Tick Dead Stab Prob
         let w = match state.phase {
-            Phase::Idle => [12, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 0],
-            Phase::Connecting { .. } => [1, 10, 5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 0],
-            Phase::Up { .. } => [1, 2, 1, 6, 1, 4, 3, 3, 2, 1, 1, 1, 6, 5, 3],
-            Phase::BackingOff { lingering, .. } => {
+            Phase::Idle => [12, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 0, 1],
+            Phase::Connecting { .. } => [1, 10, 5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 0, 1],
+            Phase::Up { .. } => [1, 2, 1, 6, 1, 4, 3, 3, 2, 1, 1, 1, 6, 5, 3, 1],
+            Phase::BackingOff {
+                lingering, probe, ..
+            } => {
                 let resume = if lingering { 5 } else { 1 };
-                [1, 2, 1, 2, resume, 1, 1, 1, 2, 1, 1, 1, 3, 7, 0]
+                let answer = if probe.is_some() { 8 } else { 1 };
+                [1, 2, 1, 2, resume, 1, 1, 1, 2, 1, 1, 1, 3, 7, 0, answer]
             }
-            Phase::Closing { .. } => [1, 1, 1, 2, 1, 1, 1, 1, 2, 1, 4, 1, 2, 3, 0],
-            Phase::Closed => [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0],
-            Phase::Failed => [1, 1, 1, 2, 1, 1, 1, 1, 6, 1, 1, 1, 2, 1, 0],
+            Phase::Closing { .. } => [1, 1, 1, 2, 1, 1, 1, 1, 2, 1, 4, 1, 2, 3, 0, 1],
+            Phase::Closed => [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1],
+            Phase::Failed => [1, 1, 1, 2, 1, 1, 1, 1, 6, 1, 1, 1, 2, 1, 0, 1],
         };
-        let choices: [BoxedStrategy<Step>; 15] = [
+        let choices: [BoxedStrategy<Step>; 16] = [
             Just(Step::Start).boxed(),
             gen_ref().prop_map(Step::Succeeded).boxed(),
             (gen_ref(), error_kind())
@@ -768,6 +840,16 @@ impl ReferenceStateMachine for ModelMachine {
                 .boxed(),
             (-1..=1i8)
                 .prop_map(|offset| Step::ToStable { offset })
+                .boxed(),
+            (
+                prop_oneof![6 => Just(0u64), 1 => 1..=2u64],
+                prop_oneof![
+                    4 => Just(ProbeOutcome::Unreachable),
+                    3 => Just(ProbeOutcome::Reachable),
+                    1 => Just(ProbeOutcome::Unsupported),
+                ],
+            )
+                .prop_map(|(back, outcome)| Step::Probed { back, outcome })
                 .boxed(),
         ];
         let weighted = w.into_iter().zip(choices).filter(|(w, _)| *w > 0).collect();
@@ -830,6 +912,10 @@ impl StateMachineTest for MachineTest {
             Step::Activity(r) => Input::Activity { generation: g(r) },
             Step::Blocked(r) => Input::Blocked { generation: g(r) },
             Step::Unblocked(r) => Input::Unblocked { generation: g(r) },
+            Step::Probed { back, outcome } => Input::Probed {
+                probe: sut.machine.stats().probes.saturating_sub(back),
+                outcome,
+            },
             Step::ReconnectNow => Input::ReconnectNow,
             Step::Shutdown => Input::Shutdown,
             Step::CloseCompleted => Input::CloseCompleted,
@@ -876,6 +962,7 @@ impl StateMachineTest for MachineTest {
                 Output::Close { generation } => Act::Close(generation.0),
                 Output::GaveUp { cause } => Act::GaveUp(cause),
                 Output::LivenessLost { generation } => Act::LivenessLost(generation.0),
+                Output::Probe { probe } => Act::Probe(probe),
                 Output::StateChanged {
                     from, to, reason, ..
                 } => Act::Changed(from, to, reason),

@@ -89,7 +89,7 @@ struct Actual {
 /// vectors exercised.
 type Cells = BTreeSet<(StateKind, &'static str, bool)>;
 
-const INPUTS: [&str; 12] = [
+const INPUTS: [&str; 13] = [
     "start",
     "attempt_succeeded",
     "attempt_failed",
@@ -102,6 +102,7 @@ const INPUTS: [&str; 12] = [
     "shutdown",
     "close_completed",
     "timeout",
+    "probed",
 ];
 
 #[test]
@@ -160,7 +161,14 @@ fn conformance_vectors() {
                 "start" | "reconnect_now" | "shutdown" | "close_completed" | "timeout"
             );
             for stale in [false, true] {
-                if (stale && !carries_generation) || cells.contains(&(kind, input, stale)) {
+                // A probe's answer is current only in backing_off (its probe
+                // unanswered); everywhere else it is stale.
+                let probe_current_elsewhere =
+                    input == "probed" && !stale && kind != StateKind::BackingOff;
+                if (stale && !carries_generation)
+                    || probe_current_elsewhere
+                    || cells.contains(&(kind, input, stale))
+                {
                     continue;
                 }
                 missing.push(format!(
@@ -450,6 +458,7 @@ fn input_name(input: &Input) -> &'static str {
         Input::Shutdown => "shutdown",
         Input::CloseCompleted => "close_completed",
         Input::Timeout => "timeout",
+        Input::Probed { .. } => "probed",
     }
 }
 
@@ -495,6 +504,7 @@ fn build_config(map: &Map<String, Value>) -> Result<Result<Config, ConfigError>,
             "close_timeout_ms" => builder.close_timeout(millis(key, value)?),
             "resume_grace_ms" => builder.resume_grace(opt(key, value, millis)?),
             "permanent_retries" => builder.permanent_retries(small(key, value)?),
+            "probe_interval_ms" => builder.probe_interval(opt(key, value, millis)?),
             other => return Err(format!("unknown config key {other:?}")),
         };
     }

@@ -69,6 +69,10 @@ def close_completed():
     return {"type": "close_completed"}
 
 
+def probed(p, outcome):
+    return {"type": "probed", "probe": p, "outcome": outcome}
+
+
 def timeout():
     return {"type": "timeout"}
 
@@ -1184,6 +1188,146 @@ def s43():
     v.fire()
 
 
+# ---- probes ---------------------------------------------------------------------
+
+def row_backing_off_probing():
+    v = Vector(
+        "row-backing-off-probing",
+        "Row backing_off with probes (probe_interval_ms set), every column: when the "
+        "wait ends a probe goes out instead of an open; an unreachable answer leaves the "
+        "next probe for when this one's time is up; an unanswered probe is replaced at "
+        "its time and its late answer is stale, as is any answer in another state; a "
+        "reachable answer opens. reconnect_now opens at once, shutdown closes.",
+        plain(probe_interval_ms=500),
+        rows=["backing_off"],
+    )
+    v.step(0, start())
+    v.step(10, fail(1))
+    v.step(20, probed(1, "reachable"), "stale: no probe was sent yet")
+    v.fire("the wait is over: probe 1, no open")
+    v.step(1020, start(), "ignored")
+    for i in all_generation_inputs(2):
+        v.step(1020, i, "ignored: generation 2 is current but not opened yet")
+    v.step(1020, close_completed())
+    v.step(1030, probed(1, "unreachable"), "the next probe at 1510")
+    v.step(1040, probed(1, "reachable"), "stale: probe 1 was answered")
+    v.step(1500, timeout(), "ignored: the next probe is due at 1510")
+    v.fire("probe 2")
+    v.fire("probe 2 unanswered for 500 ms: probe 3")
+    v.step(2020, probed(2, "reachable"), "stale: probe 2's time is up")
+    v.step(2030, probed(3, "reachable"), "opens attempt 2")
+    v.step(2040, probed(3, "reachable"), "stale: not backing off")
+    v.step(2050, fail(2))
+    v.fire("probe 4")
+    v.step(4060, reconnect(), "opens at once; probe 4 is dropped")
+    v.step(4070, probed(4, "reachable"), "stale")
+    v.step(4080, fail(3))
+    v.fire("probe 5")
+    v.step(8090, shutdown(), "no link to close")
+    v.step(8100, probed(5, "reachable"), "stale: closed")
+
+
+def s44():
+    v = Vector(
+        "s44-outage-recovered-by-probes",
+        "S44: the broker goes down for 10 s. The stable link's loss is retried at once "
+        "and refused; after the first backoff delay the machine probes every 500 ms "
+        "instead of making attempts (refused probes, then probes that get no answer); "
+        "the first probe answered after the broker is back opens attempt 2, which "
+        "connects. One failed attempt in the whole outage.",
+        plain(probe_interval_ms=500, stable_period_ms=10000, liveness_timeout_ms=None),
+        scenario="S44",
+    )
+    v.step(0, start())
+    v.step(10, ok(1))
+    v.step(12000, lost(1), "stable: a new outage, retried at once")
+    v.step(12005, fail(2), "refused")
+    v.fire("the wait is over: probe")
+    t = v.steps[-1]["at_ms"]
+    p = 1
+    while t + 500 <= 22000:
+        v.step(t + 2, probed(p, "unreachable"), "refused")
+        v.fire()
+        t = v.steps[-1]["at_ms"]
+        p += 1
+    v.fire("unanswered: the next probe")
+    p += 1
+    t = v.steps[-1]["at_ms"]
+    v.step(t + 3, probed(p, "reachable"), "the broker is back")
+    v.step(t + 20, ok(3))
+
+
+def probe_rules():
+    v = Vector(
+        "probe-rules",
+        "A transport that cannot probe answers unsupported: the attempt opens at once "
+        "and the machine never probes again (the next wait ends in an open). A lingering "
+        "link is never probed around: its wait ends in close and open.",
+        plain(probe_interval_ms=500),
+    )
+    v.step(0, start())
+    v.step(10, fail(1))
+    v.fire("probe 1")
+    v.step(1020, probed(1, "unsupported"), "opens attempt 2, probing ends")
+    v.step(1030, fail(2))
+    v.fire("no probe: an open")
+    w = Vector(
+        "probe-lingering",
+        "With a resume grace, a lost link lingers through the wait and the wait ends in "
+        "its close and an open, without a probe; the next wait, with no link lingering, "
+        "is probed.",
+        plain(probe_interval_ms=500, resume_grace_ms=3000),
+    )
+    w.step(0, start())
+    w.step(10, ok(1))
+    w.step(2000, lost(1), "stable: lingers for the grace")
+    w.fire("close the lingering link and open: no probe")
+    w.step(5010, fail(2))
+    w.fire("probe 1")
+    u = Vector(
+        "probe-max-elapsed",
+        "With max_elapsed_ms, a probe is sent only while one more interval fits in the "
+        "budget; past that the last attempt is made at once, and its failure gives up.",
+        plain(probe_interval_ms=500, max_elapsed_ms=2500),
+    )
+    u.step(0, start())
+    u.step(10, fail(1))
+    u.fire("probe 1 at 1010")
+    u.step(1020, probed(1, "unreachable"))
+    u.fire("probe 2 at 1510")
+    u.fire("2010 + 500 > 2500: the last attempt instead of probe 3")
+    u.step(2020, fail(2), "gives up")
+    x = Vector(
+        "probe-stale-everywhere",
+        "An answer to a probe is stale in every state but backing_off with that probe "
+        "unanswered: idle, connecting, connected, blocked, closing, closed and failed "
+        "count it in stale_inputs and change nothing.",
+        plain(probe_interval_ms=500, blocked_timeout_ms=None, max_attempts=1),
+    )
+    x.step(0, probed(1, "reachable"), "idle")
+    x.step(0, start())
+    x.step(5, probed(1, "reachable"), "connecting")
+    x.step(10, ok(1))
+    x.step(15, probed(1, "unsupported"), "connected")
+    x.step(20, blocked(1))
+    x.step(25, probed(1, "unreachable"), "blocked")
+    x.step(30, shutdown())
+    x.step(35, probed(1, "reachable"), "closing")
+    x.step(40, close_completed())
+    x.step(45, probed(1, "reachable"), "closed")
+    y = Vector(
+        "probe-stale-failed",
+        "In failed, an answer to a probe is stale.",
+        plain(probe_interval_ms=500, max_attempts=1),
+    )
+    y.step(0, start())
+    y.step(10, fail(1), "max_attempts 1: gives up")
+    y.step(20, probed(1, "reachable"), "failed")
+    ConfigErrorVector("config-probe-interval-zero",
+                      "A probe interval of 0 is rejected.",
+                      {"probe_interval_ms": 0}, "zero")
+
+
 # ---- branches -------------------------------------------------------------------
 
 def branches():
@@ -1431,7 +1575,7 @@ def main():
         s01, s02, s03, s04, s05, s06, s07, s08, s09, s10, s11, s12, s13, s14, s16, s17,
         s19, s19_lingering, s20, s23, s23_modes, s23_outages, s23_invalid, s29, s34, s35,
         s38, s38_retries, s38_link, s40, s40_budget, s41, s43, branches, budget_rules,
-        budget_config_errors,
+        budget_config_errors, row_backing_off_probing, s44, probe_rules,
     ]:
         f()
     names = [v.name for v in VECTORS]

@@ -32,6 +32,7 @@ DEFAULTS = {
     "close_timeout_ms": 5000,
     "resume_grace_ms": None,
     "permanent_retries": 0,
+    "probe_interval_ms": None,
 }
 
 
@@ -83,6 +84,8 @@ def full_config(cfg):
             raise ConfigError("blocked_timeout_too_short")
     if out["resume_grace_ms"] is not None:
         check_ms(out["resume_grace_ms"])
+    if out["probe_interval_ms"] is not None:
+        check_ms(out["probe_interval_ms"])
     if out["max_attempts"] == 0:
         raise ConfigError("zero_attempts")
     rb = out["retry_budget"]
@@ -187,10 +190,13 @@ class Machine:
         self.outage = None  # {"started", "attempts", "permanent"}
         self.backoff = Backoff(self.c["backoff"], self.c["seed"])
         self.retry_tokens = None  # (tokens, since); None: never spent, full
+        self.next_probe = 1
+        self.probes_unsupported = False
         self.out = []
         self.now = None
         self.stats = dict(
-            stale_inputs=0, ignored_inputs=0, opens=0, closes=0, failed_attempts=0, outages=0
+            stale_inputs=0, ignored_inputs=0, opens=0, closes=0, failed_attempts=0, outages=0,
+            probes=0,
         )
 
     # -- observers ---------------------------------------------------------
@@ -237,6 +243,10 @@ class Machine:
         self.now = now
         t = inp["type"]
         if t in GEN_INPUTS and inp["generation"] != self.gen:
+            self.stats["stale_inputs"] += 1
+            return
+        # Section 8: an answer to any probe but the unanswered one is stale.
+        if t == "probed" and inp["probe"] != self.state.get("probe"):
             self.stats["stale_inputs"] += 1
             return
         handled = getattr(self, "on_" + t)(now, inp)
@@ -375,6 +385,9 @@ class Machine:
             elif s["deadline"] is not None and s["deadline"] <= now:
                 self.link_down(now, s["link"], "blocked_too_long", "transient", False)
         elif k == "backing_off":
+            if s["lingering"] is None and self.probing():
+                self.probe_or_open(now, s["attempt"])
+                return True
             if s["lingering"] is not None:
                 self.retire(s["lingering"])
             self.open(now, "backoff_elapsed")
@@ -382,7 +395,40 @@ class Machine:
             self.set_state({"kind": "closed"}, "close_timeout")
         return True
 
+    def on_probed(self, now, inp):
+        # Only the unanswered probe of backing_off gets here (section 8).
+        s = self.state
+        if inp["outcome"] == "unreachable":
+            # The next probe starts when this one's time is up (`until`).
+            s["probe"] = None
+        else:
+            if inp["outcome"] == "unsupported":
+                self.probes_unsupported = True
+            self.open(now, "backoff_elapsed")
+        return True
+
     # -- procedures -------------------------------------------------------------
+    def probing(self):
+        return self.c["probe_interval_ms"] is not None and not self.probes_unsupported
+
+    def probe_or_open(self, now, attempt):
+        interval = self.c["probe_interval_ms"]
+        me = self.c["max_elapsed_ms"]
+        if me is not None and (now - self.outage["started"]) + interval > me:
+            self.open(now, "backoff_elapsed")
+            return
+        p = self.next_probe
+        self.next_probe += 1
+        self.state = {
+            "kind": "backing_off",
+            "attempt": attempt,
+            "until": now + interval,
+            "lingering": None,
+            "probe": p,
+        }
+        self.stats["probes"] += 1
+        self.out.append({"type": "probe", "probe": p})
+
     def new_link(self, now, gen, attempt):
         h = self.c["liveness_timeout_ms"]
         liveness = None if h is None else {"next_check": now + h // 2, "missed": 0, "seen": False}
@@ -474,6 +520,7 @@ class Machine:
                 "attempt": o["attempts"] + 1,
                 "until": now + wait,
                 "lingering": lingering,
+                "probe": None,
             },
             reason,
         )

@@ -47,6 +47,7 @@ struct RawConfig {
     close_us: u64,
     grace_us: Option<u64>,
     permanent_retries: u32,
+    probe_us: Option<u64>,
     seed: u64,
 }
 
@@ -98,6 +99,7 @@ impl RawConfig {
             .close_timeout(us(self.close_us))
             .resume_grace(self.grace_us.map(us))
             .permanent_retries(self.permanent_retries)
+            .probe_interval(self.probe_us.map(us))
             .seed(self.seed)
             .build();
         match built {
@@ -138,6 +140,7 @@ impl RawConfig {
             .close_timeout(ms(1 + self.close_us % 10_000))
             .resume_grace(self.grace_us.map(|g| ms(1 + g % 10_000)))
             .permanent_retries(self.permanent_retries % 4)
+            .probe_interval(self.probe_us.map(|p| ms(1 + p % 3_000)))
             .seed(self.seed)
             .build()
             .expect("mapped configuration is valid")
@@ -209,7 +212,20 @@ fuzz_target!(|case: Case| {
                     GenSel::Newer(k) => Generation(current.saturating_add(u64::from(k) + 1)),
                     GenSel::Raw => input.generation().unwrap_or_default(),
                 };
-                with_generation(input, generation)
+                match input {
+                    // The selector picks a probe number the same way.
+                    Input::Probed { probe, outcome } => {
+                        let latest = machine.stats().probes;
+                        let probe = match sel {
+                            GenSel::Current => latest,
+                            GenSel::Older(k) => latest.saturating_sub(u64::from(k) + 1),
+                            GenSel::Newer(k) => latest.saturating_add(u64::from(k) + 1),
+                            GenSel::Raw => probe,
+                        };
+                        Input::Probed { probe, outcome }
+                    }
+                    other => with_generation(other, generation),
+                }
             }
             Op::Advance(d) => {
                 now += ms(u64::from(d));

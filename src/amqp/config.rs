@@ -156,6 +156,7 @@ pub struct AmqpConfig {
     pub(crate) consumer_buffer: usize,
     pub(crate) prefetch: u16,
     pub(crate) message_id_prefix: Option<String>,
+    pub(crate) probe_interval: Option<Duration>,
 }
 
 impl AmqpConfig {
@@ -182,7 +183,19 @@ impl AmqpConfig {
             consumer_buffer: 256,
             prefetch: DEFAULT_PREFETCH,
             message_id_prefix: None,
+            probe_interval: Some(crate::runtime::DEFAULT_PROBE_INTERVAL),
         }
+    }
+
+    /// How often the broker is probed once a backoff wait is over (default
+    /// 500 ms; `None`: attempts on the backoff schedule alone). A probe is a
+    /// TCP connect and the AMQP protocol header, answered by the broker's
+    /// `connection.start`; the attempt is made as soon as one is answered,
+    /// so the engine is back within one interval of the broker's return
+    /// without a full handshake per check.
+    pub fn probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.probe_interval = interval;
+        self
     }
 
     /// The connection name shown by the broker (`rabbitmqctl list_connections name`).
@@ -341,6 +354,7 @@ impl AmqpConfig {
             .liveness_timeout(heartbeat)
             .blocked_timeout(self.blocked_timeout)
             .stable_period(self.stable_period)
+            .probe_interval(self.probe_interval)
             .close_timeout(
                 self.close_timeout
                     .saturating_mul(2)

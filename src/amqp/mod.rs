@@ -55,6 +55,7 @@ mod frame_guard;
 mod link;
 mod probe;
 mod publish;
+mod reach;
 mod topology;
 
 use std::fmt;
@@ -85,7 +86,7 @@ pub use topology::{Queue, QueueRef};
 /// appear in this module's API).
 pub use lapin;
 
-use crate::machine::Generation;
+use crate::machine::{Generation, ProbeOutcome};
 use crate::runtime::{OpenContext, Transport};
 use link::Role;
 use topology::{Entry, Log};
@@ -525,5 +526,10 @@ impl Transport for AmqpTransport {
             let timeout = shared.config.close_timeout;
             link::close(&shared, link, timeout).await;
         }
+    }
+
+    /// A TCP connect and the protocol header, no session (see docs/amqp.md).
+    fn probe(&self) -> impl Future<Output = ProbeOutcome> + Send + 'static {
+        reach::probe(&self.shared.uri)
     }
 }

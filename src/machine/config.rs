@@ -104,6 +104,7 @@ pub struct Config {
     pub(crate) close_timeout_ms: u64,
     pub(crate) resume_grace_ms: Option<u64>,
     pub(crate) permanent_retries: u32,
+    pub(crate) probe_interval_ms: Option<u64>,
     pub(crate) seed: u64,
 }
 
@@ -175,6 +176,11 @@ impl Config {
     pub fn permanent_retries(&self) -> u32 {
         self.permanent_retries
     }
+    /// How often the broker is probed once a backoff wait is over
+    /// (`None`: no probes, attempts on the schedule alone).
+    pub fn probe_interval(&self) -> Option<Duration> {
+        self.probe_interval_ms.map(Duration::from_millis)
+    }
     /// The PRNG seed.
     pub fn seed(&self) -> u64 {
         self.seed
@@ -196,6 +202,7 @@ pub struct ConfigBuilder {
     close_timeout: Duration,
     resume_grace: Option<Duration>,
     permanent_retries: u32,
+    probe_interval: Option<Duration>,
     seed: Option<u64>,
 }
 
@@ -214,6 +221,7 @@ impl Default for ConfigBuilder {
             close_timeout: Duration::from_secs(5),
             resume_grace: None,
             permanent_retries: 0,
+            probe_interval: None,
             seed: None,
         }
     }
@@ -289,6 +297,15 @@ impl ConfigBuilder {
         self.permanent_retries = retries;
         self
     }
+    /// Probe the broker every `interval` once a backoff wait is over, and
+    /// make the attempt when a probe finds it reachable (default: `None`, no
+    /// probes: a generic transport may not implement
+    /// [`crate::runtime::Transport::probe`]; the AMQP and MQTT adapters turn
+    /// them on). A probe unanswered after `interval` counts as unreachable.
+    pub fn probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.probe_interval = interval;
+        self
+    }
     /// The PRNG seed for jitter. When unset, `build` takes one from the
     /// standard library's per-process random keys, so that a fleet spreads.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -345,6 +362,10 @@ impl ConfigBuilder {
                 refill_ms: positive_ms("retry_budget.refill", b.refill)?,
             }),
         };
+        let probe_interval_ms = self
+            .probe_interval
+            .map(|d| positive_ms("probe_interval", d))
+            .transpose()?;
         let seed = self.seed.unwrap_or_else(random_seed);
         Ok(Config {
             backoff: self.backoff,
@@ -359,6 +380,7 @@ impl ConfigBuilder {
             close_timeout_ms,
             resume_grace_ms,
             permanent_retries: self.permanent_retries,
+            probe_interval_ms,
             seed,
         })
     }

@@ -318,7 +318,12 @@ impl Checker {
         let before_kind = self.kind;
         let before_gen = self.generation;
         let timer_due = self.timeout.is_some_and(|t| t <= now);
-        let stale = input.generation().is_some_and(|g| g != before_gen);
+        let unanswered = match &self.state {
+            State::BackingOff { probe, .. } => *probe,
+            _ => None,
+        };
+        let stale = input.generation().is_some_and(|g| g != before_gen)
+            || matches!(input, Input::Probed { probe, .. } if Some(*probe) != unanswered);
         let unchanged = outputs.is_empty()
             && machine.state() == &self.state
             && machine.generation() == before_gen;
@@ -330,8 +335,7 @@ impl Checker {
                 input,
                 unchanged,
                 StaleInputInert,
-                "input for generation {:?} (current {before_gen}) had an effect: {outputs:?}, state {:?}",
-                input.generation(),
+                "stale input {input:?} (current generation {before_gen}) had an effect: {outputs:?}, state {:?}",
                 machine.state()
             );
         }
@@ -383,6 +387,7 @@ impl Checker {
 
         // ---- walk the outputs in order ---------------------------------
         let mut opens = 0u64;
+        let mut probes = 0u64;
         let mut closes = 0u64;
         let mut opened: Option<(Generation, u32)> = None;
         let mut gave_up: Option<FailCause> = None;
@@ -468,6 +473,33 @@ impl Checker {
                     self.next_attempt = attempt.saturating_add(1);
                     opened = Some((generation, attempt));
                     opens += 1;
+                }
+                Output::Probe { probe } => {
+                    probes += 1;
+                    ensure!(
+                        self,
+                        input,
+                        probe == self.stats.probes.saturating_add(probes),
+                        StatsConsistent,
+                        "Probe({probe}) after {} probes",
+                        self.stats.probes.saturating_add(probes - 1)
+                    );
+                    ensure!(
+                        self,
+                        input,
+                        self.kind == StateKind::BackingOff && self.open_link.is_none(),
+                        SingleLink,
+                        "Probe({probe}) in state {} with link {:?} open",
+                        self.kind,
+                        self.open_link
+                    );
+                    ensure!(
+                        self,
+                        input,
+                        !self.shut_down,
+                        ShutdownIsFinal,
+                        "Probe({probe}) after a shutdown"
+                    );
                 }
                 Output::Close { generation } => {
                     ensure!(
@@ -742,7 +774,15 @@ impl Checker {
                 attempt,
                 until,
                 lingering,
+                probe,
             } => {
+                ensure!(
+                    self,
+                    input,
+                    probe.is_none() || lingering.is_none(),
+                    SingleLink,
+                    "probe {probe:?} while link {lingering:?} lingers"
+                );
                 ensure!(
                     self,
                     input,
@@ -921,9 +961,10 @@ impl Checker {
             input,
             stats.opens.wrapping_sub(self.stats.opens) == opens
                 && stats.closes.wrapping_sub(self.stats.closes) == closes
+                && stats.probes.wrapping_sub(self.stats.probes) == probes
                 && stats.stale_inputs.wrapping_sub(self.stats.stale_inputs) == u64::from(stale),
             StatsConsistent,
-            "stats {stats:?} after {:?}: {opens} opens, {closes} closes, stale {stale}",
+            "stats {stats:?} after {:?}: {opens} opens, {closes} closes, {probes} probes, stale {stale}",
             self.stats
         );
 

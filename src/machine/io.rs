@@ -42,6 +42,21 @@ pub enum ErrorKind {
     Permanent,
 }
 
+/// What a reachability probe found (see [`Output::Probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum ProbeOutcome {
+    /// The broker answered: an attempt now would reach it.
+    Reachable,
+    /// Refused, reset, or no answer: an attempt now would fail.
+    Unreachable,
+    /// The transport cannot probe: the machine stops probing for good and
+    /// makes its attempts on the backoff schedule alone.
+    Unsupported,
+}
+
 /// Everything that can happen to the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -90,6 +105,13 @@ pub enum Input {
         /// The link.
         generation: Generation,
     },
+    /// The answer to [`Output::Probe`] number `probe`.
+    Probed {
+        /// The probe's number, as the output gave it.
+        probe: u64,
+        /// What it found.
+        outcome: ProbeOutcome,
+    },
     /// The user asks for a new link now (skips a backoff wait; leaves `Failed`).
     ReconnectNow,
     /// The user asks to stop: close the link and never reconnect.
@@ -112,6 +134,7 @@ impl Input {
             | Input::Blocked { generation }
             | Input::Unblocked { generation } => Some(generation),
             Input::Start
+            | Input::Probed { .. }
             | Input::ReconnectNow
             | Input::Shutdown
             | Input::CloseCompleted
@@ -149,6 +172,16 @@ pub enum Output {
         generation: Generation,
         /// Why.
         reason: Reason,
+    },
+    /// Check, cheaply and without opening a link, whether the broker answers
+    /// now (a TCP connect and the protocol's first exchange); answer with
+    /// `Probed` carrying the same number. Emitted only while backing off,
+    /// once the backoff delay has passed, and never while another probe is
+    /// unanswered. A probe has until the next one is due: an answer after
+    /// that is ignored, so the driver may drop an older probe's work.
+    Probe {
+        /// The probe's number (strictly increasing).
+        probe: u64,
     },
     /// No inbound traffic on link `generation` for the liveness timeout: it is dead.
     LivenessLost {

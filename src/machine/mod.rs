@@ -46,7 +46,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub use config::{Config, ConfigBuilder, ConfigError, RetryBudget};
-pub use io::{ErrorKind, FailCause, Generation, Input, Output, Reason, StateKind};
+pub use io::{ErrorKind, FailCause, Generation, Input, Output, ProbeOutcome, Reason, StateKind};
 pub use state::{Link, Liveness, State};
 
 use crate::backoff::BackoffState;
@@ -67,6 +67,8 @@ pub struct MachineStats {
     pub failed_attempts: u64,
     /// Times an up link went down.
     pub outages: u64,
+    /// `Probe` outputs emitted.
+    pub probes: u64,
 }
 
 /// The bookkeeping of the current outage; reset only when a link that stayed
@@ -89,6 +91,10 @@ pub struct Machine {
     /// Immediate retries left, and since when the budget earns the next
     /// (`None`: never spent, full).
     retry_tokens: Option<(u32, Instant)>,
+    /// The number the next probe gets.
+    next_probe: u64,
+    /// The transport answered `Unsupported`: no more probes.
+    probes_unsupported: bool,
     outputs: VecDeque<Output>,
     now: Option<Instant>,
     stats: MachineStats,
@@ -105,6 +111,8 @@ impl Machine {
             outage: None,
             backoff,
             retry_tokens: None,
+            next_probe: 1,
+            probes_unsupported: false,
             outputs: VecDeque::new(),
             now: None,
             stats: MachineStats::default(),
@@ -199,6 +207,7 @@ impl Machine {
             Input::Activity { .. } => self.on_activity(),
             Input::Blocked { .. } => self.on_blocked(now),
             Input::Unblocked { .. } => self.on_unblocked(),
+            Input::Probed { probe, outcome } => self.on_probed(now, probe, outcome),
             Input::ReconnectNow => self.on_reconnect_now(now),
             Input::Shutdown => self.on_shutdown(now),
             Input::CloseCompleted => self.on_close_completed(),
@@ -330,6 +339,45 @@ impl Machine {
         true
     }
 
+    fn on_probed(&mut self, now: Instant, answered: u64, outcome: ProbeOutcome) -> bool {
+        let State::BackingOff {
+            attempt,
+            until,
+            lingering,
+            probe: Some(probe),
+        } = self.state
+        else {
+            return self.stale_probe(answered);
+        };
+        if answered != probe {
+            return self.stale_probe(answered);
+        }
+        match outcome {
+            ProbeOutcome::Reachable => self.open(now, Reason::BackoffElapsed),
+            ProbeOutcome::Unsupported => {
+                self.probes_unsupported = true;
+                self.open(now, Reason::BackoffElapsed);
+            }
+            // The next probe starts when this one's time is up.
+            ProbeOutcome::Unreachable => {
+                self.state = State::BackingOff {
+                    attempt,
+                    until,
+                    lingering,
+                    probe: None,
+                };
+            }
+        }
+        true
+    }
+
+    /// An answer to a probe that is not the one in flight changes nothing.
+    fn stale_probe(&mut self, probe: u64) -> bool {
+        self.stats.stale_inputs = self.stats.stale_inputs.saturating_add(1);
+        tracing::trace!(probe, "stale probe answer dropped");
+        true
+    }
+
     fn on_reconnect_now(&mut self, now: Instant) -> bool {
         match self.state {
             State::Connected(link) | State::Blocked { link, .. } => {
@@ -408,7 +456,13 @@ impl Machine {
                     self.state = State::Blocked { link, deadline };
                 }
             }
-            State::BackingOff { lingering, .. } => {
+            State::BackingOff {
+                attempt, lingering, ..
+            } => {
+                if lingering.is_none() && self.probing() {
+                    self.probe_or_open(now, attempt);
+                    return true;
+                }
                 if let Some(generation) = lingering {
                     self.retire(generation);
                 }
@@ -535,6 +589,7 @@ impl Machine {
             attempt: outage.attempts.saturating_add(1),
             until: later(now, wait),
             lingering,
+            probe: None,
         };
         self.set_state(next, reason);
     }
@@ -564,6 +619,37 @@ impl Machine {
         };
         self.retry_tokens = Some((tokens.saturating_sub(1), since));
         tokens > 0
+    }
+
+    /// Probes are configured and the transport did not refuse them.
+    fn probing(&self) -> bool {
+        self.config.probe_interval_ms.is_some() && !self.probes_unsupported
+    }
+
+    /// The backoff wait (or the last probe's time) is over: emits the next
+    /// probe, or makes the attempt at once when another probe interval
+    /// would outlast `max_elapsed` (its failure then gives up, as ever).
+    fn probe_or_open(&mut self, now: Instant, attempt: u32) {
+        let outage = self.outage.expect("an outage is under way");
+        let interval = self.config.probe_interval_ms.expect("probing is on");
+        if self
+            .config
+            .max_elapsed_ms
+            .is_some_and(|max| elapsed_ms(now, outage.started).saturating_add(interval) > max)
+        {
+            self.open(now, Reason::BackoffElapsed);
+            return;
+        }
+        let probe = self.next_probe;
+        self.next_probe = probe.saturating_add(1);
+        self.state = State::BackingOff {
+            attempt,
+            until: later(now, interval),
+            lingering: None,
+            probe: Some(probe),
+        };
+        self.stats.probes = self.stats.probes.saturating_add(1);
+        self.outputs.push_back(Output::Probe { probe });
     }
 
     /// Emits `Open` for the current (fresh) generation.
@@ -681,6 +767,137 @@ mod tests {
 
     fn drain(m: &mut Machine, t: Instant) {
         while m.poll(t).is_some() {}
+    }
+
+    fn outputs(m: &mut Machine, t: Instant) -> Vec<Output> {
+        std::iter::from_fn(|| m.poll(t)).collect()
+    }
+
+    /// A probing machine whose first attempt failed: backing off before
+    /// attempt 2, with the wait and the probe interval returned.
+    fn probing_after_a_failure(max_elapsed: Option<Duration>) -> (Machine, Instant, Instant) {
+        let config = Config::builder()
+            .seed(3)
+            .probe_interval(Some(Duration::from_millis(500)))
+            .max_elapsed(max_elapsed)
+            .build()
+            .unwrap();
+        let mut m = Machine::new(config);
+        let t = Instant::now();
+        m.handle(t, Input::Start);
+        drain(&mut m, t);
+        let generation = m.generation();
+        m.handle(
+            t,
+            Input::AttemptFailed {
+                generation,
+                kind: ErrorKind::Transient,
+            },
+        );
+        drain(&mut m, t);
+        let until = m.poll_timeout().expect("backing off");
+        (m, t, until)
+    }
+
+    #[test]
+    fn probes_start_when_the_backoff_wait_ends_and_a_reachable_one_opens() {
+        let (mut m, _, until) = probing_after_a_failure(None);
+        assert_eq!(outputs(&mut m, until), vec![Output::Probe { probe: 1 }]);
+        assert_eq!(m.kind(), StateKind::BackingOff);
+        // Refused: the next probe starts one interval after the first.
+        m.handle(
+            until,
+            Input::Probed {
+                probe: 1,
+                outcome: ProbeOutcome::Unreachable,
+            },
+        );
+        assert_eq!(m.poll_timeout(), Some(until + Duration::from_millis(500)));
+        let next = until + Duration::from_millis(500);
+        assert_eq!(outputs(&mut m, next), vec![Output::Probe { probe: 2 }]);
+        // Unanswered: at its time up the next probe starts, the late answer is stale.
+        let later = next + Duration::from_millis(500);
+        assert_eq!(outputs(&mut m, later), vec![Output::Probe { probe: 3 }]);
+        let stale = m.stats().stale_inputs;
+        m.handle(
+            later,
+            Input::Probed {
+                probe: 2,
+                outcome: ProbeOutcome::Reachable,
+            },
+        );
+        assert_eq!(m.kind(), StateKind::BackingOff);
+        assert_eq!(m.stats().stale_inputs, stale + 1);
+        m.handle(
+            later,
+            Input::Probed {
+                probe: 3,
+                outcome: ProbeOutcome::Reachable,
+            },
+        );
+        let out = outputs(&mut m, later);
+        assert!(
+            matches!(out.last(), Some(Output::Open { attempt: 2, .. })),
+            "{out:?}"
+        );
+        assert_eq!(m.stats().probes, 3);
+    }
+
+    #[test]
+    fn an_unsupported_answer_opens_and_ends_probing_for_good() {
+        let (mut m, _, until) = probing_after_a_failure(None);
+        assert_eq!(outputs(&mut m, until), vec![Output::Probe { probe: 1 }]);
+        m.handle(
+            until,
+            Input::Probed {
+                probe: 1,
+                outcome: ProbeOutcome::Unsupported,
+            },
+        );
+        drain(&mut m, until);
+        assert_eq!(m.kind(), StateKind::Connecting);
+        let generation = m.generation();
+        m.handle(
+            until,
+            Input::AttemptFailed {
+                generation,
+                kind: ErrorKind::Transient,
+            },
+        );
+        drain(&mut m, until);
+        let next = m.poll_timeout().unwrap();
+        let out = outputs(&mut m, next);
+        assert!(
+            matches!(out.last(), Some(Output::Open { attempt: 3, .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn probing_that_would_outlast_max_elapsed_makes_the_last_attempt_instead() {
+        let (mut m, t, until) = probing_after_a_failure(Some(Duration::from_secs(4)));
+        let mut now = until;
+        loop {
+            let out = outputs(&mut m, now);
+            if let Some(Output::Open { .. }) = out.last() {
+                break;
+            }
+            assert!(matches!(out.as_slice(), [Output::Probe { .. }]), "{out:?}");
+            now = m.poll_timeout().unwrap();
+            assert!(
+                now <= t + Duration::from_secs(4),
+                "probing past max_elapsed"
+            );
+        }
+        let generation = m.generation();
+        m.handle(
+            now,
+            Input::AttemptFailed {
+                generation,
+                kind: ErrorKind::Transient,
+            },
+        );
+        assert_eq!(m.kind(), StateKind::Failed);
     }
 
     /// `poll` judges a due timer at the clamped time, as `handle` would:

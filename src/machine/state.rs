@@ -31,11 +31,14 @@ pub enum State {
     BackingOff {
         /// The attempt that will be made (1-based).
         attempt: u32,
-        /// When it will be made.
+        /// When it will be made; with probes, when the next probe starts
+        /// (the backoff wait is over once one was sent).
         until: Instant,
         /// A lost link that may still resume by itself during the wait
         /// (only with a resume grace); it is closed before the next open.
         lingering: Option<Generation>,
+        /// The unanswered probe, if any: its answer opens the attempt.
+        probe: Option<u64>,
     },
     /// Shutting down: the driver is closing the last link.
     Closing {

@@ -101,6 +101,7 @@ pub struct MqttConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) disconnect_timeout: Duration,
     pub(crate) inbound_capacity: usize,
+    pub(crate) probe_interval: Option<Duration>,
 }
 
 impl MqttConfig {
@@ -125,7 +126,18 @@ impl MqttConfig {
             connect_timeout: Duration::from_secs(10),
             disconnect_timeout: Duration::from_millis(500),
             inbound_capacity: 100,
+            probe_interval: Some(crate::runtime::DEFAULT_PROBE_INTERVAL),
         }
+    }
+
+    /// How often the broker is probed once a backoff wait is over (default
+    /// 500 ms; `None`: attempts on the backoff schedule alone). A probe is a
+    /// TCP connect and a CONNECT the broker must refuse at once (see
+    /// docs/mqtt.md); the attempt is made as soon as one is answered, so the
+    /// engine is back within one interval of the broker's return.
+    pub fn probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.probe_interval = interval;
+        self
     }
 
     /// Username and password sent in CONNECT.
@@ -291,6 +303,7 @@ impl MqttConfig {
         let liveness = (!self.keep_alive.is_zero()).then_some(self.keep_alive);
         ConfigBuilder::default()
             .liveness_timeout(liveness)
+            .probe_interval(self.probe_interval)
             // Saturating: an unvalidated huge timeout is `build`'s error.
             .connect_timeout(self.connect_timeout.saturating_add(ENGINE_CONNECT_SLACK))
     }

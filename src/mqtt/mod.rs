@@ -58,6 +58,7 @@ mod error;
 mod inbound;
 mod link;
 mod message;
+mod reach;
 mod transport;
 
 pub use config::{MqttConfig, MqttConfigError, RestorePolicy};

@@ -10,10 +10,12 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
 };
 
+use crate::machine::ProbeOutcome;
 use crate::mqtt::config::{MqttConfig, MqttConfigError, RestorePolicy};
 use crate::mqtt::error::{MqttError, SubscribeError};
 use crate::mqtt::inbound::{self, InboundTx, Messages};
 use crate::mqtt::link::{LinkInner, LinkParams, MqttLink, SessionCounter, SessionGuard};
+use crate::mqtt::reach;
 use crate::runtime::{OpenContext, Transport};
 
 /// Filters per SUBSCRIBE packet when restoring (keeps packets small).
@@ -441,5 +443,12 @@ impl Transport for MqttTransport {
             }
             link.close().await;
         }
+    }
+
+    /// A TCP connect and a CONNECT every broker refuses, no session (see
+    /// docs/mqtt.md).
+    fn probe(&self) -> impl Future<Output = ProbeOutcome> + Send + 'static {
+        let config = &self.inner.config;
+        reach::probe(config.host.clone(), config.port, config.tls.is_some())
     }
 }

@@ -12,7 +12,9 @@ use std::time::Instant;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::machine::{ErrorKind, Generation, Input, Machine, Output, Reason, State, StateKind};
+use crate::machine::{
+    ErrorKind, Generation, Input, Machine, Output, ProbeOutcome, Reason, State, StateKind,
+};
 use crate::runtime::events::{Event, SharedError};
 use crate::runtime::handle::{Handle, Inner, Snapshot};
 use crate::runtime::step::{Effects, Step, Work};
@@ -43,6 +45,12 @@ struct Opening<T: Transport> {
     task: JoinHandle<OpenResult<T>>,
 }
 
+/// The probe in flight: at most one, dropped when the machine moves on.
+struct Probing {
+    probe: u64,
+    task: JoinHandle<ProbeOutcome>,
+}
+
 /// Runs one engine. Built by [`crate::runtime::Engine`].
 pub(crate) struct Driver<T: Transport> {
     step: Step,
@@ -57,6 +65,7 @@ struct Io<T: Transport> {
     snapshot_tx: watch::Sender<Snapshot>,
     links_tx: watch::Sender<Option<CurrentLink<T::Link>>>,
     opening: Option<Opening<T>>,
+    probing: Option<Probing>,
     link: Option<(Generation, T::Link)>,
     down_since: Option<DownSince>,
     last_error: Option<SharedError>,
@@ -77,6 +86,7 @@ enum Wake<T: Transport> {
     Work,
     Timer,
     Opened(Result<OpenResult<T>, tokio::task::JoinError>),
+    Probed(u64, Result<ProbeOutcome, tokio::task::JoinError>),
 }
 
 pub(crate) fn now() -> Instant {
@@ -97,6 +107,7 @@ impl<T: Transport> Driver<T> {
             snapshot_tx,
             links_tx,
             opening: None,
+            probing: None,
             link: None,
             down_since: Some(DownSince {
                 at: now(),
@@ -124,8 +135,16 @@ impl<T: Transport> Driver<T> {
                     self.feed(Input::Timeout).await;
                 }
                 Wake::Opened(result) => self.opened(result).await,
+                Wake::Probed(probe, result) => {
+                    self.io.probing = None;
+                    tracing::debug!(probe, ?result, "probe answered");
+                    // A probe that panicked is a transport bug: stop probing.
+                    let outcome = result.unwrap_or(ProbeOutcome::Unsupported);
+                    self.feed(Input::Probed { probe, outcome }).await;
+                }
             }
         }
+        self.io.drop_probe();
         self.io.links_tx.send_replace(None);
         tracing::debug!("driver stopped");
     }
@@ -145,10 +164,17 @@ impl<T: Transport> Driver<T> {
                 None => pending().await,
             }
         };
+        let probed = async {
+            match &mut self.io.probing {
+                Some(p) => (p.probe, (&mut p.task).await),
+                None => pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = work => Wake::Work,
             r = opened => Wake::Opened(r),
+            (probe, r) = probed => Wake::Probed(probe, r),
             () = timer => Wake::Timer,
         }
     }
@@ -236,6 +262,7 @@ impl<T: Transport> Driver<T> {
                     generation,
                     attempt,
                 });
+                io.drop_probe();
                 let ctx = OpenContext {
                     generation,
                     attempt,
@@ -251,6 +278,18 @@ impl<T: Transport> Driver<T> {
             Output::Close { generation } => {
                 let timeout = self.step.machine().config().close_timeout();
                 io.close(generation, timeout).await;
+            }
+            Output::Probe { probe } => {
+                tracing::debug!(probe, "probing the broker");
+                io.handle
+                    .inner
+                    .counters
+                    .probes
+                    .fetch_add(1, Ordering::Relaxed);
+                // The machine ignores the older probe's answer: stop its work.
+                io.drop_probe();
+                let task = tokio::spawn(io.transport.probe());
+                io.probing = Some(Probing { probe, task });
             }
             report => io.report(self.step.machine(), report),
         }
@@ -344,7 +383,7 @@ impl<T: Transport> Effects for Io<T> {
                 self.emit(Event::GaveUp { cause, error });
             }
             // Actions: run by `execute`, never reported.
-            Output::Open { .. } | Output::Close { .. } => {}
+            Output::Open { .. } | Output::Close { .. } | Output::Probe { .. } => {}
         }
     }
 
@@ -371,6 +410,12 @@ impl<T: Transport> Effects for Io<T> {
 impl<T: Transport> Io<T> {
     /// Closes link `generation`, aborting its open if it is still running.
     /// Awaited inline: the next `Open` never starts before the close ends.
+    fn drop_probe(&mut self) {
+        if let Some(p) = self.probing.take() {
+            p.task.abort();
+        }
+    }
+
     async fn close(&mut self, generation: Generation, timeout: std::time::Duration) {
         if self
             .opening

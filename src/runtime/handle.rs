@@ -33,6 +33,9 @@ pub struct Stats {
     pub attempts: u64,
     /// Opens that succeeded.
     pub connects: u64,
+    /// Reachability probes sent while backing off (see
+    /// [`crate::runtime::Transport::probe`]); not counted in `attempts`.
+    pub probes: u64,
     /// Times an up link went down.
     pub outages: u64,
     /// Reports received from links and callbacks, in total.
@@ -55,6 +58,7 @@ pub struct Stats {
 pub(crate) struct DriverCounters {
     pub(crate) attempts: AtomicU64,
     pub(crate) connects: AtomicU64,
+    pub(crate) probes: AtomicU64,
     pub(crate) outages: AtomicU64,
     pub(crate) machine_stale: AtomicU64,
     /// Milliseconds + 1, so that 0 means "none yet".
@@ -181,6 +185,7 @@ impl Handle {
         Stats {
             attempts: c.attempts.load(Ordering::Relaxed),
             connects: c.connects.load(Ordering::Relaxed),
+            probes: c.probes.load(Ordering::Relaxed),
             outages: c.outages.load(Ordering::Relaxed),
             reports: r.reports.load(Ordering::Relaxed),
             stale_reports: r

@@ -113,6 +113,9 @@ impl ModelIo {
                     self.link = None;
                 }
             }
+            // A probe's answer comes back on the driver's own task, never
+            // through the shared mailbox: nothing here for loom to check.
+            Output::Probe { .. } => unreachable!("the models configure no probes"),
             Output::StateChanged { .. } | Output::LivenessLost { .. } | Output::GaveUp { .. } => {
                 unreachable!("the step reports these through `Effects::report`")
             }

@@ -34,7 +34,7 @@ pub use driver::{ConnectTimedOut, CurrentLink};
 pub use events::{Event, SharedError};
 pub use handle::{EngineError, Handle, LinkReporter, Snapshot, Stats};
 pub use shared::{LinkEvent, Report};
-pub use transport::{Classify, OpenContext, Transport};
+pub use transport::{Classify, DEFAULT_PROBE_INTERVAL, OpenContext, Transport};
 
 use crate::machine::{Config, Machine};
 use handle::{DriverCounters, Inner};

@@ -1,7 +1,8 @@
 //! The driver's step without I/O: which inputs a wake-up feeds the machine,
 //! in which order, and what becomes of the machine's outputs. The tokio
 //! driver (`driver.rs`) and the loom models (`loom_tests.rs`) both run this
-//! code; only the execution of `Open` and `Close` differs between them.
+//! code; only the execution of `Open`, `Close` and `Probe` differs between
+//! them.
 //!
 //! One input is fed as rounds: [`Step::feed`] hands the input to the
 //! machine and returns the first round's actions; the caller executes them
@@ -81,7 +82,7 @@ impl Step {
     }
 
     /// Feeds one input; returns the first round's actions (`Open`,
-    /// `Close`), to execute in order before calling [`Step::settle`].
+    /// `Close`, `Probe`), to execute in order before calling [`Step::settle`].
     pub(crate) fn feed(&mut self, input: Input, fx: &mut impl Effects) -> Vec<Output> {
         let before = self.machine.stats().stale_inputs;
         self.machine.handle(fx.now(), input);
@@ -117,7 +118,9 @@ impl Step {
         let mut actions = std::mem::take(&mut self.actions);
         while let Some(output) = self.machine.poll(fx.now()) {
             match output {
-                Output::Open { .. } | Output::Close { .. } => actions.push(output),
+                Output::Open { .. } | Output::Close { .. } | Output::Probe { .. } => {
+                    actions.push(output)
+                }
                 report => fx.report(&self.machine, report),
             }
         }

@@ -8,8 +8,13 @@
 
 use std::future::Future;
 
-use crate::machine::{ErrorKind, Generation};
+use crate::machine::{ErrorKind, Generation, ProbeOutcome};
 use crate::runtime::handle::LinkReporter;
+
+/// The probe interval the AMQP and MQTT adapters use by default: the
+/// engine is back within about this long after the broker returns, and a
+/// down broker sees one refused TCP connect per interval per engine.
+pub const DEFAULT_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An error that says whether retrying can help.
 pub trait Classify {
@@ -57,4 +62,19 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Closes a link (gracefully when it still can).
     fn close(&self, link: Self::Link) -> impl Future<Output = ()> + Send + 'static;
+
+    /// Checks whether an open would reach the broker now, at a fraction of
+    /// an open's cost: a TCP connect and the protocol's first exchange, no
+    /// session, no authentication. Answer `Unreachable` only when sure an
+    /// open now would fail for want of the broker (refused, reset before it
+    /// answered); when unsure, answer `Reachable`: a wrong `Reachable` costs
+    /// one attempt on the backoff schedule, a wrong `Unreachable` holds
+    /// recovery back. The driver drops the future when the probe's time is
+    /// up, which counts as unreachable.
+    ///
+    /// The default answers `Unsupported`: the engine then never probes and
+    /// makes its attempts on the backoff schedule alone.
+    fn probe(&self) -> impl Future<Output = ProbeOutcome> + Send + 'static {
+        std::future::ready(ProbeOutcome::Unsupported)
+    }
 }

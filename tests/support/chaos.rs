@@ -9,6 +9,12 @@
 //!   existing connection meanwhile are read and dropped, so the proxy still
 //!   notices a side closing; a connection accepted meanwhile waits, unread
 //!   and not yet dialled upstream, until the blackhole lifts;
+//! * [`ChaosProxy::blackhole_swallowing`] is a blackhole in which a
+//!   connection accepted meanwhile is never forwarded, not even after the
+//!   blackhole lifts (its bytes are read and dropped until the client gives
+//!   up), as in a partition that lost the SYNs and first bytes of the
+//!   connections made during it: only a connection made after it heals
+//!   works;
 //! * [`ChaosProxy::refuse`] accepts new connections and resets them at once
 //!   (counted by [`ChaosProxy::refused`], not by [`ChaosProxy::accepted`]);
 //! * [`ChaosProxy::drop_publishes`] drops, on AMQP 0-9-1 connections only,
@@ -40,6 +46,8 @@ struct Ctl {
     /// Bumped by every `sever()`.
     sever_epoch: u64,
     blackhole: bool,
+    /// Connections accepted during the blackhole are never forwarded.
+    swallow: bool,
     stopped: bool,
     drop_publishes: bool,
     /// `drop_client_to_broker(true)`: the client-to-broker pump is paused.
@@ -99,6 +107,15 @@ impl ChaosProxy {
     /// keeping the sockets open.
     pub fn blackhole(&self, on: bool) {
         self.ctl.send_modify(|c| c.blackhole = on);
+    }
+
+    /// A blackhole (`true`) whose new connections stay dead after it lifts
+    /// (`false` lifts it).
+    pub fn blackhole_swallowing(&self, on: bool) {
+        self.ctl.send_modify(|c| {
+            c.blackhole = on;
+            c.swallow = on;
+        });
     }
 
     /// While on, new connections are accepted and reset at once.
@@ -200,6 +217,10 @@ async fn connection(
     counters: &Counters,
 ) {
     let epoch = ctl.borrow_and_update().sever_epoch;
+    if ctl.borrow().swallow {
+        swallow(client, ctl, epoch).await;
+        return;
+    }
     // A connection accepted during a blackhole waits for it to lift.
     while ctl.borrow().blackhole {
         if let Some(end) = next_ctl(&mut ctl, epoch).await {
@@ -237,6 +258,29 @@ async fn connection(
         // close (an RST, with linger 0) to the read half.
         cw.forget();
         sw.forget();
+    }
+}
+
+/// Holds a connection that will never be forwarded: reads and drops its
+/// bytes until the client closes it, or until a sever or the proxy's end.
+async fn swallow(mut client: TcpStream, mut ctl: watch::Receiver<Ctl>, epoch: u64) {
+    let mut buf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            read = client.read(&mut buf) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+            end = next_ctl(&mut ctl, epoch) => {
+                if let Some(end) = end {
+                    if matches!(end, End::Sever) {
+                        let _ = client.set_zero_linger();
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -446,6 +446,10 @@ impl Transport for Probe {
         }
     }
 
+    fn probe(&self) -> impl Future<Output = redial::machine::ProbeOutcome> + Send + 'static {
+        self.inner.probe()
+    }
+
     fn close(&self, link: MemoryLink) -> impl Future<Output = ()> + Send + 'static {
         let state = self.state.clone();
         let control = self.control.clone();
