@@ -28,7 +28,9 @@ use loom::thread;
 
 use crate::loom::model;
 use crate::loom::mutant::{self, Mutant};
-use crate::machine::{Config, ErrorKind, Generation, Input, Machine, Output, StateKind};
+use crate::machine::{
+    Config, ErrorKind, Generation, Input, Machine, Output, ProbeOutcome, StateKind,
+};
 use crate::runtime::shared::{Batch, LinkEvent, Report, Shared};
 use crate::runtime::step::{Effects, Step, Work};
 
@@ -39,6 +41,8 @@ const LOST: LinkEvent = LinkEvent::Lost(ErrorKind::Transient);
 enum Act {
     Open(Generation),
     Close(Generation),
+    /// A probe was sent.
+    Probe(u64),
     /// The machine was fed `Shutdown`.
     Shutdown,
 }
@@ -70,6 +74,8 @@ struct ModelIo {
     log: Vec<Act>,
     opening: Option<Generation>,
     link: Option<Generation>,
+    /// The probe in flight (answered by the model driver when it says so).
+    probing: Option<u64>,
 }
 
 impl Effects for ModelIo {
@@ -113,9 +119,11 @@ impl ModelIo {
                     self.link = None;
                 }
             }
-            // A probe's answer comes back on the driver's own task, never
-            // through the shared mailbox: nothing here for loom to check.
-            Output::Probe { .. } => unreachable!("the models configure no probes"),
+            // As `driver.rs`: a new probe replaces the one in flight.
+            Output::Probe { probe } => {
+                self.log.push(Act::Probe(probe));
+                self.probing = Some(probe);
+            }
             Output::StateChanged { .. } | Output::LivenessLost { .. } | Output::GaveUp { .. } => {
                 unreachable!("the step reports these through `Effects::report`")
             }
@@ -152,6 +160,7 @@ impl ModelDriver {
                 log: Vec::new(),
                 opening: None,
                 link: None,
+                probing: None,
             },
             waking_batches: 0,
         };
@@ -202,6 +211,13 @@ impl ModelDriver {
         let generation = self.io.opening.take().expect("an open is running");
         self.io.link = Some(generation);
         self.feed(Input::AttemptSucceeded { generation });
+    }
+
+    /// The probe in flight answers (`driver.rs` feeds it as its own wake-up).
+    fn answer_probe(&mut self, outcome: ProbeOutcome) {
+        if let Some(probe) = self.io.probing.take() {
+            self.feed(Input::Probed { probe, outcome });
+        }
     }
 
     /// `driver.rs`'s `feed`: the step's rounds, each round's actions run.
@@ -623,6 +639,50 @@ fn backoff_timer_racing_a_reconnect_request() {
         );
         assert_eq!(d.machine().kind(), StateKind::Connecting);
         d.assert_published();
+    });
+}
+
+/// A probe's answer (the driver's own wake-up) races the user's reconnect
+/// request and shutdown from another thread: whichever comes first opens
+/// at most one link, the answer of a probe the machine moved past opens
+/// nothing, nothing opens after the shutdown, and the engine ends closed.
+#[test]
+fn probe_answer_racing_a_reconnect_request_and_a_shutdown() {
+    model(Some(2), || {
+        let ms = Arc::new(AtomicU64::new(0));
+        let clock_ms = ms.clone();
+        let config = Config::builder()
+            .seed(1)
+            .liveness_timeout(None)
+            .retry_budget(None)
+            .probe_interval(Some(Duration::from_millis(500)))
+            .build()
+            .unwrap();
+        let mut d = ModelDriver::connected_on(config, |t0| Clock::Moving {
+            base: t0,
+            ms: clock_ms,
+        });
+        // Lost early, no budget: a backoff wait; at its end, a probe.
+        let g = d.machine().generation();
+        d.io.shared.report(g, LOST);
+        d.step();
+        let due = d.machine().poll_timeout().expect("a backoff deadline");
+        let jump = u64::try_from((due - d.io.clock.now()).as_millis()).unwrap() + 1;
+        ms.store(jump, Ordering::Release);
+        d.timer();
+        assert_eq!(d.io.log, [Act::Close(g), Act::Probe(1)]);
+        let shared = d.shared();
+        let user = thread::spawn(move || {
+            shared.command(true, false);
+            shared.command(false, true);
+        });
+        d.answer_probe(ProbeOutcome::Reachable);
+        d.run_until_closed();
+        user.join().unwrap();
+        d.step();
+        let opens = d.opens();
+        assert!(opens.len() <= 1, "S17: one attempt: {:?}", d.io.log);
+        d.assert_clean_shutdown(g);
     });
 }
 

@@ -7,3 +7,4 @@ pub mod amqp;
 pub mod brokers;
 pub mod chaos;
 pub mod mosquitto;
+pub mod recovery;
