@@ -605,29 +605,11 @@ async fn run_redial_amqp(cx: &Cx) -> Result<Driven, String> {
     let engine_config = config
         .engine_config()
         .map_err(|e| format!("redial-amqp: engine config: {e}"))?;
-    let engine = redial::runtime::Engine::spawn(engine_config, transport.clone());
-    let handle = engine.handle();
-    let watcher = watch_redial(&handle, cx.rec.clone());
-    redial_connected(&handle, "redial-amqp").await?;
-    cx.rec.up();
-    let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());
     let exchange = cx.exchange.clone();
-    let driven = cx
-        .drive(redial_publisher(
-            publisher.clone(),
-            cx.rec.clone(),
-            cx.scenario,
-            move |id| AmqpMessage::new(&exchange, "", id.to_string().into_bytes()),
-        ))
-        .await?;
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        publisher.shutdown(Duration::from_secs(1)),
-    )
-    .await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), engine.shutdown()).await;
-    watcher.abort();
-    Ok(driven)
+    run_redial(cx, "redial-amqp", engine_config, transport, move |id| {
+        AmqpMessage::new(&exchange, "", id.to_string().into_bytes())
+    })
+    .await
 }
 
 async fn run_redial_mqtt(cx: &Cx) -> Result<Driven, String> {
@@ -643,19 +625,39 @@ async fn run_redial_mqtt(cx: &Cx) -> Result<Driven, String> {
         .engine_config()
         .build()
         .map_err(|e| format!("redial-mqtt: engine config: {e}"))?;
+    let topic = cx.topic.clone();
+    run_redial(cx, "redial-mqtt", engine_config, transport, move |id| {
+        MqttMessage::new(&topic, QoS::AtLeastOnce, id.to_string())
+    })
+    .await
+}
+
+/// One run of a redial client, as the quick starts build it: the engine,
+/// the default outbox, the scenario's publishes, then a shutdown.
+async fn run_redial<T, F>(
+    cx: &Cx,
+    what: &str,
+    engine_config: redial::machine::Config,
+    transport: T,
+    message: F,
+) -> Result<Driven, String>
+where
+    T: redial::runtime::Transport + redial::outbox::Deliver + Clone,
+    T::Message: Send,
+    F: Fn(u64) -> T::Message + Send + 'static,
+{
     let engine = redial::runtime::Engine::spawn(engine_config, transport.clone());
     let handle = engine.handle();
     let watcher = watch_redial(&handle, cx.rec.clone());
-    redial_connected(&handle, "redial-mqtt").await?;
+    redial_connected(&handle, what).await?;
     cx.rec.up();
-    let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());
-    let topic = cx.topic.clone();
+    let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
     let driven = cx
         .drive(redial_publisher(
             publisher.clone(),
             cx.rec.clone(),
             cx.scenario,
-            move |id| MqttMessage::new(&topic, QoS::AtLeastOnce, id.to_string()),
+            message,
         ))
         .await?;
     let _ = tokio::time::timeout(

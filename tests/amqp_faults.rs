@@ -7,8 +7,6 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use redial::amqp::lapin::options::QueueDeclareOptions;
-use redial::amqp::lapin::types::FieldTable;
 use redial::amqp::{AmqpConfig, AmqpError, AmqpMessage, AmqpTransport, Heartbeat};
 use redial::backoff::{Backoff, Jitter};
 use redial::machine::{ErrorKind, FailCause, Reason, StateKind};
@@ -197,9 +195,12 @@ async fn refused_outage_follows_the_backoff_schedule() {
     let seen = a::collect(&direct, &queue).await;
     let proxy = support::chaos::start(a::broker_addr()).await.unwrap();
     let (initial, multiplier, cap) = (Duration::from_millis(250), 2.0, Duration::from_secs(4));
+    // Probes off: this checks the schedule a transport without probes gets
+    // (with them, an outage costs one attempt: `amqp_recovery.rs`).
     let config = AmqpConfig::new(a::proxied_uri(proxy.addr()))
         .connection_name(a::unique("outage-conn"))
         .heartbeat(Heartbeat::secs(5))
+        .probe_interval(None)
         .stable_period(Duration::from_secs(1))
         .connect_timeout(Duration::from_secs(3))
         .backoff(
@@ -211,18 +212,8 @@ async fn refused_outage_follows_the_backoff_schedule() {
             )
             .unwrap(),
         );
-    let transport = AmqpTransport::new(config.clone()).unwrap();
-    transport
-        .declare_queue(
-            &queue,
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let (transport, engine, timeline) = a::engine_on_queue(&config, &queue).await;
     let handle = engine.handle();
-    let timeline = Timeline::start(&handle);
     handle.wait_for(StateKind::Connected).await;
     let publisher = Publisher::new(&engine, transport.clone(), outbox());
     let receipts = Receipts::start();

@@ -38,6 +38,16 @@ fn dead_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A listener on a free loopback port, and a URI of `scheme` naming it.
+async fn fake_peer(scheme: &str) -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!(
+        "{scheme}://127.0.0.1:{}/%2f",
+        listener.local_addr().unwrap().port()
+    );
+    (listener, uri)
+}
+
 /// Polls `cond` until it holds (fails after 10 s).
 async fn wait_until(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -152,11 +162,7 @@ async fn no_answer_through_a_blackhole() {
 /// broker (one always answers the header).
 #[tokio::test]
 async fn unreachable_when_the_peer_closes_without_answering() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!(
-        "amqp://127.0.0.1:{}/%2f",
-        listener.local_addr().unwrap().port()
-    );
+    let (listener, uri) = fake_peer("amqp").await;
     let peer = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut got = [0u8; 8];
@@ -171,11 +177,7 @@ async fn unreachable_when_the_peer_closes_without_answering() {
 /// version) did answer.
 #[tokio::test]
 async fn reachable_when_the_peer_answers_anything() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!(
-        "amqp://127.0.0.1:{}/%2f",
-        listener.local_addr().unwrap().port()
-    );
+    let (listener, uri) = fake_peer("amqp").await;
     let peer = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut got = [0u8; 8];
@@ -191,11 +193,7 @@ async fn reachable_when_the_peer_answers_anything() {
 /// `amqps://`: the TCP connect alone, no TLS handshake, not a byte sent.
 #[tokio::test]
 async fn tls_probes_with_a_tcp_connect_only() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!(
-        "amqps://127.0.0.1:{}/%2f",
-        listener.local_addr().unwrap().port()
-    );
+    let (listener, uri) = fake_peer("amqps").await;
     let peer = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut got = Vec::new();

@@ -10,12 +10,9 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use redial::amqp::lapin::options::QueueDeclareOptions;
-use redial::amqp::lapin::types::FieldTable;
-use redial::amqp::{AmqpConfig, AmqpMessage, AmqpTransport, Heartbeat};
+use redial::amqp::{AmqpConfig, AmqpMessage, Heartbeat};
 use redial::machine::StateKind;
 use redial::outbox::{OutboxConfig, Publisher};
-use redial::runtime::{Engine, Handle};
 
 use support::amqp::{self as a, Resolved, Timeline};
 use support::brokers;
@@ -32,18 +29,8 @@ async fn run(s: &Scenario) -> Figures {
     let config = AmqpConfig::new(a::proxied_uri(proxy.addr()))
         .connection_name(a::unique("recovery"))
         .heartbeat(Heartbeat::secs(recovery::HEARTBEAT.as_secs() as u16));
-    let transport = AmqpTransport::new(config.clone()).unwrap();
-    transport
-        .declare_queue(
-            &queue,
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
-    let handle: Handle = engine.handle();
-    let timeline = Timeline::start(&handle);
+    let (transport, engine, timeline) = a::engine_on_queue(&config, &queue).await;
+    let handle = engine.handle();
     handle.wait_for(StateKind::Connected).await;
     let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());
     let receipts = a::Receipts::start();

@@ -9,14 +9,11 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use redial::amqp::lapin::options::QueueDeclareOptions;
-use redial::amqp::lapin::types::FieldTable;
-use redial::amqp::{AmqpConfig, AmqpMessage, AmqpTransport, Heartbeat};
+use redial::amqp::{AmqpConfig, AmqpMessage, Heartbeat};
 use redial::machine::{Generation, StateKind};
 use redial::outbox::{OutboxConfig, Publisher};
-use redial::runtime::Engine;
 
-use support::amqp::{self as a, Receipts, Timeline};
+use support::amqp::{self as a, Receipts};
 use support::brokers;
 
 const MESSAGES: u64 = 5_000;
@@ -42,18 +39,8 @@ async fn sever_storm_loses_nothing_and_recovers_at_once() {
     let config = AmqpConfig::new(a::proxied_uri(proxy.addr()))
         .connection_name(&name)
         .heartbeat(Heartbeat::secs(5));
-    let transport = AmqpTransport::new(config.clone()).unwrap();
-    transport
-        .declare_queue(
-            &queue,
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let (transport, engine, timeline) = a::engine_on_queue(&config, &queue).await;
     let handle = engine.handle();
-    let timeline = Timeline::start(&handle);
     handle.wait_for(StateKind::Connected).await;
     let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());
     let receipts = Receipts::start();

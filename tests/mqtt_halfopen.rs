@@ -14,8 +14,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mqtt_util::{Client, Witness, message, unique};
-use redial::machine::{Generation, StateKind};
+use mqtt_util::{Client, Outcome, Witness, message, track, unique};
+use redial::machine::StateKind;
 use redial::mqtt::{MqttConfig, QoS};
 use redial::outbox::OutboxConfig;
 use redial::runtime::Event;
@@ -49,8 +49,7 @@ async fn half_open_link_is_detected_within_one_and_a_half_keep_alives() {
     c.connected(Duration::from_secs(10)).await;
     let handle = c.engine.handle();
 
-    type Outcomes = Arc<Mutex<Vec<(u64, Result<Generation, String>, Instant)>>>;
-    let outcomes: Outcomes = Arc::default();
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = tokio::spawn({
         let publisher = c.publisher.clone();
@@ -67,14 +66,7 @@ async fn half_open_link_is_detected_within_one_and_a_half_keep_alives() {
                 let receipt = publisher
                     .publish(message(&topic, id, QoS::AtLeastOnce))
                     .await;
-                let outcomes = outcomes.clone();
-                waiters.push(tokio::spawn(async move {
-                    let r = receipt
-                        .await
-                        .map(|c| c.generation)
-                        .map_err(|e| e.to_string());
-                    outcomes.lock().unwrap().push((id, r, Instant::now()));
-                }));
+                waiters.push(track(&outcomes, id, receipt));
             }
             (id, waiters)
         }

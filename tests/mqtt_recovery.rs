@@ -12,16 +12,13 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mqtt_util::{Client, Witness, message, unique};
-use redial::machine::{Generation, StateKind};
+use mqtt_util::{Client, Outcome, Witness, message, track, unique};
+use redial::machine::StateKind;
 use redial::mqtt::{MqttConfig, QoS};
 use redial::outbox::OutboxConfig;
 use redial::runtime::Event;
 use support::mosquitto::Mosquitto;
 use support::recovery::{self, Figures, HALF_OPEN, OUTAGE, Scenario};
-
-/// (payload id, confirmed on generation or the error, when).
-type Outcome = (u64, Result<Generation, String>, Instant);
 
 async fn run(s: &Scenario) -> Figures {
     let broker = Mosquitto::deep_queue().expect("private mosquitto");
@@ -58,14 +55,7 @@ async fn run(s: &Scenario) -> Figures {
             .publisher
             .publish(message(&topic, id, QoS::AtLeastOnce))
             .await;
-        let outcomes = outcomes.clone();
-        waiters.push(tokio::spawn(async move {
-            let r = receipt
-                .await
-                .map(|c| c.generation)
-                .map_err(|e| e.to_string());
-            outcomes.lock().unwrap().push((id, r, Instant::now()));
-        }));
+        waiters.push(track(&outcomes, id, receipt));
     }
     let (_proxy, at_from, at_to) = chaos.await.unwrap();
     for w in waiters {

@@ -27,7 +27,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mqtt_util::{Client, Witness, message, unique};
+use mqtt_util::{Client, Outcome, Witness, message, track, unique};
 use redial::backoff::BackoffState;
 use redial::machine::{ConfigBuilder, Generation, StateKind};
 use redial::mqtt::{MqttConfig, QoS};
@@ -75,9 +75,7 @@ async fn storm(
     c.connected(Duration::from_secs(10)).await;
     let handle = c.engine.handle();
 
-    // Outcomes: (payload id, Ok(generation) or error, when it resolved).
-    type Outcomes = Arc<Mutex<Vec<(u64, Result<Generation, String>, Instant)>>>;
-    let outcomes: Outcomes = Arc::default();
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let sever_log: Arc<Mutex<Vec<(Instant, Generation)>>> = Arc::default();
     let start = Instant::now();
     let severer = tokio::spawn({
@@ -113,14 +111,7 @@ async fn storm(
                 .publisher
                 .publish(message(&topic, id, QoS::AtLeastOnce))
                 .await;
-            let outcomes = outcomes.clone();
-            waiters.push(tokio::spawn(async move {
-                let r = receipt
-                    .await
-                    .map(|c| c.generation)
-                    .map_err(|e| e.to_string());
-                outcomes.lock().unwrap().push((id, r, Instant::now()));
-            }));
+            waiters.push(track(&outcomes, id, receipt));
         }
     }
     let publish_time = start.elapsed();

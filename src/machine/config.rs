@@ -247,6 +247,9 @@ impl ConfigBuilder {
         self
     }
     /// Give up after this many failed attempts in one outage (default: never).
+    /// Probes are not attempts: with [`ConfigBuilder::probe_interval`] set,
+    /// an outage whose probes go unanswered makes no attempts, so bound it
+    /// with [`ConfigBuilder::max_elapsed`] instead.
     pub fn max_attempts(mut self, attempts: Option<u32>) -> Self {
         self.max_attempts = attempts;
         self

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redial::machine::ConfigBuilder;
+use redial::machine::{ConfigBuilder, Generation};
 use redial::mqtt::rumqttc::{self, AsyncClient, Event as MqttEvent, MqttOptions, Packet};
 use redial::mqtt::{Messages, MqttConfig, MqttMessage, MqttTransport, QoS};
-use redial::outbox::{OutboxConfig, Publisher};
+use redial::outbox::{OutboxConfig, Publisher, Receipt};
 use redial::runtime::{Engine, Event};
 use tokio::task::JoinHandle;
 
@@ -36,6 +36,21 @@ pub fn local_broker() -> SocketAddr {
 }
 
 /// A message whose payload is its id.
+/// (payload id, confirmed on generation or the error, when it resolved).
+pub type Outcome = (u64, Result<Generation, String>, Instant);
+
+/// Resolves `receipt` on its own task and records its outcome.
+pub fn track(outcomes: &Arc<Mutex<Vec<Outcome>>>, id: u64, receipt: Receipt) -> JoinHandle<()> {
+    let outcomes = outcomes.clone();
+    tokio::spawn(async move {
+        let r = receipt
+            .await
+            .map(|c| c.generation)
+            .map_err(|e| e.to_string());
+        outcomes.lock().unwrap().push((id, r, Instant::now()));
+    })
+}
+
 pub fn message(topic: &str, id: u64, qos: QoS) -> MqttMessage {
     MqttMessage::new(topic, qos, id.to_string())
 }

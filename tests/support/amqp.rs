@@ -11,9 +11,10 @@ use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
+use redial::amqp::{AmqpConfig, AmqpTransport};
 use redial::machine::{Generation, Reason, StateKind};
 use redial::outbox::{Outcome, Receipt};
-use redial::runtime::{Event, Handle};
+use redial::runtime::{Engine, Event, Handle};
 
 /// The local broker, direct.
 pub const BROKER_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -282,6 +283,23 @@ impl Timeline {
             .find(|(t, f, _, _, _)| *f == from && *t >= since)
             .map(|(t, _, _, _, r)| (t, r))
     }
+}
+
+/// A transport for `config` that declares `queue` on every link, its engine
+/// (the adapter's engine configuration) and a timeline recording from its
+/// first event.
+pub async fn engine_on_queue(
+    config: &AmqpConfig,
+    queue: &str,
+) -> (AmqpTransport, Engine<AmqpTransport>, Timeline) {
+    let transport = AmqpTransport::new(config.clone()).unwrap();
+    transport
+        .declare_queue(queue, QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let timeline = Timeline::start(&engine.handle());
+    (transport, engine, timeline)
 }
 
 /// Runs `rabbitmqctl` with `args` (`None` when it is missing or fails).
