@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redial::amqp::{AmqpConfig, AmqpTransport};
 use redial::machine::ProbeOutcome;
@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use support::amqp as a;
+use support::net::{dead_addr, wait_until};
 use support::{brokers, chaos};
 
 const HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -34,8 +35,7 @@ async fn probe(uri: &str) -> ProbeOutcome {
 
 /// A loopback port where nothing listens.
 fn dead_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    dead_addr().port()
 }
 
 /// A listener on a free loopback port, and a URI of `scheme` naming it.
@@ -46,15 +46,6 @@ async fn fake_peer(scheme: &str) -> (TcpListener, String) {
         listener.local_addr().unwrap().port()
     );
     (listener, uri)
-}
-
-/// Polls `cond` until it holds (fails after 10 s).
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn amqp_available() -> bool {

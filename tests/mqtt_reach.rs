@@ -9,7 +9,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redial::machine::ProbeOutcome;
 use redial::mqtt::{MqttConfig, MqttTransport, TlsConfiguration};
@@ -17,6 +17,7 @@ use redial::runtime::Transport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use support::net::{dead_addr, wait_until};
 use support::{brokers, chaos};
 
 fn broker_addr() -> SocketAddr {
@@ -36,21 +37,6 @@ async fn probe(config: MqttConfig) -> ProbeOutcome {
     tokio::time::timeout(Duration::from_secs(10), transport(config).probe())
         .await
         .expect("the probe answers")
-}
-
-/// A loopback address where nothing listens.
-fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// Polls `cond` until it holds (fails after 10 s).
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn mqtt_available() -> bool {

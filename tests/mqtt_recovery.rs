@@ -16,7 +16,6 @@ use mqtt_util::{Client, Outcome, Witness, message, track, unique};
 use redial::machine::StateKind;
 use redial::mqtt::{MqttConfig, QoS};
 use redial::outbox::OutboxConfig;
-use redial::runtime::Event;
 use support::mosquitto::Mosquitto;
 use support::recovery::{self, Figures, HALF_OPEN, OUTAGE, Scenario};
 
@@ -74,20 +73,7 @@ async fn run(s: &Scenario) -> Figures {
         .wait_for(confirmed.len(), Duration::from_secs(15))
         .await;
     let lost = confirmed.iter().filter(|id| !witness.has(**id)).count();
-    let transitions: Vec<_> = c
-        .log
-        .events()
-        .into_iter()
-        .filter_map(|(t, e)| match e {
-            Event::StateChanged {
-                from,
-                to,
-                generation,
-                reason,
-            } => Some((t, from, to, generation, reason)),
-            _ => None,
-        })
-        .collect();
+    let transitions = support::events::transitions(&c.log.events());
     c.stop().await;
     witness.stop().await;
 

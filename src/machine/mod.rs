@@ -773,8 +773,8 @@ mod tests {
         std::iter::from_fn(|| m.poll(t)).collect()
     }
 
-    /// A probing machine whose first attempt failed: backing off before
-    /// attempt 2, with the wait and the probe interval returned.
+    /// A probing machine (500 ms) whose first attempt failed, backing off
+    /// before attempt 2; with its start and the end of its wait.
     fn probing_after_a_failure(max_elapsed: Option<Duration>) -> (Machine, Instant, Instant) {
         let config = Config::builder()
             .seed(3)

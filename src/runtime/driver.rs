@@ -408,14 +408,15 @@ impl<T: Transport> Effects for Io<T> {
 }
 
 impl<T: Transport> Io<T> {
-    /// Closes link `generation`, aborting its open if it is still running.
-    /// Awaited inline: the next `Open` never starts before the close ends.
+    /// Stops the probe in flight, if any: its answer would be stale.
     fn drop_probe(&mut self) {
         if let Some(p) = self.probing.take() {
             p.task.abort();
         }
     }
 
+    /// Closes link `generation`, aborting its open if it is still running.
+    /// Awaited inline: the next `Open` never starts before the close ends.
     async fn close(&mut self, generation: Generation, timeout: std::time::Duration) {
         if self
             .opening

@@ -254,18 +254,7 @@ impl Timeline {
 
     /// State changes so far: (time, from, to, generation, reason).
     pub fn transitions(&self) -> Vec<(Instant, StateKind, StateKind, Generation, Reason)> {
-        self.events()
-            .into_iter()
-            .filter_map(|(t, e)| match e {
-                Event::StateChanged {
-                    from,
-                    to,
-                    generation,
-                    reason,
-                } => Some((t, from, to, generation, reason)),
-                _ => None,
-            })
-            .collect()
+        super::events::transitions(&self.events())
     }
 
     /// The first state change into `to` at or after `since`.

@@ -6,5 +6,7 @@
 pub mod amqp;
 pub mod brokers;
 pub mod chaos;
+pub mod events;
 pub mod mosquitto;
+pub mod net;
 pub mod recovery;
