@@ -821,13 +821,23 @@ impl Checker {
                             BackoffWithinBounds,
                             "link {g} lingers without a resume grace"
                         ),
-                        (None, _) => ensure!(
-                            self,
-                            input,
-                            wait <= cap,
-                            BackoffWithinBounds,
-                            "wait {wait:?} exceeds the cap {cap:?}"
-                        ),
+                        // A probe in flight: `until` is when the next one starts.
+                        (None, _) => match (probe, cfg.probe_interval()) {
+                            (Some(p), Some(interval)) => ensure!(
+                                self,
+                                input,
+                                wait <= interval,
+                                BackoffWithinBounds,
+                                "probe {p}: the next probe in {wait:?}, the interval is {interval:?}"
+                            ),
+                            _ => ensure!(
+                                self,
+                                input,
+                                wait <= cap,
+                                BackoffWithinBounds,
+                                "wait {wait:?} exceeds the cap {cap:?}"
+                            ),
+                        },
                     }
                     if let (true, Some(max), Some(started)) =
                         (self.outage_known, cfg.max_elapsed(), self.outage_started)

@@ -843,6 +843,47 @@ mod tests {
         assert_eq!(m.stats().probes, 3);
     }
 
+    /// A backoff wait of 0 ends in a probe within the same step: the state
+    /// then waits for the probe's answer, bounded by the probe interval,
+    /// not by the backoff cap (a case the fuzzer found in the checker).
+    #[test]
+    fn a_zero_wait_probes_at_once_within_the_checked_bounds() {
+        use crate::backoff::{Backoff, Jitter};
+        use crate::machine::invariants::Checker;
+        let mut probed_in_the_failing_step = 0;
+        for seed in 0..32 {
+            let backoff = Backoff::new(
+                Duration::from_millis(1),
+                2.0,
+                Duration::from_millis(1),
+                Jitter::Full,
+            )
+            .unwrap();
+            let config = Config::builder()
+                .seed(seed)
+                .backoff(backoff)
+                .probe_interval(Some(Duration::from_millis(433)))
+                .build()
+                .unwrap();
+            let mut m = Machine::new(config);
+            let mut checker = Checker::new(&m);
+            let t = Instant::now();
+            checker.drive(&mut m, t, Input::Start).unwrap();
+            let generation = m.generation();
+            let failed = Input::AttemptFailed {
+                generation,
+                kind: ErrorKind::Transient,
+            };
+            let out = checker
+                .drive(&mut m, t, failed)
+                .unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+            if out.iter().any(|o| matches!(o, Output::Probe { .. })) {
+                probed_in_the_failing_step += 1;
+            }
+        }
+        assert!(probed_in_the_failing_step > 0, "no seed drew a 0 wait");
+    }
+
     #[test]
     fn an_unsupported_answer_opens_and_ends_probing_for_good() {
         let (mut m, _, until) = probing_after_a_failure(None);
