@@ -19,21 +19,6 @@ use tokio::time::Instant;
 use ErrorKind::{Permanent, Transient};
 use StateKind::{Connected, Connecting, Failed};
 
-/// The attempt times of an outage that starts at `lost_at` after a stable
-/// link, against a broker that refuses until `back`: an immediate first
-/// retry, then one drawn delay per failure; the first attempt at or after
-/// `back` succeeds.
-fn outage_schedule(lost_at: Instant, back: Instant, schedule: &mut Schedule) -> Vec<Instant> {
-    schedule.reset();
-    let mut times = vec![lost_at];
-    while *times.last().unwrap() < back {
-        let next = *times.last().unwrap() + schedule.next();
-        times.push(next);
-    }
-    assert_ne!(times[times.len() - 2], back, "pick another seed: a tie");
-    times
-}
-
 /// S23: a 30-minute outage follows the backoff schedule to the
 /// millisecond: delay k is min(d0 * 2^(k-1), dmax) * U(0.5, 1.5), capped
 /// again at dmax, attempt numbers rise by exactly 1, and the first attempt

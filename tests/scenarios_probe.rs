@@ -85,13 +85,8 @@ async fn a_transport_without_probes_gets_the_backoff_schedule() {
         1,
         "one probe, answered unsupported"
     );
-    let mut schedule = Schedule::default_policy();
     let got = rig.probe.open_times()[1..].to_vec();
-    let mut expected = vec![lost_at];
-    while *expected.last().unwrap() < back {
-        let next = *expected.last().unwrap() + schedule.next();
-        expected.push(next);
-    }
+    let expected = outage_schedule(lost_at, back, &mut Schedule::default_policy());
     assert_eq!(got, expected, "the schedule, to the millisecond");
 }
 
@@ -111,15 +106,9 @@ async fn a_broker_that_answers_probes_but_refuses_attempts_sees_the_schedule() {
     tokio::time::sleep_until(lost_at + secs(60)).await;
 
     let got = rig.probe.open_times()[1..].to_vec();
-    let mut schedule = Schedule::default_policy();
-    let mut expected = vec![lost_at];
-    loop {
-        let next = *expected.last().unwrap() + schedule.next();
-        if next > lost_at + secs(60) {
-            break;
-        }
-        expected.push(next);
-    }
+    let horizon = lost_at + secs(60);
+    let mut expected = outage_schedule(lost_at, horizon, &mut Schedule::default_policy());
+    expected.retain(|t| *t <= horizon);
     assert_eq!(
         got, expected,
         "each attempt when its wait ends (reachable at once)"

@@ -85,6 +85,21 @@ impl Schedule {
     }
 }
 
+/// The attempt times of an outage that starts at `lost_at` after a stable
+/// link, against a broker that refuses until `back`: an immediate first
+/// retry, then one drawn delay per failure; the first attempt at or after
+/// `back` succeeds.
+pub fn outage_schedule(lost_at: Instant, back: Instant, schedule: &mut Schedule) -> Vec<Instant> {
+    schedule.reset();
+    let mut times = vec![lost_at];
+    while *times.last().unwrap() < back {
+        let next = *times.last().unwrap() + schedule.next();
+        times.push(next);
+    }
+    assert_ne!(times[times.len() - 2], back, "pick another seed: a tie");
+    times
+}
+
 /// Runs every task until the runtime is idle, then moves the paused clock
 /// by 1 ms. With paused time the clock only auto-advances once no task can
 /// make progress, so when this returns the driver has handled everything
