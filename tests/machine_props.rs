@@ -56,6 +56,7 @@ struct Params {
     grace_ms: Option<u64>,
     permanent_retries: u32,
     probe_ms: Option<u64>,
+    endpoints: u32,
     seed: u64,
 }
 
@@ -85,6 +86,7 @@ impl Params {
             .resume_grace(self.grace_ms.map(ms))
             .permanent_retries(self.permanent_retries)
             .probe_interval(self.probe_ms.map(ms))
+            .endpoints(self.endpoints as usize)
             .seed(self.seed)
             .build()
             .expect("generated configurations are valid")
@@ -125,6 +127,7 @@ prop_compose! {
         grace_ms in prop::option::weighted(0.4, 1..=10_000u64),
         permanent_retries in prop_oneof![3 => Just(0u32), 1 => 1..=3u32],
         probe_ms in prop::option::weighted(0.4, 1..=3_000u64),
+        endpoints in prop_oneof![2 => Just(1u32), 2 => 2..=4u32],
         seed in any::<u64>(),
     ) -> Params {
         // The blocked timeout must be at least twice the liveness timeout.
@@ -135,12 +138,23 @@ prop_compose! {
         Params {
             initial_ms, multiplier, max_ms, jitter, immediate_first_retry, budget, max_attempts,
             max_elapsed_ms, stable_ms, connect_ms, liveness_ms, blocked_ms, close_ms,
-            grace_ms, permanent_retries, probe_ms, seed,
+            grace_ms, permanent_retries, probe_ms, endpoints, seed,
         }
     }
 }
 
 // ---- the reference model ------------------------------------------------
+
+/// The spec's SHUFFLE (docs/spec.md, 12.1), written from the spec.
+fn shuffle(n: u32, seed: u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n).collect();
+    let mut rng = redial::rng::SplitMix64::new(seed ^ 0x656E_6470_6F69_6E74);
+    for i in (1..n as usize).rev() {
+        let j = rng.uniform_inclusive(0, i as u64) as usize;
+        order.swap(i, j);
+    }
+    order
+}
 
 /// Which generation an input names, relative to the current one when applied
 /// (so that shrinking, which deletes steps, keeps the intent).
@@ -245,11 +259,13 @@ struct Outage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Act {
     Changed(StateKind, StateKind, Reason),
-    Open(u64, u32),
+    /// Generation, attempt, endpoint.
+    Open(u64, u32, u32),
     Close(u64),
     GaveUp(FailCause),
     LivenessLost(u64),
-    Probe(u64),
+    /// Probe number, endpoint.
+    Probe(u64, u32),
 }
 
 #[derive(Debug, Clone)]
@@ -268,6 +284,11 @@ struct Model {
     probes: u64,
     /// A probe answered `Unsupported`: no more probes.
     unsupported: bool,
+    /// The endpoints in try order, the position of the current one, and
+    /// how many of the round are untried (docs/spec.md, 12.1).
+    order: Vec<u32>,
+    cursor: usize,
+    untried: u32,
     /// The actions predicted for the last step.
     acts: Vec<Act>,
 }
@@ -276,6 +297,8 @@ impl Model {
     fn new(p: Params) -> Self {
         let config = p.config();
         let backoff = BackoffState::new(config.backoff(), p.seed);
+        let order = shuffle(p.endpoints, p.seed);
+        let untried = p.endpoints;
         Self {
             p,
             config,
@@ -287,8 +310,26 @@ impl Model {
             tokens: None,
             probes: 0,
             unsupported: false,
+            order,
+            cursor: 0,
+            untried,
             acts: Vec::new(),
         }
+    }
+
+    fn endpoint(&self) -> u32 {
+        self.order[self.cursor]
+    }
+
+    /// A failed try: next endpoint; true while the round has one untried.
+    fn advance(&mut self) -> bool {
+        self.cursor = (self.cursor + 1) % self.order.len();
+        self.untried -= 1;
+        if self.untried == 0 {
+            self.untried = self.p.endpoints;
+            return false;
+        }
+        true
     }
 
     fn kind(&self) -> StateKind {
@@ -388,6 +429,7 @@ impl Model {
                     probe: Some(unanswered),
                 },
             ) if probe == unanswered => match outcome {
+                ProbeOutcome::Unreachable if self.advance() => self.probe_or_open(attempt),
                 ProbeOutcome::Unreachable => {
                     self.phase = Phase::BackingOff {
                         attempt,
@@ -559,29 +601,16 @@ impl Model {
                 }
             }
             Phase::BackingOff {
-                attempt, lingering, ..
+                attempt,
+                lingering,
+                probe,
+                ..
             } => {
-                if let (false, Some(interval), false) =
-                    (lingering, self.p.probe_ms, self.unsupported)
-                {
-                    let started = self.outage.expect("an outage").started;
-                    let no_room = self
-                        .p
-                        .max_elapsed_ms
-                        .is_some_and(|max| now - started + interval > max);
-                    if no_room {
-                        self.open(Reason::BackoffElapsed);
-                    } else {
-                        self.probes += 1;
-                        self.phase = Phase::BackingOff {
-                            attempt,
-                            until: now + interval,
-                            lingering,
-                            probe: Some(self.probes),
-                        };
-                        self.acts.push(Act::Probe(self.probes));
+                if !lingering && self.p.probe_ms.is_some() && !self.unsupported {
+                    if probe.is_some() {
+                        self.advance(); // unanswered: unreachable
                     }
-                    return;
+                    return self.probe_or_open(attempt);
                 }
                 if lingering {
                     self.close();
@@ -591,6 +620,27 @@ impl Model {
             Phase::Closing { .. } => self.set(Phase::Closed, Reason::CloseTimeout),
             Phase::Idle | Phase::Closed | Phase::Failed => unreachable!("no timer"),
         }
+    }
+
+    fn probe_or_open(&mut self, attempt: u32) {
+        let now = self.now;
+        let interval = self.p.probe_ms.expect("probing");
+        let started = self.outage.expect("an outage").started;
+        let no_room = self
+            .p
+            .max_elapsed_ms
+            .is_some_and(|max| now - started + interval > max);
+        if no_room {
+            return self.open(Reason::BackoffElapsed);
+        }
+        self.probes += 1;
+        self.phase = Phase::BackingOff {
+            attempt,
+            until: now + interval,
+            lingering: false,
+            probe: Some(self.probes),
+        };
+        self.acts.push(Act::Probe(self.probes, self.endpoint()));
     }
 
     fn fresh_link(&self, attempt: u32) -> Phase {
@@ -614,6 +664,7 @@ impl Model {
             permanent: 0,
         });
         self.backoff.reset(self.config.backoff());
+        self.untried = self.p.endpoints;
     }
 
     fn open(&mut self, reason: Reason) {
@@ -622,7 +673,8 @@ impl Model {
         let attempt = outage.attempts;
         let deadline = self.now + self.p.connect_ms;
         self.set(Phase::Connecting { attempt, deadline }, reason);
-        self.acts.push(Act::Open(self.generation, attempt));
+        self.acts
+            .push(Act::Open(self.generation, attempt, self.endpoint()));
     }
 
     fn close(&mut self) {
@@ -653,7 +705,8 @@ impl Model {
         if self.permanent_gives_up(kind) {
             self.give_up(false, FailCause::Permanent);
         } else {
-            self.schedule(reason, false, false);
+            let in_round = self.advance();
+            self.schedule(reason, false, false, in_round);
         }
     }
 
@@ -661,7 +714,8 @@ impl Model {
     /// starts a fresh outage; only a link that reported its own loss may
     /// linger for a resume.
     fn link_down(&mut self, since: u64, kind: ErrorKind, reason: Reason) {
-        if self.now - since >= self.p.stable_ms {
+        let stable = self.now - since >= self.p.stable_ms;
+        if stable {
             self.new_outage();
         }
         if self.permanent_gives_up(kind) {
@@ -669,10 +723,12 @@ impl Model {
             return self.give_up(false, FailCause::Permanent);
         }
         let lingering = reason == Reason::LinkLost && self.p.grace_ms.is_some();
+        let mut in_round = false;
         if !lingering {
             self.close();
+            in_round = !stable && self.advance();
         }
-        self.schedule(reason, lingering, true);
+        self.schedule(reason, lingering, true, in_round);
     }
 
     /// One immediate retry from the budget, if it has one.
@@ -695,7 +751,7 @@ impl Model {
         tokens > 0
     }
 
-    fn schedule(&mut self, reason: Reason, lingering: bool, link_was_up: bool) {
+    fn schedule(&mut self, reason: Reason, lingering: bool, link_was_up: bool, in_round: bool) {
         let outage = self.outage.expect("an outage");
         if self
             .p
@@ -703,6 +759,23 @@ impl Model {
             .is_some_and(|max| outage.attempts >= max)
         {
             return self.give_up(lingering, FailCause::RetriesExhausted);
+        }
+        let in_time = self
+            .p
+            .max_elapsed_ms
+            .is_none_or(|max| self.now - outage.started <= max);
+        if in_round && !lingering && in_time {
+            if let Phase::Connecting { .. } = self.phase {
+                let wait = Phase::BackingOff {
+                    attempt: outage.attempts + 1,
+                    until: self.now,
+                    lingering: false,
+                    probe: None,
+                };
+                self.set(wait, reason);
+                return self.open(Reason::BackoffElapsed);
+            }
+            return self.open(reason);
         }
         let first = outage.attempts == 0 && self.p.immediate_first_retry;
         if first && !lingering {
@@ -958,11 +1031,12 @@ impl StateMachineTest for MachineTest {
                 Output::Open {
                     generation,
                     attempt,
-                } => Act::Open(generation.0, attempt),
+                    endpoint,
+                } => Act::Open(generation.0, attempt, endpoint),
                 Output::Close { generation } => Act::Close(generation.0),
                 Output::GaveUp { cause } => Act::GaveUp(cause),
                 Output::LivenessLost { generation } => Act::LivenessLost(generation.0),
-                Output::Probe { probe } => Act::Probe(probe),
+                Output::Probe { probe, endpoint } => Act::Probe(probe, endpoint),
                 Output::StateChanged {
                     from, to, reason, ..
                 } => Act::Changed(from, to, reason),
@@ -995,6 +1069,7 @@ impl StateMachineTest for MachineTest {
             model.phase
         );
         assert_eq!(m.is_reconnecting(), model.kind().is_reconnecting());
+        assert_eq!(m.endpoint(), model.endpoint(), "endpoint");
     }
 }
 
@@ -1158,7 +1233,8 @@ fn fleet_spreads_first_delays() {
         let out = step(&mut m, lost_at, lost);
         assert!(out.contains(&Output::Open {
             generation: g.next(),
-            attempt: 1
+            attempt: 1,
+            endpoint: 0,
         }));
         let failed = Input::AttemptFailed {
             generation: g.next(),

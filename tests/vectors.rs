@@ -67,6 +67,9 @@ struct Observed {
     kind: StateKind,
     generation: u64,
     attempt: u32,
+    /// Given only with more than one endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -379,6 +382,7 @@ fn observe_state(machine: &Machine) -> Observed {
         kind: machine.kind(),
         generation: machine.generation().0,
         attempt: machine.state().attempt(),
+        endpoint: (machine.config().endpoints() > 1).then(|| machine.endpoint()),
     }
 }
 
@@ -471,6 +475,7 @@ fn error_name(error: &ConfigError) -> &'static str {
         ConfigError::JitterOutOfRange { .. } => "jitter_out_of_range",
         ConfigError::ZeroAttempts => "zero_attempts",
         ConfigError::BlockedTimeoutTooShort { .. } => "blocked_timeout_too_short",
+        ConfigError::EndpointsOutOfRange { .. } => "endpoints_out_of_range",
         _ => "unknown",
     }
 }
@@ -505,6 +510,9 @@ fn build_config(map: &Map<String, Value>) -> Result<Result<Config, ConfigError>,
             "resume_grace_ms" => builder.resume_grace(opt(key, value, millis)?),
             "permanent_retries" => builder.permanent_retries(small(key, value)?),
             "probe_interval_ms" => builder.probe_interval(opt(key, value, millis)?),
+            "endpoints" => {
+                builder.endpoints(usize::try_from(uint(key, value)?).map_err(|_| bad(key, value))?)
+            }
             other => return Err(format!("unknown config key {other:?}")),
         };
     }

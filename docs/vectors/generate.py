@@ -123,6 +123,8 @@ class Vector:
         step["effect"] = effect
         step["outputs"] = outputs
         step["state"] = {"kind": m.kind(), "generation": m.gen, "attempt": m.state_attempt()}
+        if m.c["endpoints"] > 1:
+            step["state"]["endpoint"] = m.endpoint()
         step["timeout_ms"] = t
         self.steps.append(step)
         return outputs
@@ -1567,6 +1569,216 @@ def branches():
     v.step(40, lost(1, "permanent"))
 
 
+# ---- endpoints (section 12.1) ----------------------------------------------------
+
+def endpoints_shuffle():
+    for seed, order in ((0, [0, 2, 1]), (3, [1, 2, 0]), (5, [1, 0, 2])):
+        a, b, c = order
+        v = Vector(
+            f"endpoints-shuffle-seed-{seed}",
+            f"3 endpoints, seed {seed}: SHUFFLE gives the order {order}. start opens at "
+            f"order[0] = {a}. Each failed try of the round (attempt_failed, link_lost while "
+            f"connecting, the connect timeout) moves to the next endpoint at once, through a "
+            f"zero wait in backing_off (connecting -> backing_off -> connecting in one step, "
+            f"no PRNG draw): attempt 2 at {b}, attempt 3 at {c}. The third failure ends the "
+            f"round: the backoff wait of step 1 (1000 ms), then attempt 4 at {a} begins a new "
+            f"round; its failure moves on to {b} at once, which connects.",
+            plain(seed=seed, endpoints=3, liveness_timeout_ms=None),
+        )
+        v.step(0, start(), f"order[0] = {a}")
+        v.step(10, fail(1), f"endpoint {a} failed: endpoint {b} at once, a zero wait")
+        v.step(20, lost(2), f"endpoint {b} died while opening: endpoint {c} at once")
+        v.fire(f"endpoint {c} timed out: the round is over, back off 1000 ms")
+        v.fire(f"a new round at endpoint {a}")
+        v.step(6030, fail(4), f"endpoint {b} at once")
+        v.step(6040, ok(5), f"connected to endpoint {b}")
+
+
+def endpoints_failover():
+    v = Vector(
+        "endpoints-failover-after-stable-loss",
+        "3 endpoints, seed 3 (order [1, 2, 0]): a link on endpoint 1 is lost after the "
+        "stable period: a new outage and a new round at the same endpoint, retried at once "
+        "(the node that was healthy). That attempt fails: endpoint 2 at once, through a zero "
+        "wait, which connects. The cursor stays on endpoint 2: its next stable loss is "
+        "retried there.",
+        plain(seed=3, endpoints=3, liveness_timeout_ms=None),
+    )
+    v.step(0, start(), "endpoint 1")
+    v.step(10, ok(1))
+    v.step(5000, lost(1), "up 4990 ms: stable, a new outage, attempt 1 at endpoint 1 again")
+    v.step(5010, fail(2), "endpoint 1 is down: endpoint 2 at once, attempt 2")
+    v.step(5020, ok(3), "connected to endpoint 2")
+    v.step(9000, lost(3), "stable: a new outage, attempt 1 at endpoint 2")
+    v.step(9010, ok(4))
+
+
+def endpoints_early_loss():
+    v = Vector(
+        "endpoints-early-loss-moves-on",
+        "3 endpoints, seed 5 (order [1, 0, 2]), retry budget of burst 1 per 5000 ms. A link "
+        "lost before the stable period is a failed try: while the round has an untried "
+        "endpoint the next attempt goes to it at once (connected -> connecting directly, "
+        "no zero wait, no retry token, no PRNG draw). When the round is over the rules of "
+        "one endpoint apply: the first round's end spends the only token (attempt 4 at "
+        "once, at endpoint 1 again), the second round's end finds the budget empty and "
+        "backs off 1000 ms (step 1).",
+        plain(seed=5, endpoints=3, stable_period_ms=10000, liveness_timeout_ms=None,
+              retry_budget={"burst": 1, "refill_ms": 5000}),
+    )
+    v.step(0, start(), "endpoint 1")
+    t = 0
+    for n, (e, nxt, note) in enumerate([
+        (1, 0, "early loss: endpoint 0 at once, no token"),
+        (0, 2, "early loss: endpoint 2 at once, no token"),
+        (2, 1, "early loss ends the round: the budget's token, endpoint 1 at once"),
+        (1, 0, "early loss: endpoint 0 at once, no token"),
+        (0, 2, "early loss: endpoint 2 at once, no token"),
+        (2, 1, "early loss ends the round, the budget is empty: back off 1000 ms"),
+    ], start=1):
+        v.step(t + 10, ok(n), f"connected to endpoint {e}")
+        v.step(t + 100, lost(n), note)
+        t += 100
+    v.fire("the wait is over: attempt 7 at endpoint 1")
+    v.step(1700, ok(7))
+
+
+def endpoints_probe_round():
+    v = Vector(
+        "endpoints-probe-round",
+        "3 endpoints, seed 3 (order [1, 2, 0]), probe_interval_ms 500. A round of three "
+        "failed attempts, then the backoff wait (1000 ms); then probes: an unreachable "
+        "answer moves to the next endpoint's probe at once; after a whole round of "
+        "unreachable answers the next probe (endpoint 1 again) starts one interval after "
+        "the last one began. A probe unanswered for the interval counts as unreachable: "
+        "the next endpoint's probe. A reachable answer opens attempt 4 at the probed "
+        "endpoint (2). Probes are tries of the round: that attempt's failure moves on to "
+        "the round's last untried endpoint (0) at once, which connects.",
+        plain(seed=3, endpoints=3, probe_interval_ms=500, liveness_timeout_ms=None),
+    )
+    v.step(0, start(), "endpoint 1")
+    v.step(10, fail(1), "endpoint 2 at once")
+    v.step(20, fail(2), "endpoint 0 at once")
+    v.step(30, fail(3), "the round is over: back off 1000 ms")
+    v.fire("the wait is over: probe 1 at endpoint 1")
+    v.step(1040, probed(1, "unreachable"), "probe 2 at endpoint 2 at once")
+    v.step(1050, probed(2, "unreachable"), "probe 3 at endpoint 0 at once")
+    v.step(1060, probed(3, "unreachable"),
+           "the probe round is over: the next probe when probe 3's interval ends (1550)")
+    v.step(1070, probed(3, "unreachable"), "stale: probe 3 was answered")
+    v.fire("probe 4 at endpoint 1")
+    v.fire("probe 4 unanswered: counts as unreachable, probe 5 at endpoint 2")
+    v.step(2060, probed(4, "reachable"), "stale: probe 4's time is up")
+    v.step(2070, probed(5, "reachable"), "attempt 4 at endpoint 2")
+    v.step(2080, fail(4), "endpoint 0 is the round's last untried one: at once")
+    v.step(2090, ok(5), "connected to endpoint 0")
+
+
+def endpoints_lingering():
+    v = Vector(
+        "endpoints-lingering-keeps-endpoint",
+        "3 endpoints, seed 3 (order [1, 2, 0]), resume_grace_ms 3000. A lost link lingers "
+        "without ADVANCE: the endpoint stays 1, and the link resumes there. Lost again "
+        "before the stable period, it lingers again (wait max(1000, 3000)); when the grace "
+        "ends, the lingering link is closed and the next attempt opens at the same endpoint "
+        "1. Its failure moves on to endpoint 2 at once.",
+        plain(seed=3, endpoints=3, resume_grace_ms=3000, liveness_timeout_ms=None),
+    )
+    v.step(0, start(), "endpoint 1")
+    v.step(10, ok(1))
+    v.step(2000, lost(1), "stable: a new outage, the link lingers on endpoint 1")
+    v.step(2500, resumed(1), "resumed on endpoint 1 (attempt 1 of the outage)")
+    v.step(2700, lost(1), "up 200 ms: a failed attempt, lingering again, no ADVANCE")
+    v.fire("the grace is over: close it, attempt 2 at endpoint 1")
+    v.step(5710, fail(2), "endpoint 2 at once")
+    v.step(5720, ok(3))
+
+
+def endpoints_reconnect():
+    v = Vector(
+        "endpoints-reconnect-now-and-failed",
+        "3 endpoints, seed 3 (order [1, 2, 0]), max_attempts 2. reconnect_now on an up "
+        "link starts a new outage and a new round at the link's endpoint (1). A failure "
+        "moves on to endpoint 2 at once; its failure advances the cursor to endpoint 0, "
+        "but max_attempts is reached: give up in the middle of the round. reconnect_now in "
+        "failed begins a new round at the cursor (endpoint 0), whose failure moves on to "
+        "endpoint 1 at once.",
+        plain(seed=3, endpoints=3, max_attempts=2, liveness_timeout_ms=None),
+    )
+    v.step(0, start(), "endpoint 1")
+    v.step(10, ok(1))
+    v.step(100, reconnect(), "a new outage at the same endpoint 1")
+    v.step(110, fail(2), "endpoint 2 at once, attempt 2")
+    v.step(120, fail(3), "2 of 2 attempts used: give up; the cursor moved to endpoint 0")
+    v.step(200, reconnect(), "a new outage and round at endpoint 0")
+    v.step(210, fail(4), "endpoint 1 at once, attempt 2")
+    v.step(220, ok(5))
+
+
+def endpoints_max_elapsed():
+    v = Vector(
+        "endpoints-max-elapsed",
+        "3 endpoints, seed 3 (order [1, 2, 0]), max_elapsed_ms 3000, the outage began at "
+        "0. A failed try moves on to the round's next endpoint at once only while "
+        "now - outage.started <= max_elapsed_ms (3000 is still allowed); at 3001 the round "
+        "has endpoint 0 untried, but the move falls through to the normal schedule, whose "
+        "wait (1000 ms, step 1) would end past the limit: give up (deadline_exhausted).",
+        plain(seed=3, endpoints=3, max_elapsed_ms=3000, connect_timeout_ms=5000,
+              liveness_timeout_ms=None),
+    )
+    v.step(0, start(), "endpoint 1")
+    v.step(3000, fail(1), "3000 ms into a 3000 ms budget: endpoint 2 at once")
+    v.step(3001, fail(2), "3001 > 3000: no move within the round; give up")
+
+
+def endpoints_stale():
+    v = Vector(
+        "endpoints-two-stale-reports",
+        "2 endpoints, seed 1 (order [1, 0]): reports naming an older or a newer "
+        "generation are stale as with one endpoint: in connecting after a zero wait, in "
+        "connected, and in backing_off after a round; they change neither the state nor "
+        "the endpoint. The generation the next open will use is ignored in backing_off.",
+        plain(seed=1, endpoints=2, liveness_timeout_ms=None),
+    )
+    v.step(0, start(), "endpoint 1")
+    v.step(10, fail(1), "endpoint 0 at once, generation 2")
+    v.step(20, fail(1), "stale")
+    v.step(20, lost(1), "stale")
+    v.step(20, ok(3), "stale: newer")
+    v.step(30, ok(2), "connected to endpoint 0")
+    v.step(40, lost(1), "stale")
+    v.step(40, resumed(3), "stale: newer")
+    v.step(5000, lost(2), "stable: a new outage at endpoint 0, generation 3")
+    v.step(5010, fail(3), "endpoint 1 at once, generation 4")
+    v.step(5020, fail(4), "the round is over: back off 1000 ms")
+    v.step(5030, fail(4), "stale")
+    v.step(5030, lost(3), "stale")
+    v.step(5030, ok(6), "stale: newer")
+    v.step(5030, ok(5), "ignored: generation 5 is current but not opened yet")
+    v.step(5030, probed(1, "reachable"), "stale: no probe")
+    v.fire("a new round at endpoint 0, generation 5")
+    v.step(6030, ok(5))
+
+
+def endpoints_config():
+    ConfigErrorVector("config-endpoints-zero",
+                      "A configuration with 0 endpoints is rejected.",
+                      {"endpoints": 0}, "endpoints_out_of_range")
+    ConfigErrorVector("config-endpoints-too-many",
+                      "A configuration with 1025 endpoints (more than 1024) is rejected.",
+                      {"endpoints": 1025}, "endpoints_out_of_range")
+    v = Vector(
+        "config-endpoints-1024",
+        "1024 endpoints, the most allowed, seed 0: start opens at order[0] of the "
+        "1024-element shuffle, and a failure moves on to order[1] at once.",
+        plain(seed=0, endpoints=1024, liveness_timeout_ms=None),
+    )
+    o = v.m.order
+    v.step(0, start(), f"order[0] = {o[0]}")
+    v.step(10, fail(1), f"order[1] = {o[1]} at once")
+    v.step(20, ok(2))
+
+
 def main():
     for f in [
         row_idle, row_idle_shutdown, row_connecting, row_connected, row_blocked,
@@ -1576,6 +1788,9 @@ def main():
         s19, s19_lingering, s20, s23, s23_modes, s23_outages, s23_invalid, s29, s34, s35,
         s38, s38_retries, s38_link, s40, s40_budget, s41, s43, branches, budget_rules,
         budget_config_errors, row_backing_off_probing, s44, probe_rules,
+        endpoints_shuffle, endpoints_failover, endpoints_early_loss, endpoints_probe_round,
+        endpoints_lingering, endpoints_reconnect, endpoints_max_elapsed, endpoints_stale,
+        endpoints_config,
     ]:
         f()
     names = [v.name for v in VECTORS]

@@ -11,6 +11,8 @@ All times are integer milliseconds. Section numbers refer to docs/spec.md.
 
 MASK = (1 << 64) - 1
 MAX_DELAY_MS = 1 << 30
+MAX_ENDPOINTS = 1024
+SHUFFLE_SALT = 0x656E64706F696E74  # "endpoint" in ASCII (section 12.1)
 
 DEFAULT_BACKOFF = {
     "initial_ms": 1000,
@@ -32,6 +34,7 @@ DEFAULTS = {
     "close_timeout_ms": 5000,
     "resume_grace_ms": None,
     "permanent_retries": 0,
+    "endpoints": 1,
     "probe_interval_ms": None,
 }
 
@@ -88,6 +91,8 @@ def full_config(cfg):
         check_ms(out["probe_interval_ms"])
     if out["max_attempts"] == 0:
         raise ConfigError("zero_attempts")
+    if not (1 <= out["endpoints"] <= MAX_ENDPOINTS):
+        raise ConfigError("endpoints_out_of_range")
     rb = out["retry_budget"]
     if rb is not None:
         if set(rb) != {"burst", "refill_ms"}:
@@ -124,6 +129,23 @@ class SplitMix64:
         if n > MASK:
             return r
         return lo + r % n
+
+
+def shuffle(endpoints, seed):
+    """SHUFFLE of section 12.1: Fisher-Yates with its own SplitMix64."""
+    order = list(range(endpoints))
+    r = SplitMix64(seed ^ SHUFFLE_SALT)
+    for i in range(endpoints - 1, 0, -1):
+        j = r.uniform_inclusive(0, i)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+# The reference of section 12.1 (a self-check of the port).
+assert shuffle(3, 0) == [0, 2, 1], shuffle(3, 0)
+assert shuffle(3, 3) == [1, 2, 0], shuffle(3, 3)
+assert shuffle(3, 5) == [1, 0, 2], shuffle(3, 5)
+assert shuffle(1, 0) == [0]
 
 
 class Backoff:
@@ -189,6 +211,9 @@ class Machine:
         self.gen = 1
         self.outage = None  # {"started", "attempts", "permanent"}
         self.backoff = Backoff(self.c["backoff"], self.c["seed"])
+        self.order = shuffle(self.c["endpoints"], self.c["seed"])
+        self.cursor = 0
+        self.untried = self.c["endpoints"]
         self.retry_tokens = None  # (tokens, since); None: never spent, full
         self.next_probe = 1
         self.probes_unsupported = False
@@ -202,6 +227,10 @@ class Machine:
     # -- observers ---------------------------------------------------------
     def kind(self):
         return self.state["kind"]
+
+    def endpoint(self):
+        """order[cursor]: the live link's endpoint, or the next try's."""
+        return self.order[self.cursor]
 
     def state_attempt(self):
         s = self.state
@@ -282,7 +311,7 @@ class Machine:
         if inp["kind"] == "permanent" and not self.permanent_retry_allowed():
             self.give_up("permanent")
         else:
-            self.schedule(now, reason, None, False)
+            self.schedule(now, reason, None, False, self.advance())
         return True
 
     def on_link_lost(self, now, inp):
@@ -386,6 +415,9 @@ class Machine:
                 self.link_down(now, s["link"], "blocked_too_long", "transient", False)
         elif k == "backing_off":
             if s["lingering"] is None and self.probing():
+                if s["probe"] is not None:
+                    # An unanswered probe counts as unreachable: a failed try.
+                    self.advance()
                 self.probe_or_open(now, s["attempt"])
                 return True
             if s["lingering"] is not None:
@@ -399,8 +431,12 @@ class Machine:
         # Only the unanswered probe of backing_off gets here (section 8).
         s = self.state
         if inp["outcome"] == "unreachable":
-            # The next probe starts when this one's time is up (`until`).
-            s["probe"] = None
+            if self.advance():
+                # The round's next endpoint, probed at once.
+                self.probe_or_open(now, s["attempt"])
+            else:
+                # The next probe starts when this one's time is up (`until`).
+                s["probe"] = None
         else:
             if inp["outcome"] == "unsupported":
                 self.probes_unsupported = True
@@ -427,7 +463,7 @@ class Machine:
             "probe": p,
         }
         self.stats["probes"] += 1
-        self.out.append({"type": "probe", "probe": p})
+        self.out.append(with_endpoint({"type": "probe", "probe": p}, self.endpoint()))
 
     def new_link(self, now, gen, attempt):
         h = self.c["liveness_timeout_ms"]
@@ -452,7 +488,8 @@ class Machine:
 
     def link_down(self, now, link, reason, kind, may_linger):
         self.stats["outages"] += 1
-        if now - link["since"] >= self.c["stable_period_ms"]:
+        stable = now - link["since"] >= self.c["stable_period_ms"]
+        if stable:
             self.new_outage(now)
         else:
             self.stats["failed_attempts"] += 1
@@ -460,12 +497,15 @@ class Machine:
             self.retire(link["generation"])
             self.give_up("permanent")
             return
+        in_round = False
         if may_linger and self.c["resume_grace_ms"] is not None:
-            lingering = link["generation"]
+            lingering = link["generation"]  # no close yet, no ADVANCE
         else:
             self.retire(link["generation"])
             lingering = None
-        self.schedule(now, reason, lingering, True)
+            if not stable:
+                in_round = self.advance()  # an early loss is a failed try
+        self.schedule(now, reason, lingering, True, in_round)
 
     def take_retry_token(self, now):
         b = self.c["retry_budget"]
@@ -483,11 +523,40 @@ class Machine:
         self.retry_tokens = (max(tokens - 1, 0), since)
         return tokens > 0
 
-    def schedule(self, now, reason, lingering, link_was_up):
+    def advance(self):
+        """ADVANCE: the try at the cursor failed. True: go on at once."""
+        n = self.c["endpoints"]
+        self.cursor = (self.cursor + 1) % n
+        self.untried -= 1
+        if self.untried > 0:
+            return True
+        self.untried = n  # the round is over; the next try begins a new one
+        return False
+
+    def schedule(self, now, reason, lingering, link_was_up, in_round):
         o = self.outage
         ma = self.c["max_attempts"]
         if ma is not None and o["attempts"] >= ma:
             self.give_up_lingering(lingering, "retries_exhausted")
+            return
+        me = self.c["max_elapsed_ms"]
+        if in_round and lingering is None and (me is None or now - o["started"] <= me):
+            # The round's next endpoint, at once.
+            if self.kind() == "connecting":
+                # A failed attempt: a zero wait, so no connecting -> connecting.
+                self.set_state(
+                    {
+                        "kind": "backing_off",
+                        "attempt": o["attempts"] + 1,
+                        "until": now,
+                        "lingering": None,
+                        "probe": None,
+                    },
+                    reason,
+                )
+                self.open(now, "backoff_elapsed")
+            else:
+                self.open(now, reason)  # an up link's early loss
             return
         first = o["attempts"] == 0
         if self.c["immediate_first_retry"] and lingering is None:
@@ -539,7 +608,9 @@ class Machine:
             reason,
         )
         self.stats["opens"] += 1
-        self.out.append({"type": "open", "generation": g, "attempt": a})
+        self.out.append(
+            with_endpoint({"type": "open", "generation": g, "attempt": a}, self.endpoint())
+        )
 
     def retire(self, g):
         assert g == self.gen
@@ -563,6 +634,7 @@ class Machine:
     def new_outage(self, now):
         self.outage = {"started": now, "attempts": 0, "permanent": 0}
         self.backoff.reset()
+        self.untried = self.c["endpoints"]  # a new round, from the cursor
 
     def set_state(self, nxt, reason):
         frm = self.kind()
@@ -576,3 +648,10 @@ class Machine:
                 "reason": reason,
             }
         )
+
+
+def with_endpoint(output, endpoint):
+    """JSON omits an endpoint of 0 (section 5)."""
+    if endpoint != 0:
+        output["endpoint"] = endpoint
+    return output

@@ -48,6 +48,7 @@ struct RawConfig {
     grace_us: Option<u64>,
     permanent_retries: u32,
     probe_us: Option<u64>,
+    endpoints: u16,
     seed: u64,
 }
 
@@ -100,6 +101,7 @@ impl RawConfig {
             .resume_grace(self.grace_us.map(us))
             .permanent_retries(self.permanent_retries)
             .probe_interval(self.probe_us.map(us))
+            .endpoints(usize::from(self.endpoints))
             .seed(self.seed)
             .build();
         match built {
@@ -141,6 +143,7 @@ impl RawConfig {
             .resume_grace(self.grace_us.map(|g| ms(1 + g % 10_000)))
             .permanent_retries(self.permanent_retries % 4)
             .probe_interval(self.probe_us.map(|p| ms(1 + p % 3_000)))
+            .endpoints(1 + usize::from(self.endpoints % 5))
             .seed(self.seed)
             .build()
             .expect("mapped configuration is valid")

@@ -45,6 +45,14 @@ pub enum ConfigError {
     /// `max_attempts` of zero would never try at all.
     #[error("max_attempts must be at least 1")]
     ZeroAttempts,
+    /// The number of endpoints is outside `1..=MAX_ENDPOINTS`.
+    #[error("endpoints must be within 1..={max}, got {count}")]
+    EndpointsOutOfRange {
+        /// The rejected count.
+        count: usize,
+        /// The largest accepted count.
+        max: usize,
+    },
     /// The blocked timeout is shorter than twice the liveness timeout (seed
     /// 001's rule: throttled links must not be replaced faster than dead
     /// ones are detected).
@@ -89,6 +97,9 @@ pub(crate) struct Budget {
     pub(crate) refill_ms: u64,
 }
 
+/// The most endpoints one machine may choose among.
+pub const MAX_ENDPOINTS: usize = 1024;
+
 /// A validated machine configuration. Build one with [`Config::builder`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -105,6 +116,7 @@ pub struct Config {
     pub(crate) resume_grace_ms: Option<u64>,
     pub(crate) permanent_retries: u32,
     pub(crate) probe_interval_ms: Option<u64>,
+    pub(crate) endpoints: u32,
     pub(crate) seed: u64,
 }
 
@@ -181,6 +193,11 @@ impl Config {
     pub fn probe_interval(&self) -> Option<Duration> {
         self.probe_interval_ms.map(Duration::from_millis)
     }
+    /// How many endpoints the machine chooses among (see
+    /// [`ConfigBuilder::endpoints`]).
+    pub fn endpoints(&self) -> usize {
+        self.endpoints as usize
+    }
     /// The PRNG seed.
     pub fn seed(&self) -> u64 {
         self.seed
@@ -203,6 +220,7 @@ pub struct ConfigBuilder {
     resume_grace: Option<Duration>,
     permanent_retries: u32,
     probe_interval: Option<Duration>,
+    endpoints: usize,
     seed: Option<u64>,
 }
 
@@ -222,6 +240,7 @@ impl Default for ConfigBuilder {
             resume_grace: None,
             permanent_retries: 0,
             probe_interval: None,
+            endpoints: 1,
             seed: None,
         }
     }
@@ -309,6 +328,16 @@ impl ConfigBuilder {
         self.probe_interval = interval;
         self
     }
+    /// How many endpoints (the nodes of a cluster, the brokers of a
+    /// failover group) the machine chooses among for each attempt and probe
+    /// (default: 1). It shuffles them once, from the seed, tries them in
+    /// that order, and moves to the next at once after a failure while the
+    /// round has one untried; backoff grows per round (docs/spec.md, 12.1).
+    /// The adapters set it from their endpoint lists.
+    pub fn endpoints(mut self, count: usize) -> Self {
+        self.endpoints = count;
+        self
+    }
     /// The PRNG seed for jitter. When unset, `build` takes one from the
     /// standard library's per-process random keys, so that a fleet spreads.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -353,6 +382,12 @@ impl ConfigBuilder {
         if self.max_attempts == Some(0) {
             return Err(ConfigError::ZeroAttempts);
         }
+        if !(1..=MAX_ENDPOINTS).contains(&self.endpoints) {
+            return Err(ConfigError::EndpointsOutOfRange {
+                count: self.endpoints,
+                max: MAX_ENDPOINTS,
+            });
+        }
         let retry_budget = match self.retry_budget {
             None => None,
             Some(b) if b.burst == 0 => {
@@ -384,6 +419,7 @@ impl ConfigBuilder {
             resume_grace_ms,
             permanent_retries: self.permanent_retries,
             probe_interval_ms,
+            endpoints: u32::try_from(self.endpoints).expect("checked above"),
             seed,
         })
     }

@@ -121,6 +121,13 @@ pub enum Invariant {
     TimerContract,
     /// The machine's counters match the outputs and the stale inputs seen.
     StatsConsistent,
+    /// Every `Open` and `Probe` names an endpoint below the configured
+    /// count; within an outage, a try never targets an endpoint among the
+    /// last `endpoints - 1` failed tries (so no endpoint is tried twice in
+    /// a row while another is untried), and a wait begins after a failed
+    /// try only once the last `endpoints` failed tries covered every
+    /// endpoint (a round is over).
+    EndpointRounds,
 }
 
 impl Invariant {
@@ -145,6 +152,7 @@ impl Invariant {
             Invariant::LivenessLostConsistent => "liveness_lost_consistent",
             Invariant::TimerContract => "timer_contract",
             Invariant::StatsConsistent => "stats_consistent",
+            Invariant::EndpointRounds => "endpoint_rounds",
         }
     }
 }
@@ -205,6 +213,12 @@ pub struct Checker {
     shut_down: bool,
     disconnects: u64,
     reconnects: u64,
+    /// The endpoints of the outage's failed tries, the latest last (at most
+    /// `endpoints` kept).
+    failed_tries: std::collections::VecDeque<u32>,
+    /// The endpoint of the last `Open` and of the last `Probe`.
+    open_endpoint: u32,
+    probe_endpoint: u32,
 }
 
 /// Returns a [`Violation`] from the enclosing `observe` when `cond` is false.
@@ -249,6 +263,9 @@ impl Checker {
             shut_down: kind.is_shutting_down(),
             disconnects: 0,
             reconnects: u64::from(kind.is_link_up()),
+            failed_tries: std::collections::VecDeque::new(),
+            open_endpoint: machine.endpoint(),
+            probe_endpoint: machine.endpoint(),
             state,
         }
     }
@@ -298,6 +315,37 @@ impl Checker {
         self.outage_known = true;
         self.outage_started = Some(now);
         self.permanent_failures = 0;
+        self.failed_tries.clear();
+    }
+
+    fn failed_try(&mut self, endpoint: u32) {
+        if self.failed_tries.len() >= self.config.endpoints() {
+            self.failed_tries.pop_front();
+        }
+        self.failed_tries.push_back(endpoint);
+    }
+
+    /// A new try of `endpoint` must not repeat one of the last
+    /// `endpoints - 1` failed tries.
+    fn check_try(&self, input: &Input, what: &str, endpoint: u32) -> Result<(), Violation> {
+        let n = self.config.endpoints();
+        ensure!(
+            self,
+            input,
+            (endpoint as usize) < n,
+            EndpointRounds,
+            "{what} names endpoint {endpoint} of {n}"
+        );
+        let recent = self.failed_tries.iter().rev().take(n - 1);
+        ensure!(
+            self,
+            input,
+            !recent.clone().any(|&e| e == endpoint),
+            EndpointRounds,
+            "{what} tries endpoint {endpoint} again while another is untried (failed tries {:?})",
+            self.failed_tries
+        );
+        Ok(())
     }
 
     /// Checks one step: `input` was handled at `now`, then `poll(now)` was
@@ -385,6 +433,21 @@ impl Checker {
             );
         }
 
+        // ---- a probe that failed: answered unreachable, or overtaken -----
+        let mut tried_in_step = false;
+        let probe_failed = match *input {
+            Input::Probed {
+                probe,
+                outcome: super::ProbeOutcome::Unreachable,
+            } => Some(probe) == unanswered,
+            Input::Timeout => timer_due && unanswered.is_some(),
+            _ => false,
+        };
+        if probe_failed {
+            self.failed_try(self.probe_endpoint);
+            tried_in_step = true;
+        }
+
         // ---- walk the outputs in order ---------------------------------
         let mut opens = 0u64;
         let mut probes = 0u64;
@@ -412,7 +475,10 @@ impl Checker {
                 Output::Open {
                     generation,
                     attempt,
+                    endpoint,
                 } => {
+                    self.check_try(input, &format!("Open({generation})"), endpoint)?;
+                    self.open_endpoint = endpoint;
                     ensure!(
                         self,
                         input,
@@ -474,7 +540,9 @@ impl Checker {
                     opened = Some((generation, attempt));
                     opens += 1;
                 }
-                Output::Probe { probe } => {
+                Output::Probe { probe, endpoint } => {
+                    self.check_try(input, &format!("Probe({probe})"), endpoint)?;
+                    self.probe_endpoint = endpoint;
                     probes += 1;
                     ensure!(
                         self,
@@ -510,6 +578,21 @@ impl Checker {
                         "Close({generation}) but the open link is {:?}",
                         self.open_link
                     );
+                    // A failed try: an attempt that ended without a link, or
+                    // a link lost before the stable period (not by the user).
+                    let early = self.up_since.is_some_and(|since| {
+                        now.saturating_duration_since(since) < cfg.stable_period()
+                    });
+                    let by_user = matches!(input, Input::Shutdown | Input::ReconnectNow);
+                    let failed = match self.kind {
+                        StateKind::Connecting => true,
+                        StateKind::Connected | StateKind::Blocked => early,
+                        _ => false,
+                    };
+                    if failed && !by_user && self.outage_known {
+                        self.failed_try(self.open_endpoint);
+                        tried_in_step = true;
+                    }
                     self.open_link = None;
                     self.generation = generation.next();
                     closes += 1;
@@ -938,6 +1021,31 @@ impl Checker {
                     "a stable link was lost but attempt 1 was not opened at once: {outputs:?}"
                 );
             }
+        }
+
+        // ---- a wait after a failed try only once the round is over ------
+        if let State::BackingOff {
+            until,
+            lingering: None,
+            probe: None,
+            ..
+        } = machine.state()
+            && tried_in_step
+            && self.outage_known
+            && *until > now
+        {
+            let n = cfg.endpoints();
+            let mut covered: Vec<u32> = self.failed_tries.iter().copied().collect();
+            covered.sort_unstable();
+            covered.dedup();
+            ensure!(
+                self,
+                input,
+                covered.len() == n,
+                EndpointRounds,
+                "a wait begins while an endpoint of the round is untried (failed tries {:?})",
+                self.failed_tries
+            );
         }
 
         // ---- timers ------------------------------------------------------

@@ -154,6 +154,10 @@ pub enum Output {
         generation: Generation,
         /// The attempt number within the current outage (1-based).
         attempt: u32,
+        /// The endpoint to open it to: an index into the driver's endpoint
+        /// list (always 0 with one endpoint; JSON omits a 0).
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_zero"))]
+        endpoint: u32,
     },
     /// Release everything that belongs to link `generation`, aborting its open if it
     /// is still in progress. Emitted exactly once per `Open`, always before
@@ -182,6 +186,9 @@ pub enum Output {
     Probe {
         /// The probe's number (strictly increasing).
         probe: u64,
+        /// The endpoint to probe (as in [`Output::Open`]).
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_zero"))]
+        endpoint: u32,
     },
     /// No inbound traffic on link `generation` for the liveness timeout: it is dead.
     LivenessLost {
@@ -193,6 +200,12 @@ pub enum Output {
         /// Why.
         cause: FailCause,
     },
+}
+
+#[cfg(feature = "serde")]
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// The name of a state, without its data.

@@ -45,11 +45,12 @@ pub mod table;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use config::{Config, ConfigBuilder, ConfigError, RetryBudget};
+pub use config::{Config, ConfigBuilder, ConfigError, MAX_ENDPOINTS, RetryBudget};
 pub use io::{ErrorKind, FailCause, Generation, Input, Output, ProbeOutcome, Reason, StateKind};
 pub use state::{Link, Liveness, State};
 
 use crate::backoff::BackoffState;
+use crate::rng::SplitMix64;
 
 /// Counters kept by the machine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,6 +96,12 @@ pub struct Machine {
     next_probe: u64,
     /// The transport answered `Unsupported`: no more probes.
     probes_unsupported: bool,
+    /// The endpoints in the order tries visit them (shuffled once).
+    order: Box<[u32]>,
+    /// Position in `order` of the live link's endpoint, or the next try's.
+    cursor: u32,
+    /// Endpoints of the current round not yet tried.
+    untried: u32,
     outputs: VecDeque<Output>,
     now: Option<Instant>,
     stats: MachineStats,
@@ -104,6 +111,8 @@ impl Machine {
     /// A machine in `Idle`, whose first link will be generation 1.
     pub fn new(config: Config) -> Self {
         let backoff = BackoffState::new(config.backoff(), config.seed());
+        let order = shuffled_endpoints(config.endpoints, config.seed());
+        let untried = config.endpoints;
         Self {
             config,
             state: State::Idle,
@@ -113,6 +122,9 @@ impl Machine {
             retry_tokens: None,
             next_probe: 1,
             probes_unsupported: false,
+            order,
+            cursor: 0,
+            untried,
             outputs: VecDeque::new(),
             now: None,
             stats: MachineStats::default(),
@@ -148,6 +160,15 @@ impl Machine {
     /// Attempts made in the current outage (0 before the first).
     pub fn attempts(&self) -> u32 {
         self.outage.map_or(0, |o| o.attempts)
+    }
+    /// The endpoint of the live link, or the one the next attempt or probe
+    /// targets (always 0 with one endpoint).
+    pub fn endpoint(&self) -> u32 {
+        self.order[self.cursor as usize]
+    }
+    /// The order tries visit the endpoints in (shuffled once from the seed).
+    pub fn endpoint_order(&self) -> &[u32] {
+        &self.order
     }
     /// The counters.
     pub fn stats(&self) -> MachineStats {
@@ -266,7 +287,8 @@ impl Machine {
         if kind == ErrorKind::Permanent && !self.permanent_retry_allowed() {
             self.give_up(crate::machine::FailCause::Permanent);
         } else {
-            self.schedule_attempt(now, reason, None, false);
+            let in_round = self.advance();
+            self.schedule_attempt(now, reason, None, false, in_round);
         }
         true
     }
@@ -358,14 +380,19 @@ impl Machine {
                 self.probes_unsupported = true;
                 self.open(now, Reason::BackoffElapsed);
             }
-            // The next probe starts when this one's time is up.
+            // The round's next endpoint is probed at once; after a whole
+            // round, the next probe starts when this one's time is up.
             ProbeOutcome::Unreachable => {
-                self.state = State::BackingOff {
-                    attempt,
-                    until,
-                    lingering,
-                    probe: None,
-                };
+                if self.advance() {
+                    self.probe_or_open(now, attempt);
+                } else {
+                    self.state = State::BackingOff {
+                        attempt,
+                        until,
+                        lingering,
+                        probe: None,
+                    };
+                }
             }
         }
         true
@@ -457,9 +484,16 @@ impl Machine {
                 }
             }
             State::BackingOff {
-                attempt, lingering, ..
+                attempt,
+                lingering,
+                probe,
+                ..
             } => {
                 if lingering.is_none() && self.probing() {
+                    if probe.is_some() {
+                        // Unanswered in time: it counts as unreachable.
+                        self.advance();
+                    }
                     self.probe_or_open(now, attempt);
                     return true;
                 }
@@ -522,24 +556,29 @@ impl Machine {
             self.give_up(FailCause::Permanent);
             return;
         }
+        let mut in_round = false;
         let lingering = if may_linger && self.config.resume_grace_ms.is_some() {
             Some(link.generation)
         } else {
             self.retire(link.generation);
+            // An early loss is a failed try of this endpoint.
+            in_round = !stable && self.advance();
             None
         };
-        self.schedule_attempt(now, reason, lingering, true);
+        self.schedule_attempt(now, reason, lingering, true, in_round);
     }
 
-    /// Decides when the next attempt runs: at once (first attempt of an
-    /// outage, or an up link's early loss within the retry budget), after a
-    /// backoff delay, or never (limits reached).
+    /// Decides when the next attempt runs: at once (the round's next
+    /// endpoint, the first attempt of an outage, or an up link's early loss
+    /// within the retry budget), after a backoff delay, or never (limits
+    /// reached).
     fn schedule_attempt(
         &mut self,
         now: Instant,
         reason: Reason,
         lingering: Option<Generation>,
         link_was_up: bool,
+        in_round: bool,
     ) {
         let outage = self.outage.expect("an outage is under way");
         if self
@@ -548,6 +587,28 @@ impl Machine {
             .is_some_and(|max| outage.attempts >= max)
         {
             self.give_up_lingering(lingering, FailCause::RetriesExhausted);
+            return;
+        }
+        if in_round
+            && lingering.is_none()
+            && self
+                .config
+                .max_elapsed_ms
+                .is_none_or(|max| elapsed_ms(now, outage.started) <= max)
+        {
+            if matches!(self.state, State::Connecting { .. }) {
+                // A zero wait, so that no state change goes from connecting to connecting.
+                let wait = State::BackingOff {
+                    attempt: outage.attempts.saturating_add(1),
+                    until: now,
+                    lingering: None,
+                    probe: None,
+                };
+                self.set_state(wait, reason);
+                self.open(now, Reason::BackoffElapsed);
+            } else {
+                self.open(now, reason);
+            }
             return;
         }
         let first = outage.attempts == 0;
@@ -649,7 +710,8 @@ impl Machine {
             probe: Some(probe),
         };
         self.stats.probes = self.stats.probes.saturating_add(1);
-        self.outputs.push_back(Output::Probe { probe });
+        let endpoint = self.endpoint();
+        self.outputs.push_back(Output::Probe { probe, endpoint });
     }
 
     /// Emits `Open` for the current (fresh) generation.
@@ -668,10 +730,26 @@ impl Machine {
             reason,
         );
         self.stats.opens = self.stats.opens.saturating_add(1);
+        let endpoint = self.endpoint();
         self.outputs.push_back(Output::Open {
             generation,
             attempt,
+            endpoint,
         });
+    }
+
+    /// The try at the cursor failed: moves to the next endpoint. True while
+    /// the round still has an untried endpoint (the next try goes at once);
+    /// false when the round is over (a new one begins with the next try).
+    fn advance(&mut self) -> bool {
+        let n = self.config.endpoints;
+        self.cursor = (self.cursor + 1) % n;
+        self.untried -= 1;
+        if self.untried > 0 {
+            return true;
+        }
+        self.untried = n;
+        false
     }
 
     /// Retires link `generation`: the generation advances first, so every late
@@ -711,6 +789,8 @@ impl Machine {
             permanent_failures: 0,
         });
         self.backoff.reset(&self.config.backoff);
+        // A new round, from the cursor: the endpoint of the lost link first.
+        self.untried = self.config.endpoints;
     }
 
     /// The one place the state changes; emits `StateChanged`.
@@ -730,6 +810,19 @@ impl Machine {
             reason,
         });
     }
+}
+
+/// The endpoints `0..n` in a Fisher-Yates order drawn from a generator of
+/// their own, so the backoff's draws do not depend on the endpoint count.
+fn shuffled_endpoints(n: u32, seed: u64) -> Box<[u32]> {
+    const SALT: u64 = u64::from_be_bytes(*b"endpoint");
+    let mut order: Box<[u32]> = (0..n).collect();
+    let mut rng = SplitMix64::new(seed ^ SALT);
+    for i in (1..order.len()).rev() {
+        let j = rng.uniform_inclusive(0, i as u64) as usize;
+        order.swap(i, j);
+    }
+    order
 }
 
 fn ms(v: u64) -> Duration {
@@ -802,7 +895,13 @@ mod tests {
     #[test]
     fn probes_start_when_the_backoff_wait_ends_and_a_reachable_one_opens() {
         let (mut m, _, until) = probing_after_a_failure(None);
-        assert_eq!(outputs(&mut m, until), vec![Output::Probe { probe: 1 }]);
+        assert_eq!(
+            outputs(&mut m, until),
+            vec![Output::Probe {
+                probe: 1,
+                endpoint: 0
+            }]
+        );
         assert_eq!(m.kind(), StateKind::BackingOff);
         // Refused: the next probe starts one interval after the first.
         m.handle(
@@ -814,10 +913,22 @@ mod tests {
         );
         assert_eq!(m.poll_timeout(), Some(until + Duration::from_millis(500)));
         let next = until + Duration::from_millis(500);
-        assert_eq!(outputs(&mut m, next), vec![Output::Probe { probe: 2 }]);
+        assert_eq!(
+            outputs(&mut m, next),
+            vec![Output::Probe {
+                probe: 2,
+                endpoint: 0
+            }]
+        );
         // Unanswered: at its time up the next probe starts, the late answer is stale.
         let later = next + Duration::from_millis(500);
-        assert_eq!(outputs(&mut m, later), vec![Output::Probe { probe: 3 }]);
+        assert_eq!(
+            outputs(&mut m, later),
+            vec![Output::Probe {
+                probe: 3,
+                endpoint: 0
+            }]
+        );
         let stale = m.stats().stale_inputs;
         m.handle(
             later,
@@ -887,7 +998,13 @@ mod tests {
     #[test]
     fn an_unsupported_answer_opens_and_ends_probing_for_good() {
         let (mut m, _, until) = probing_after_a_failure(None);
-        assert_eq!(outputs(&mut m, until), vec![Output::Probe { probe: 1 }]);
+        assert_eq!(
+            outputs(&mut m, until),
+            vec![Output::Probe {
+                probe: 1,
+                endpoint: 0
+            }]
+        );
         m.handle(
             until,
             Input::Probed {
