@@ -108,6 +108,7 @@ fn main() -> ExitCode {
                 Output::Open {
                     generation,
                     attempt,
+                    ..
                 } => {
                     println!("open link {generation} (attempt {attempt})");
                     match TcpStream::connect_timeout(&addr, connect_timeout) {
@@ -130,7 +131,7 @@ fn main() -> ExitCode {
                 }
                 // Only with `probe_interval` set (not here): a TCP connect,
                 // then hang up, is this transport's cheap check.
-                Output::Probe { probe } => {
+                Output::Probe { probe, .. } => {
                     let outcome = match TcpStream::connect_timeout(&addr, connect_timeout) {
                         Ok(_) => ProbeOutcome::Reachable,
                         Err(_) => ProbeOutcome::Unreachable,

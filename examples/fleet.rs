@@ -244,7 +244,7 @@ impl Transport for FleetTransport {
         self.memory.close(link)
     }
 
-    fn probe(&self) -> impl Future<Output = ProbeOutcome> + Send + 'static {
+    fn probe(&self, _endpoint: usize) -> impl Future<Output = ProbeOutcome> + Send + 'static {
         std::future::ready(self.broker.probe())
     }
 }

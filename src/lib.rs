@@ -42,6 +42,11 @@ pub mod rng;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// docs/clusters.md's examples, compiled as doctests.
+#[cfg(all(doctest, feature = "amqp", feature = "mqtt"))]
+#[doc = include_str!("../docs/clusters.md")]
+pub struct ClustersDoctests;
+
 #[cfg(feature = "tokio")]
 pub(crate) mod loom;
 #[cfg(feature = "tokio")]

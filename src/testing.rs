@@ -5,7 +5,7 @@
 //! It counts what a harness needs: connect and close calls, links open now
 //! and at most, and a log of opens and closes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -95,6 +95,19 @@ struct State {
     /// What probes answer (`None`: `Unsupported`, as a transport without probes).
     probe: Option<ProbeOutcome>,
     probe_calls: u64,
+    /// Endpoints whose opens fail and whose probes answer `Unreachable`.
+    down: HashSet<usize>,
+    /// The endpoint of every open and probe, in order.
+    tries: Vec<Try>,
+}
+
+/// One open or probe, with the endpoint it targeted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Try {
+    /// An open of `endpoint`.
+    Open(usize),
+    /// A probe of `endpoint`.
+    Probe(usize),
 }
 
 struct Inner {
@@ -198,6 +211,22 @@ impl MemoryControl {
         self.state().probe = Some(outcome);
     }
 
+    /// Takes `endpoint` down (its opens fail as transient and its probes
+    /// answer `Unreachable`, whatever the plans) or brings it back.
+    pub fn set_endpoint_down(&self, endpoint: usize, down: bool) {
+        let mut state = self.state();
+        if down {
+            state.down.insert(endpoint);
+        } else {
+            state.down.remove(&endpoint);
+        }
+    }
+
+    /// Every open and probe so far, with its endpoint, in order.
+    pub fn tries(&self) -> Vec<Try> {
+        self.state().tries.clone()
+    }
+
     /// `probe` calls so far.
     pub fn probe_calls(&self) -> u64 {
         self.state().probe_calls
@@ -295,12 +324,17 @@ impl Transport for MemoryTransport {
             let plan = {
                 let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                 state.log.push(LogEntry::Open(generation, ctx.attempt));
+                state.tries.push(Try::Open(ctx.endpoint));
                 state.reporters.insert(generation, ctx.reporter.clone());
-                state
-                    .plans
-                    .pop_front()
-                    .or(state.default_plan)
-                    .unwrap_or(Plan::Succeed)
+                if state.down.contains(&ctx.endpoint) {
+                    Plan::Fail(ErrorKind::Transient)
+                } else {
+                    state
+                        .plans
+                        .pop_front()
+                        .or(state.default_plan)
+                        .unwrap_or(Plan::Succeed)
+                }
             };
             inner.connect_calls.fetch_add(1, Ordering::AcqRel);
             inner.changed.notify_waiters();
@@ -340,11 +374,18 @@ impl Transport for MemoryTransport {
         }
     }
 
-    fn probe(&self) -> impl std::future::Future<Output = ProbeOutcome> + Send + 'static {
+    fn probe(
+        &self,
+        endpoint: usize,
+    ) -> impl std::future::Future<Output = ProbeOutcome> + Send + 'static {
         let outcome = {
             let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
             state.probe_calls += 1;
-            state.probe.unwrap_or(ProbeOutcome::Unsupported)
+            state.tries.push(Try::Probe(endpoint));
+            match state.probe {
+                Some(_) if state.down.contains(&endpoint) => ProbeOutcome::Unreachable,
+                answer => answer.unwrap_or(ProbeOutcome::Unsupported),
+            }
         };
         self.inner.changed.notify_waiters();
         std::future::ready(outcome)

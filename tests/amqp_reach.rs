@@ -28,7 +28,7 @@ fn transport(uri: &str) -> AmqpTransport {
 
 /// The probe's answer (failing, not hanging, if it never comes).
 async fn probe(uri: &str) -> ProbeOutcome {
-    tokio::time::timeout(Duration::from_secs(10), transport(uri).probe())
+    tokio::time::timeout(Duration::from_secs(10), transport(uri).probe(0))
         .await
         .expect("the probe answers")
 }
@@ -135,7 +135,7 @@ async fn no_answer_through_a_blackhole() {
     proxy.blackhole(true);
     let uri = a::proxied_uri(proxy.addr());
     let t = transport(&uri);
-    let pending = tokio::time::timeout(Duration::from_millis(300), t.probe()).await;
+    let pending = tokio::time::timeout(Duration::from_millis(300), t.probe(0)).await;
     assert!(
         pending.is_err(),
         "answered through a blackhole: {pending:?}"

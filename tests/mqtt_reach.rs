@@ -34,7 +34,7 @@ fn config(addr: SocketAddr) -> MqttConfig {
 
 /// The probe's answer (failing, not hanging, if it never comes).
 async fn probe(config: MqttConfig) -> ProbeOutcome {
-    tokio::time::timeout(Duration::from_secs(10), transport(config).probe())
+    tokio::time::timeout(Duration::from_secs(10), transport(config).probe(0))
         .await
         .expect("the probe answers")
 }
@@ -163,7 +163,7 @@ async fn no_answer_through_a_blackhole() {
     let proxy = chaos::start(broker_addr()).await.unwrap();
     proxy.blackhole(true);
     let t = transport(config(proxy.addr()));
-    let pending = tokio::time::timeout(Duration::from_millis(300), t.probe()).await;
+    let pending = tokio::time::timeout(Duration::from_millis(300), t.probe(0)).await;
     assert!(
         pending.is_err(),
         "answered through a blackhole: {pending:?}"

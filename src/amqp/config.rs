@@ -132,6 +132,21 @@ pub enum AmqpConfigError {
     /// A duration or the backoff, as the engine validates it.
     #[error(transparent)]
     Engine(#[from] ConfigError),
+    /// A cluster configuration without any URI.
+    #[error("no endpoint: a cluster needs at least one URI")]
+    NoEndpoints,
+    /// The endpoints of one engine must share the scheme, the credentials
+    /// and the vhost: they are nodes of one cluster, and failing over must
+    /// not change who the client is or what it sees.
+    #[error(
+        "endpoint {index} differs from endpoint 0 in its {what}; the URIs of one cluster share scheme, credentials and vhost"
+    )]
+    MixedEndpoints {
+        /// The endpoint's position in the list.
+        index: usize,
+        /// What differs: `scheme`, `credentials` or `vhost`.
+        what: &'static str,
+    },
 }
 
 /// Everything the AMQP adapter needs; see the environment variables in
@@ -141,7 +156,8 @@ pub enum AmqpConfigError {
 /// TLS client identity.
 #[derive(Clone)]
 pub struct AmqpConfig {
-    pub(crate) uri: String,
+    /// The endpoints, at least one once validated.
+    pub(crate) uris: Vec<String>,
     pub(crate) connection_name: Option<String>,
     pub(crate) heartbeat: Heartbeat,
     pub(crate) tls: OwnedTLSConfig,
@@ -167,8 +183,23 @@ impl AmqpConfig {
     /// `heartbeat`, `frame_max` and `channel_max` query parameters are
     /// replaced by this configuration's values.
     pub fn new(uri: impl Into<String>) -> Self {
+        Self::cluster([uri.into()])
+    }
+
+    /// A configuration for the nodes of one cluster, one URI each, sharing
+    /// scheme, credentials and vhost (otherwise
+    /// [`AmqpConfigError::MixedEndpoints`]). The engine shuffles them once
+    /// (so a fleet spreads over the nodes), returns to the node of a lost
+    /// link first, and tries the next node at once when one fails: a dead
+    /// node costs one refused connect, not a backoff wait (docs/clusters.md).
+    /// Otherwise as [`AmqpConfig::new`].
+    pub fn cluster<I, S>(uris: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         Self {
-            uri: uri.into(),
+            uris: uris.into_iter().map(Into::into).collect(),
             connection_name: None,
             heartbeat: Heartbeat::DEFAULT,
             tls: OwnedTLSConfig::default(),
@@ -282,9 +313,14 @@ impl AmqpConfig {
         self
     }
 
-    /// The broker URI.
+    /// The first endpoint's URI (empty when the list is).
     pub fn uri(&self) -> &str {
-        &self.uri
+        self.uris.first().map_or("", String::as_str)
+    }
+    /// Every endpoint's URI, in the order given (the engine's
+    /// [`crate::runtime::OpenContext::endpoint`] indexes this list).
+    pub fn uris(&self) -> &[String] {
+        &self.uris
     }
     /// The heartbeat proposal.
     pub fn heartbeat_proposal(&self) -> Heartbeat {
@@ -325,8 +361,23 @@ impl AmqpConfig {
     /// Checks what the engine configuration does not: TLS settings need
     /// `amqps://`, the consumer buffer fits a channel; and every duration
     /// and the backoff, as the engine would.
-    pub(crate) fn check(&self, uri: &AMQPUri) -> Result<(), AmqpConfigError> {
-        if uri.scheme == AMQPScheme::AMQP && self.tls != OwnedTLSConfig::default() {
+    pub(crate) fn check(&self, uris: &[AMQPUri]) -> Result<(), AmqpConfigError> {
+        let Some(first) = uris.first() else {
+            return Err(AmqpConfigError::NoEndpoints);
+        };
+        for (index, uri) in uris.iter().enumerate().skip(1) {
+            let what = if uri.scheme != first.scheme {
+                "scheme"
+            } else if uri.authority.userinfo != first.authority.userinfo {
+                "credentials"
+            } else if uri.vhost != first.vhost {
+                "vhost"
+            } else {
+                continue;
+            };
+            return Err(AmqpConfigError::MixedEndpoints { index, what });
+        }
+        if first.scheme == AMQPScheme::AMQP && self.tls != OwnedTLSConfig::default() {
             return Err(AmqpConfigError::TlsWithoutAmqps);
         }
         let max = tokio::sync::Semaphore::MAX_PERMITS;
@@ -355,6 +406,7 @@ impl AmqpConfig {
             .blocked_timeout(self.blocked_timeout)
             .stable_period(self.stable_period)
             .probe_interval(self.probe_interval)
+            .endpoints(self.uris.len().max(1))
             .close_timeout(
                 self.close_timeout
                     .saturating_mul(2)
@@ -469,7 +521,10 @@ impl fmt::Debug for AmqpConfig {
             OwnedIdentity::PKCS8 { .. } => ("PKCS8", Redacted),
         });
         f.debug_struct("AmqpConfig")
-            .field("uri", &redact::uri(&self.uri))
+            .field(
+                "uris",
+                &self.uris.iter().map(|u| redact::uri(u)).collect::<Vec<_>>(),
+            )
             .field("connection_name", &self.connection_name)
             .field("heartbeat", &self.heartbeat)
             .field("tls_identity", &identity)

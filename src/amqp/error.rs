@@ -61,6 +61,16 @@ pub enum AmqpError {
     /// connection stays up and the channel is reopened.
     #[error("channel error: {0}")]
     Channel(#[source] lapin::Error),
+    /// The engine asked for an endpoint the configuration does not have:
+    /// its `Config::endpoints` is larger than the URI list (permanent; the
+    /// engine built by [`crate::amqp::AmqpConfig::engine_config`] matches).
+    #[error("no endpoint {endpoint}: the configuration has {endpoints}")]
+    NoSuchEndpoint {
+        /// The index asked for.
+        endpoint: usize,
+        /// How many the configuration has.
+        endpoints: usize,
+    },
 }
 
 impl AmqpError {
@@ -98,6 +108,7 @@ impl Classify for AmqpError {
             | AmqpError::Config(_)
             | AmqpError::AccessRefused(_)
             | AmqpError::NotAllowed(_)
+            | AmqpError::NoSuchEndpoint { .. }
             | AmqpError::Tls(_) => ErrorKind::Permanent,
             AmqpError::Topology { permanent, .. } if *permanent => ErrorKind::Permanent,
             AmqpError::Connection(e) => match e.kind() {

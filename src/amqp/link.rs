@@ -41,6 +41,8 @@ pub(crate) enum Role {
 #[derive(Debug)]
 pub(crate) struct LinkInner {
     pub(crate) generation: Generation,
+    /// The endpoint (an index into the configuration's URIs).
+    pub(crate) endpoint: usize,
     pub(crate) connection: Connection,
     pub(crate) probe: Arc<Probe>,
     pub(crate) heartbeat: Option<Duration>,
@@ -59,6 +61,12 @@ impl AmqpLink {
     /// The link's generation.
     pub fn generation(&self) -> Generation {
         self.inner.generation
+    }
+
+    /// The endpoint the link is connected to: an index into
+    /// [`crate::amqp::AmqpConfig::uris`].
+    pub fn endpoint(&self) -> usize {
+        self.inner.endpoint
     }
 
     /// The negotiated heartbeat timeout (`None`: disabled).
@@ -135,6 +143,22 @@ impl LinkInner {
         }
         *slot = channel.clone();
         Ok((channel, true))
+    }
+
+    /// Closes `channel` if it is still the one for `role`, so that the next
+    /// use opens a fresh one (the same path as a broker's channel close).
+    pub(crate) async fn retire_channel(&self, role: Role, channel: &Channel) {
+        let slot = self.slot(role).lock().await;
+        if slot.id() != channel.id() || !slot.status().connected() {
+            return;
+        }
+        tracing::info!(
+            generation = self.generation.0,
+            ?role,
+            channel = channel.id(),
+            "amqp channel retired after a nack"
+        );
+        let _ = slot.close(200, "redial: retired after a nack".into()).await;
     }
 
     /// Whether the channel for `role` is open.
@@ -222,7 +246,14 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
         armed: true,
     };
     let config = &shared.config;
-    let uri = shared.uri.clone();
+    let uri = shared
+        .uris
+        .get(ctx.endpoint)
+        .cloned()
+        .ok_or(AmqpError::NoSuchEndpoint {
+            endpoint: ctx.endpoint,
+            endpoints: shared.uris.len(),
+        })?;
     // Frame-level guard on the socket, where it carries frames (not TLS).
     probe.set_plaintext(uri.scheme == AMQPScheme::AMQP);
     let mut properties = ConnectionProperties::default();
@@ -308,6 +339,7 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
     let link = AmqpLink {
         inner: Arc::new(LinkInner {
             generation,
+            endpoint: ctx.endpoint,
             connection,
             probe: probe.clone(),
             heartbeat,

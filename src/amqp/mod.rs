@@ -116,7 +116,8 @@ pub struct AmqpTransport {
 
 pub(crate) struct Shared {
     pub(crate) config: AmqpConfig,
-    pub(crate) uri: AMQPUri,
+    /// One per endpoint, in the configuration's order.
+    pub(crate) uris: Vec<AMQPUri>,
     /// The log; held across a replay and across every live declaration so
     /// that the two never interleave.
     pub(crate) topology: tokio::sync::Mutex<Log>,
@@ -133,19 +134,27 @@ impl AmqpTransport {
     /// A transport for `config`.
     ///
     /// # Errors
-    /// [`AmqpError::InvalidUri`] when the URI does not parse;
+    /// [`AmqpError::InvalidUri`] when a URI does not parse;
     /// [`AmqpError::Config`] when the configuration cannot work (TLS
-    /// settings with an `amqp://` URI, a duration out of range).
+    /// settings with an `amqp://` URI, a duration out of range, endpoints
+    /// of one cluster that differ in credentials or vhost).
     pub fn new(config: AmqpConfig) -> Result<Self, AmqpError> {
-        let mut uri: AMQPUri = config.uri.parse().map_err(AmqpError::InvalidUri)?;
-        config.check(&uri)?;
-        uri.query.heartbeat = Some(config.heartbeat.proposal());
-        if let Some(f) = config.frame_max {
-            uri.query.frame_max = Some(f);
-        }
-        if let Some(c) = config.channel_max {
-            uri.query.channel_max = Some(c);
-        }
+        let uris = config
+            .uris
+            .iter()
+            .map(|uri| {
+                let mut uri: AMQPUri = uri.parse().map_err(AmqpError::InvalidUri)?;
+                uri.query.heartbeat = Some(config.heartbeat.proposal());
+                if let Some(f) = config.frame_max {
+                    uri.query.frame_max = Some(f);
+                }
+                if let Some(c) = config.channel_max {
+                    uri.query.channel_max = Some(c);
+                }
+                Ok(uri)
+            })
+            .collect::<Result<Vec<_>, AmqpError>>()?;
+        config.check(&uris)?;
         let (replay_errors, _) = broadcast::channel(64);
         let message_id_prefix = config.message_id_prefix.clone().unwrap_or_else(|| {
             use std::hash::{BuildHasher, RandomState};
@@ -154,7 +163,7 @@ impl AmqpTransport {
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
-                uri,
+                uris,
                 topology: tokio::sync::Mutex::new(Log::default()),
                 current: Mutex::new(None),
                 replay_errors,
@@ -529,7 +538,14 @@ impl Transport for AmqpTransport {
     }
 
     /// A TCP connect and the protocol header, no session (see docs/amqp.md).
-    fn probe(&self) -> impl Future<Output = ProbeOutcome> + Send + 'static {
-        reach::probe(&self.shared.uri)
+    fn probe(&self, endpoint: usize) -> impl Future<Output = ProbeOutcome> + Send + 'static {
+        // An endpoint out of range: let the open report it.
+        let probe = self.shared.uris.get(endpoint).map(reach::probe);
+        async move {
+            match probe {
+                Some(probe) => probe.await,
+                None => ProbeOutcome::Reachable,
+            }
+        }
     }
 }

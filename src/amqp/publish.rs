@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
 use crate::amqp::AmqpTransport;
 use crate::amqp::error::{AmqpError, is_connection_error};
@@ -79,7 +79,7 @@ impl AmqpMessage {
 async fn publish(
     link: &AmqpLink,
     message: &AmqpMessage,
-) -> Result<PublisherConfirm, DeliveryError> {
+) -> Result<(PublisherConfirm, Channel), DeliveryError> {
     let lost = |e: &lapin::Error| is_connection_error(e) || !link.is_alive();
     // The broker closed (or is closing) the last publishing channel: open a
     // new one (new id) for the next write, but do not write this message:
@@ -107,6 +107,7 @@ async fn publish(
             message.properties.clone(),
         )
         .await
+        .map(|confirm| (confirm, channel.clone()))
         .map_err(|e| {
             if lost(&e) {
                 DeliveryError::LinkLost
@@ -118,8 +119,19 @@ async fn publish(
 }
 
 /// The broker's answer to one publish, translated.
-async fn confirmed(link: AmqpLink, confirm: PublisherConfirm) -> Result<(), DeliveryError> {
-    match confirm.await {
+async fn confirmed(
+    link: AmqpLink,
+    channel: Channel,
+    confirm: PublisherConfirm,
+) -> Result<(), DeliveryError> {
+    let answer = confirm.await;
+    if matches!(answer, Ok(Confirmation::Nack(None))) {
+        // A quorum queue nacks every publish of a channel that first
+        // reached it while its leader was down (RabbitMQ 3.10), for as long
+        // as the channel lives: the next message goes on a fresh channel.
+        link.inner.retire_channel(Role::Publish, &channel).await;
+    }
+    match answer {
         Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
         Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
             Err(DeliveryError::Unroutable)
@@ -157,8 +169,8 @@ impl Deliver for AmqpTransport {
         }
         let link = link.clone();
         async move {
-            let confirm = publish(&link, &message).await?;
-            let confirm: Self::Confirm = Box::pin(confirmed(link, confirm));
+            let (confirm, channel) = publish(&link, &message).await?;
+            let confirm: Self::Confirm = Box::pin(confirmed(link, channel, confirm));
             Ok(confirm)
         }
     }

@@ -86,8 +86,8 @@ pub enum MqttConfigError {
 /// ```
 #[derive(Clone)]
 pub struct MqttConfig {
-    pub(crate) host: String,
-    pub(crate) port: u16,
+    /// The brokers (host, port), at least one.
+    pub(crate) brokers: Vec<(String, u16)>,
     pub(crate) client_id: String,
     pub(crate) credentials: Option<(String, String)>,
     pub(crate) tls: Option<TlsConfiguration>,
@@ -111,8 +111,7 @@ impl MqttConfig {
     /// timeout.
     pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
         Self {
-            host: host.into(),
-            port,
+            brokers: vec![(host.into(), port)],
             client_id: client_id.into(),
             credentials: None,
             tls: None,
@@ -128,6 +127,23 @@ impl MqttConfig {
             inbound_capacity: 100,
             probe_interval: Some(crate::runtime::DEFAULT_PROBE_INTERVAL),
         }
+    }
+
+    /// Adds a broker of the same failover group: the engine shuffles the
+    /// brokers once (so a fleet spreads over them), returns to the broker
+    /// of a lost link first, and tries the next one at once when one fails
+    /// (docs/clusters.md). Subscriptions are restored on whichever broker a
+    /// link reaches; a persistent session lives on one broker, so a
+    /// failover starts a new one there (`session_present` false).
+    pub fn failover(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.brokers.push((host.into(), port));
+        self
+    }
+
+    /// The brokers, in the order given (the engine's
+    /// [`crate::runtime::OpenContext::endpoint`] indexes this list).
+    pub fn brokers(&self) -> &[(String, u16)] {
+        &self.brokers
     }
 
     /// How often the broker is probed once a backoff wait is over (default
@@ -304,6 +320,7 @@ impl MqttConfig {
         ConfigBuilder::default()
             .liveness_timeout(liveness)
             .probe_interval(self.probe_interval)
+            .endpoints(self.brokers.len())
             // Saturating: an unvalidated huge timeout is `build`'s error.
             .connect_timeout(self.connect_timeout.saturating_add(ENGINE_CONNECT_SLACK))
     }
@@ -314,9 +331,17 @@ impl MqttConfig {
         (self.keep_alive / 2).max(Duration::from_secs(1))
     }
 
-    /// The rumqttc options for one link.
-    pub(crate) fn mqtt_options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+    /// The broker of `endpoint` (the first for an index out of range,
+    /// which only an engine configured by hand can ask for).
+    pub(crate) fn broker(&self, endpoint: usize) -> (&str, u16) {
+        let (host, port) = self.brokers.get(endpoint).unwrap_or(&self.brokers[0]);
+        (host, *port)
+    }
+
+    /// The rumqttc options for one link to broker `endpoint`.
+    pub(crate) fn mqtt_options(&self, endpoint: usize) -> MqttOptions {
+        let (host, port) = self.broker(endpoint);
+        let mut o = MqttOptions::new(self.client_id.clone(), host, port);
         o.set_keep_alive(self.keep_alive)
             .set_clean_session(self.clean_session)
             .set_inflight(self.max_inflight)
@@ -353,8 +378,7 @@ impl fmt::Debug for MqttConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let credentials = self.credentials.as_ref().map(|(user, _)| (user, Redacted));
         f.debug_struct("MqttConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("brokers", &self.brokers)
             .field("client_id", &self.client_id)
             .field("credentials", &credentials)
             .field("tls", &self.tls.as_ref().map(TlsDebug))
@@ -440,9 +464,9 @@ mod tests {
             alpn: None,
             client_auth: None,
         };
-        let with = MqttConfig::new("h", 1883, "c").tls(tls).mqtt_options();
+        let with = MqttConfig::new("h", 1883, "c").tls(tls).mqtt_options(0);
         assert!(matches!(with.transport(), Transport::Tls(_)));
-        let without = MqttConfig::new("h", 1883, "c").mqtt_options();
+        let without = MqttConfig::new("h", 1883, "c").mqtt_options(0);
         assert!(matches!(without.transport(), Transport::Tcp));
     }
 

@@ -220,6 +220,7 @@ pub struct MqttLink {
 pub(crate) struct LinkInner {
     shared: Arc<Shared>,
     session_present: bool,
+    endpoint: usize,
     cmds: mpsc::Sender<Cmd>,
     client: AsyncClient,
     max_packet_size: usize,
@@ -289,6 +290,7 @@ impl Drop for SessionGuard {
 pub(crate) struct LinkParams {
     pub(crate) reporter: LinkReporter,
     pub(crate) session_present: bool,
+    pub(crate) endpoint: usize,
     pub(crate) inbound: InboundTx,
     pub(crate) max_packet_size: usize,
     pub(crate) disconnect_timeout: Duration,
@@ -325,6 +327,7 @@ impl MqttLink {
             inner: Arc::new(LinkInner {
                 shared,
                 session_present: p.session_present,
+                endpoint: p.endpoint,
                 cmds,
                 client,
                 max_packet_size: p.max_packet_size,
@@ -340,6 +343,12 @@ impl MqttLink {
     /// The link's generation.
     pub fn generation(&self) -> Generation {
         self.inner.shared.generation
+    }
+
+    /// The broker the link is connected to: an index into
+    /// [`crate::mqtt::MqttConfig::brokers`].
+    pub fn endpoint(&self) -> usize {
+        self.inner.endpoint
     }
 
     /// Whether the broker resumed a stored session (CONNACK `session_present`).

@@ -160,8 +160,7 @@ impl fmt::Debug for MqttTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MqttTransport")
             .field("client_id", &self.inner.config.client_id)
-            .field("host", &self.inner.config.host)
-            .field("port", &self.inner.config.port)
+            .field("brokers", &self.inner.config.brokers)
             .finish_non_exhaustive()
     }
 }
@@ -389,7 +388,7 @@ impl Transport for MqttTransport {
         async move {
             let config = &this.inner.config;
             let (client, mut eventloop) =
-                AsyncClient::new(config.mqtt_options(), config.request_capacity);
+                AsyncClient::new(config.mqtt_options(ctx.endpoint), config.request_capacity);
             eventloop.set_network_options(config.network_options());
             // The first poll connects; it is the only poll before the link's
             // task takes the event loop, so rumqttc never reconnects by itself.
@@ -417,6 +416,7 @@ impl Transport for MqttTransport {
                 LinkParams {
                     reporter: ctx.reporter,
                     session_present: connack.session_present,
+                    endpoint: ctx.endpoint,
                     inbound: this.inner.inbound.clone(),
                     max_packet_size: config.max_packet_size,
                     disconnect_timeout: config.disconnect_timeout,
@@ -447,8 +447,9 @@ impl Transport for MqttTransport {
 
     /// A TCP connect and a CONNECT every broker refuses, no session (see
     /// docs/mqtt.md).
-    fn probe(&self) -> impl Future<Output = ProbeOutcome> + Send + 'static {
+    fn probe(&self, endpoint: usize) -> impl Future<Output = ProbeOutcome> + Send + 'static {
         let config = &self.inner.config;
-        reach::probe(config.host.clone(), config.port, config.tls.is_some())
+        let (host, port) = config.broker(endpoint);
+        reach::probe(host.to_owned(), port, config.tls.is_some())
     }
 }

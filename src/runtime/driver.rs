@@ -42,6 +42,7 @@ type OpenResult<T> = Result<<T as Transport>::Link, <T as Transport>::Error>;
 struct Opening<T: Transport> {
     generation: Generation,
     attempt: u32,
+    endpoint: usize,
     task: JoinHandle<OpenResult<T>>,
 }
 
@@ -191,6 +192,7 @@ impl<T: Transport> Driver<T> {
         let Some(Opening {
             generation,
             attempt,
+            endpoint,
             ..
         }) = self.io.opening.take()
         else {
@@ -207,12 +209,12 @@ impl<T: Transport> Driver<T> {
             }
             Ok(Err(error)) => {
                 let kind = error.kind();
-                tracing::warn!(generation = generation.0, attempt, ?kind, %error, "attempt failed");
+                tracing::warn!(generation = generation.0, attempt, endpoint, ?kind, %error, "attempt failed");
                 (Arc::new(error) as SharedError, kind)
             }
             Err(join) => {
                 // The open task panicked: a bug in the transport, treated as transient.
-                tracing::error!(generation = generation.0, attempt, %join, "open task failed");
+                tracing::error!(generation = generation.0, attempt, endpoint, %join, "open task failed");
                 (Arc::new(join) as SharedError, ErrorKind::Transient)
             }
         };
@@ -220,6 +222,7 @@ impl<T: Transport> Driver<T> {
         self.io.emit(Event::AttemptFailed {
             generation,
             attempt,
+            endpoint,
             kind,
             error,
         });
@@ -251,8 +254,10 @@ impl<T: Transport> Driver<T> {
             Output::Open {
                 generation,
                 attempt,
+                endpoint,
             } => {
-                tracing::info!(generation = generation.0, attempt, "opening link");
+                let endpoint = endpoint as usize;
+                tracing::info!(generation = generation.0, attempt, endpoint, "opening link");
                 io.handle
                     .inner
                     .counters
@@ -261,17 +266,20 @@ impl<T: Transport> Driver<T> {
                 io.emit(Event::AttemptStarted {
                     generation,
                     attempt,
+                    endpoint,
                 });
                 io.drop_probe();
                 let ctx = OpenContext {
                     generation,
                     attempt,
+                    endpoint,
                     reporter: io.handle.reporter(generation),
                 };
                 let task = tokio::spawn(io.transport.open(ctx));
                 io.opening = Some(Opening {
                     generation,
                     attempt,
+                    endpoint,
                     task,
                 });
             }
@@ -279,8 +287,9 @@ impl<T: Transport> Driver<T> {
                 let timeout = self.step.machine().config().close_timeout();
                 io.close(generation, timeout).await;
             }
-            Output::Probe { probe } => {
-                tracing::debug!(probe, "probing the broker");
+            Output::Probe { probe, endpoint } => {
+                let endpoint = endpoint as usize;
+                tracing::debug!(probe, endpoint, "probing the broker");
                 io.handle
                     .inner
                     .counters
@@ -288,7 +297,7 @@ impl<T: Transport> Driver<T> {
                     .fetch_add(1, Ordering::Relaxed);
                 // The machine ignores the older probe's answer: stop its work.
                 io.drop_probe();
-                let task = tokio::spawn(io.transport.probe());
+                let task = tokio::spawn(io.transport.probe(endpoint));
                 io.probing = Some(Probing { probe, task });
             }
             report => io.report(self.step.machine(), report),
@@ -313,6 +322,7 @@ impl<T: Transport> Effects for Io<T> {
             state: machine.kind(),
             generation: machine.generation(),
             attempt: machine.attempts(),
+            endpoint: machine.endpoint() as usize,
             reason: self.last_reason,
             failure: match machine.state() {
                 State::Failed { cause } => Some(*cause),
@@ -343,6 +353,7 @@ impl<T: Transport> Effects for Io<T> {
                     && let Some(opening) = &self.opening
                 {
                     let (generation, attempt) = (opening.generation, opening.attempt);
+                    let endpoint = opening.endpoint;
                     let error: SharedError = Arc::new(ConnectTimedOut {
                         after: machine.config().connect_timeout(),
                     });
@@ -350,6 +361,7 @@ impl<T: Transport> Effects for Io<T> {
                     self.emit(Event::AttemptFailed {
                         generation,
                         attempt,
+                        endpoint,
                         kind: ErrorKind::Transient,
                         error,
                     });
@@ -502,6 +514,7 @@ pub(crate) fn channels<L>() -> Channels<L> {
         state: StateKind::Idle,
         generation: Generation(1),
         attempt: 0,
+        endpoint: 0,
         reason: None,
         failure: None,
     });

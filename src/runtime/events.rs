@@ -28,6 +28,8 @@ pub enum Event {
         generation: Generation,
         /// The attempt number within the outage.
         attempt: u32,
+        /// The endpoint it goes to (an index into the transport's list).
+        endpoint: usize,
     },
     /// An open failed.
     AttemptFailed {
@@ -35,6 +37,8 @@ pub enum Event {
         generation: Generation,
         /// The attempt number within the outage.
         attempt: u32,
+        /// The endpoint it went to.
+        endpoint: usize,
         /// Transient or permanent.
         kind: ErrorKind,
         /// The transport's error.

@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub generation: Generation,
     /// Attempts made in the current outage.
     pub attempt: u32,
+    /// The endpoint of the live link, or the one the next attempt or probe
+    /// targets (an index into the transport's endpoint list; 0 with one).
+    pub endpoint: usize,
     /// Why the state last changed (`None` before the first change).
     pub reason: Option<Reason>,
     /// Why the engine gave up, when it is `Failed`.

@@ -120,7 +120,7 @@ impl ModelIo {
                 }
             }
             // As `driver.rs`: a new probe replaces the one in flight.
-            Output::Probe { probe } => {
+            Output::Probe { probe, .. } => {
                 self.log.push(Act::Probe(probe));
                 self.probing = Some(probe);
             }

@@ -32,6 +32,10 @@ pub struct OpenContext {
     pub generation: Generation,
     /// The attempt number within the current outage.
     pub attempt: u32,
+    /// Which endpoint to open the link to: an index below
+    /// [`crate::machine::Config::endpoints`] into the transport's endpoint
+    /// list, chosen by the machine (always 0 with one endpoint).
+    pub endpoint: usize,
     /// Reports the link's death, inbound activity and flow control from any
     /// thread. Keep a clone in the link's I/O task and callbacks.
     pub reporter: LinkReporter,
@@ -63,7 +67,8 @@ pub trait Transport: Send + Sync + 'static {
     /// Closes a link (gracefully when it still can).
     fn close(&self, link: Self::Link) -> impl Future<Output = ()> + Send + 'static;
 
-    /// Checks whether an open would reach the broker now, at a fraction of
+    /// Checks whether an open to `endpoint` (as in [`OpenContext::endpoint`])
+    /// would reach the broker now, at a fraction of
     /// an open's cost: a TCP connect and the protocol's first exchange, no
     /// session, no authentication. Answer `Unreachable` only when sure an
     /// open now would fail for want of the broker (refused, reset before it
@@ -74,7 +79,8 @@ pub trait Transport: Send + Sync + 'static {
     ///
     /// The default answers `Unsupported`: the engine then never probes and
     /// makes its attempts on the backoff schedule alone.
-    fn probe(&self) -> impl Future<Output = ProbeOutcome> + Send + 'static {
+    fn probe(&self, endpoint: usize) -> impl Future<Output = ProbeOutcome> + Send + 'static {
+        let _ = endpoint;
         std::future::ready(ProbeOutcome::Unsupported)
     }
 }

@@ -246,6 +246,7 @@ impl Recorder {
                     attempt,
                     kind,
                     error,
+                    ..
                 } => Some((*generation, *attempt, *kind, error.to_string())),
                 _ => None,
             })
@@ -284,6 +285,7 @@ pub fn attempts_of(events: &[Event]) -> Vec<(Generation, u32)> {
             Event::AttemptStarted {
                 generation,
                 attempt,
+                ..
             } => Some((*generation, *attempt)),
             _ => None,
         })
@@ -461,8 +463,11 @@ impl Transport for Probe {
         }
     }
 
-    fn probe(&self) -> impl Future<Output = redial::machine::ProbeOutcome> + Send + 'static {
-        self.inner.probe()
+    fn probe(
+        &self,
+        endpoint: usize,
+    ) -> impl Future<Output = redial::machine::ProbeOutcome> + Send + 'static {
+        self.inner.probe(endpoint)
     }
 
     fn close(&self, link: MemoryLink) -> impl Future<Output = ()> + Send + 'static {
