@@ -208,6 +208,11 @@ impl Receipts {
         let _ = self.tx.send((submitted, receipt));
     }
 
+    /// Every receipt resolved so far.
+    pub fn done_snapshot(&self) -> Vec<Resolved> {
+        self.done.lock().unwrap().clone()
+    }
+
     /// How many resolved so far.
     pub fn resolved(&self) -> usize {
         self.done.lock().unwrap().len()

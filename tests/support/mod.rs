@@ -6,6 +6,7 @@
 pub mod amqp;
 pub mod brokers;
 pub mod chaos;
+pub mod cluster;
 pub mod events;
 pub mod mosquitto;
 pub mod net;
