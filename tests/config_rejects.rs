@@ -104,6 +104,18 @@ mod mqtt {
         );
     }
 
+    /// A failover group sets the engine's endpoint count; more brokers than
+    /// the machine accepts are refused by `validate`.
+    #[test]
+    fn failover_brokers_are_counted_and_bounded() {
+        let two = config().failover("127.0.0.1", 1884);
+        assert_eq!(two.brokers().len(), 2);
+        assert_eq!(two.engine_config().build().unwrap().endpoints(), 2);
+        let many = (0..1024).fold(config(), |c, i| c.failover("127.0.0.1", 2000 + i));
+        assert_eq!(many.validate(), Err(MqttConfigError::TooManyBrokers(1025)));
+        assert!(MqttTransport::new(many).is_err());
+    }
+
     /// A zero packet size refused every publish and every CONNACK.
     #[test]
     fn packet_size_must_fit_mqtt() {
@@ -185,6 +197,40 @@ mod amqp {
         assert!(matches!(
             config_error(c),
             AmqpConfigError::Engine(ConfigError::Zero { .. })
+        ));
+    }
+
+    /// The nodes of one cluster share scheme, credentials and vhost; an
+    /// empty list or more than the machine's limit is refused, not a panic.
+    #[test]
+    fn cluster_endpoints_are_checked_by_new() {
+        let node = |port: u16| format!("amqp://app:pw@127.0.0.1:{port}/orders");
+        let ok = AmqpConfig::cluster([node(5681), node(5682), node(5683)]);
+        assert_eq!(ok.engine_config().unwrap().endpoints(), 3);
+        assert!(AmqpTransport::new(ok).is_ok());
+        assert_eq!(
+            config_error(AmqpConfig::cluster(Vec::<String>::new())),
+            AmqpConfigError::NoEndpoints
+        );
+        let cases = [
+            ("amqps://app:pw@127.0.0.1:5682/orders", "scheme"),
+            ("amqp://other:pw@127.0.0.1:5682/orders", "credentials"),
+            ("amqp://app:pw@127.0.0.1:5682/billing", "vhost"),
+        ];
+        for (uri, what) in cases {
+            assert_eq!(
+                config_error(AmqpConfig::cluster([node(5681), uri.to_owned()])),
+                AmqpConfigError::MixedEndpoints { index: 1, what }
+            );
+        }
+        let too_many = AmqpConfig::cluster((0..1025).map(|_| node(5681)));
+        assert!(matches!(
+            config_error(too_many),
+            AmqpConfigError::Engine(ConfigError::EndpointsOutOfRange { count: 1025, .. })
+        ));
+        assert!(matches!(
+            AmqpTransport::new(AmqpConfig::cluster([node(5681), "not a uri".into()])),
+            Err(AmqpError::InvalidUri(_))
         ));
     }
 

@@ -17,10 +17,9 @@
 mod mqtt_util;
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mqtt_util::{Client, Outcome, Witness, message, publish_direct, recv_payload, track, unique};
+use mqtt_util::{Client, Outcome, Steady, Witness, publish_direct, recv_payload, unique};
 use redial::machine::StateKind;
 use redial::mqtt::{MqttConfig, QoS};
 use redial::outbox::OutboxConfig;
@@ -78,28 +77,7 @@ async fn failover_between_two_brokers_loses_nothing_and_restores_subscriptions()
     } = c;
     let handle = engine.handle();
 
-    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let publisher = tokio::spawn({
-        let publisher = outbox.clone();
-        let outcomes = outcomes.clone();
-        let stop = stop.clone();
-        let topic = topic.clone();
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            let mut waiters = Vec::new();
-            let mut id = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tick.tick().await;
-                id += 1;
-                let receipt = publisher
-                    .publish(message(&topic, id, QoS::AtLeastOnce))
-                    .await;
-                waiters.push(track(&outcomes, id, receipt));
-            }
-            (id, waiters)
-        }
-    });
+    let steady = Steady::start(outbox.clone(), &topic, Duration::from_millis(10), u64::MAX);
 
     let mut failover_times = Vec::new();
     for (round, uptime) in UPTIMES.into_iter().enumerate() {
@@ -124,9 +102,8 @@ async fn failover_between_two_brokers_loses_nothing_and_restores_subscriptions()
         .expect("the driver runs");
         assert_eq!(after.endpoint, alive, "round {round}: on the other broker");
         let first_confirm = loop {
-            let found = outcomes
-                .lock()
-                .unwrap()
+            let found = steady
+                .outcomes()
                 .iter()
                 .filter(|(_, r, at)| *at > died && r.as_ref().is_ok_and(|g| *g == after.generation))
                 .map(|(_, _, at)| *at)
@@ -161,15 +138,7 @@ async fn failover_between_two_brokers_loses_nothing_and_restores_subscriptions()
     }
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (published, waiters) = publisher.await.unwrap();
-    for w in waiters {
-        tokio::time::timeout(Duration::from_secs(30), w)
-            .await
-            .expect("every receipt resolves")
-            .unwrap();
-    }
-    let outcomes = outcomes.lock().unwrap().clone();
+    let (published, outcomes) = steady.finish().await;
     assert_eq!(outcomes.len() as u64, published, "every publish resolved");
     let confirmed: Vec<u64> = outcomes
         .iter()

@@ -11,12 +11,11 @@
 mod mqtt_util;
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mqtt_util::{Client, Outcome, Witness, message, track, unique};
+use mqtt_util::{Client, Steady, Witness, unique};
 use redial::machine::StateKind;
-use redial::mqtt::{MqttConfig, QoS};
+use redial::mqtt::MqttConfig;
 use redial::outbox::OutboxConfig;
 use redial::runtime::Event;
 use support::mosquitto::Mosquitto;
@@ -49,28 +48,12 @@ async fn half_open_link_is_detected_within_one_and_a_half_keep_alives() {
     c.connected(Duration::from_secs(10)).await;
     let handle = c.engine.handle();
 
-    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let publisher = tokio::spawn({
-        let publisher = c.publisher.clone();
-        let outcomes = outcomes.clone();
-        let stop = stop.clone();
-        let topic = topic.clone();
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            let mut waiters = Vec::new();
-            let mut id = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && id < 5_000 {
-                tick.tick().await;
-                id += 1;
-                let receipt = publisher
-                    .publish(message(&topic, id, QoS::AtLeastOnce))
-                    .await;
-                waiters.push(track(&outcomes, id, receipt));
-            }
-            (id, waiters)
-        }
-    });
+    let steady = Steady::start(
+        c.publisher.clone(),
+        &topic,
+        Duration::from_millis(10),
+        5_000,
+    );
 
     // Let a link carry traffic, then go silent.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -94,19 +77,11 @@ async fn half_open_link_is_detected_within_one_and_a_half_keep_alives() {
     let reconnected = Instant::now();
     // Publish a little more on the new link, then stop.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (published, waiters) = publisher.await.unwrap();
-    for w in waiters {
-        tokio::time::timeout(Duration::from_secs(30), w)
-            .await
-            .expect("every receipt resolves")
-            .unwrap();
-    }
+    let (published, outcomes) = steady.finish().await;
     let seen = witness
         .wait_for(published as usize, Duration::from_secs(10))
         .await;
 
-    let outcomes = outcomes.lock().unwrap().clone();
     // The last confirm before the blackhole bounds the last inbound packet
     // from below, so "detection - last confirm" over-estimates the figure.
     let last_confirm = outcomes

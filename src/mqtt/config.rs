@@ -48,6 +48,9 @@ pub enum MqttConfigError {
     /// The in-flight window is at least one message.
     #[error("max_inflight must be at least 1")]
     ZeroInflight,
+    /// More brokers than the engine can choose among.
+    #[error("at most {max} brokers, got {0}", max = crate::machine::MAX_ENDPOINTS)]
+    TooManyBrokers(usize),
     /// The rumqttc connection timeout is counted in whole seconds, and the
     /// engine's (this plus 5 s) is at most 2^30 ms.
     #[error("connect_timeout must be between 1 s and {MAX_CONNECT_TIMEOUT:?}, got {0:?}")]
@@ -276,6 +279,9 @@ impl MqttConfig {
         }
         if self.max_inflight == 0 {
             return Err(MqttConfigError::ZeroInflight);
+        }
+        if self.brokers.len() > crate::machine::MAX_ENDPOINTS {
+            return Err(MqttConfigError::TooManyBrokers(self.brokers.len()));
         }
         if self.inbound_capacity == 0 {
             return Err(MqttConfigError::ZeroInboundCapacity);

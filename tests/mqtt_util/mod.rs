@@ -51,6 +51,70 @@ pub fn track(outcomes: &Arc<Mutex<Vec<Outcome>>>, id: u64, receipt: Receipt) -> 
     })
 }
 
+/// Publishes QoS 1 messages 1, 2, 3... to a topic at a steady rate until
+/// stopped (or `limit` messages), recording every outcome.
+pub struct Steady {
+    pub outcomes: Arc<Mutex<Vec<Outcome>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<(u64, Vec<JoinHandle<()>>)>,
+}
+
+impl Steady {
+    pub fn start(
+        publisher: Publisher<MqttTransport>,
+        topic: &str,
+        every: Duration,
+        limit: u64,
+    ) -> Self {
+        let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let outcomes = outcomes.clone();
+            let stop = stop.clone();
+            let topic = topic.to_owned();
+            async move {
+                let mut tick = tokio::time::interval(every);
+                let mut waiters = Vec::new();
+                let mut id = 0u64;
+                while !stop.load(Ordering::Relaxed) && id < limit {
+                    tick.tick().await;
+                    id += 1;
+                    let receipt = publisher
+                        .publish(message(&topic, id, QoS::AtLeastOnce))
+                        .await;
+                    waiters.push(track(&outcomes, id, receipt));
+                }
+                (id, waiters)
+            }
+        });
+        Self {
+            outcomes,
+            stop,
+            task,
+        }
+    }
+
+    /// Every outcome so far.
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes.lock().unwrap().clone()
+    }
+
+    /// Stops, waits until every receipt resolved (30 s each at most) and
+    /// returns (messages published, their outcomes).
+    pub async fn finish(self) -> (u64, Vec<Outcome>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (published, waiters) = self.task.await.unwrap();
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(30), w)
+                .await
+                .expect("every receipt resolves")
+                .unwrap();
+        }
+        let outcomes = self.outcomes.lock().unwrap().clone();
+        (published, outcomes)
+    }
+}
+
 pub fn message(topic: &str, id: u64, qos: QoS) -> MqttMessage {
     MqttMessage::new(topic, qos, id.to_string())
 }
