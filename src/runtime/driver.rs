@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::machine::{
@@ -487,8 +487,7 @@ impl<T: Transport> Io<T> {
     }
 
     fn emit(&mut self, event: Event) {
-        // No receivers is fine: nobody is listening.
-        let _ = self.handle.inner.events.send(event);
+        self.handle.inner.emit(event);
     }
 }
 
@@ -505,7 +504,6 @@ fn driver_is_send<T: Transport>(d: Driver<T>) {
 pub(crate) struct Channels<L> {
     pub(crate) snapshot_tx: watch::Sender<Snapshot>,
     pub(crate) snapshot_rx: watch::Receiver<Snapshot>,
-    pub(crate) events: broadcast::Sender<Event>,
     pub(crate) links_tx: watch::Sender<Option<CurrentLink<L>>>,
 }
 
@@ -518,12 +516,10 @@ pub(crate) fn channels<L>() -> Channels<L> {
         reason: None,
         failure: None,
     });
-    let (events, _) = broadcast::channel(1024);
     let (links_tx, _) = watch::channel(None);
     Channels {
         snapshot_tx,
         snapshot_rx,
-        events,
         links_tx,
     }
 }

@@ -1,8 +1,8 @@
 //! The thread-safe handle: plain methods, callable from any thread, never
 //! blocking the caller.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -82,8 +82,23 @@ pub enum EngineError {
 pub(crate) struct Inner {
     pub(crate) shared: Shared,
     pub(crate) snapshot: watch::Receiver<Snapshot>,
-    pub(crate) events: broadcast::Sender<Event>,
+    /// The event ring, made by the first subscriber: an engine nobody
+    /// listens to does not carry 1024 slots (57 KB) for nothing.
+    pub(crate) events: OnceLock<broadcast::Sender<Event>>,
     pub(crate) counters: DriverCounters,
+}
+
+/// How many events the ring holds for a subscriber that falls behind.
+pub(crate) const EVENT_CAPACITY: usize = 1024;
+
+impl Inner {
+    /// Broadcasts `event` when someone ever subscribed (no allocation otherwise).
+    pub(crate) fn emit(&self, event: Event) {
+        if let Some(events) = self.events.get() {
+            // No receivers left is fine too: nobody is listening now.
+            let _ = events.send(event);
+        }
+    }
 }
 
 /// The engine's handle: cheap to clone, `Send + Sync`, every method but
@@ -170,9 +185,14 @@ impl Handle {
 
     /// Every event from now on. The channel holds the last 1024 events; a
     /// reader that falls further behind gets `RecvError::Lagged(n)` telling
-    /// how many it missed, never a silent gap.
+    /// how many it missed, never a silent gap. The first call allocates the
+    /// ring; events before it are not kept (see
+    /// [`crate::runtime::Engine::spawn_with_events`] for all of them).
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.inner.events.subscribe()
+        self.inner
+            .events
+            .get_or_init(|| broadcast::channel(EVENT_CAPACITY).0)
+            .subscribe()
     }
 
     /// Times an up link went down (`Stats::outages`), in one load.

@@ -54,7 +54,7 @@ impl<T: Transport> Engine<T> {
     /// # Panics
     /// When called outside a tokio runtime, as `tokio::spawn` does.
     pub fn spawn(config: Config, transport: T) -> Self {
-        Self::spawn_with_events(config, transport).0
+        Self::start(config, transport, |_| ())
     }
 
     /// Like [`Engine::spawn`], and also returns a subscription to the
@@ -67,37 +67,45 @@ impl<T: Transport> Engine<T> {
         config: Config,
         transport: T,
     ) -> (Self, tokio::sync::broadcast::Receiver<Event>) {
+        let mut events = None;
+        let engine = Self::start(config, transport, |handle| {
+            events = Some(handle.events());
+        });
+        (
+            engine,
+            events.expect("subscribed before the driver started"),
+        )
+    }
+
+    /// Builds the engine, lets `before` see its handle, then starts the driver.
+    fn start(config: Config, transport: T, before: impl FnOnce(&Handle)) -> Self {
         let machine = Machine::new(config);
         let driver::Channels {
             snapshot_tx,
             snapshot_rx,
-            events,
             links_tx,
         } = driver::channels::<T::Link>();
         let links = links_tx.subscribe();
         let inner = Arc::new(Inner {
             shared: Shared::new(machine.generation(), machine.kind()),
             snapshot: snapshot_rx,
-            events,
+            events: std::sync::OnceLock::new(),
             counters: DriverCounters::default(),
         });
         let handle = Handle {
             inner: inner.clone(),
         };
-        let events = handle.events();
+        before(&handle);
         let driver = driver::Driver::new(machine, transport, inner, snapshot_tx, links_tx);
         let task = tokio::spawn(tracing::Instrument::instrument(
             driver.run(),
             tracing::info_span!("redial"),
         ));
-        (
-            Self {
-                handle,
-                links,
-                task,
-            },
-            events,
-        )
+        Self {
+            handle,
+            links,
+            task,
+        }
     }
 
     /// A clone of the handle.
@@ -130,5 +138,55 @@ impl<T: Transport> Drop for Engine<T> {
         if !self.task.is_finished() {
             self.handle.inner.shared.command(false, true);
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::machine::StateKind;
+    use crate::testing::MemoryTransport;
+
+    /// An engine nobody subscribes to carries no event ring; the first
+    /// subscriber makes it, and events flow from then on.
+    #[tokio::test(start_paused = true)]
+    async fn the_event_ring_is_made_by_the_first_subscriber() {
+        let config = Config::builder().seed(1).build().unwrap();
+        let transport = MemoryTransport::new();
+        let control = transport.control();
+        let engine = Engine::spawn(config, transport);
+        let handle = engine.handle();
+        handle.wait_for(StateKind::Connected).await;
+        assert!(
+            handle.inner.events.get().is_none(),
+            "no subscriber, no ring"
+        );
+
+        let mut events = handle.events();
+        assert!(handle.inner.events.get().is_some());
+        control.sever();
+        let event = events
+            .recv()
+            .await
+            .expect("an event after the subscription");
+        assert!(matches!(event, Event::StateChanged { .. }), "{event:?}");
+
+        let (with_events, mut early) = Engine::spawn_with_events(
+            Config::builder().seed(2).build().unwrap(),
+            MemoryTransport::new(),
+        );
+        let first = early.recv().await.expect("the first event is kept");
+        assert!(
+            matches!(
+                first,
+                Event::StateChanged {
+                    to: StateKind::Connecting,
+                    ..
+                }
+            ),
+            "{first:?}"
+        );
+        with_events.shutdown().await;
+        engine.shutdown().await;
     }
 }
