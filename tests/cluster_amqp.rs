@@ -26,25 +26,16 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use redial::amqp::lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use redial::amqp::lapin::types::{AMQPValue, FieldTable};
+use redial::amqp::lapin::types::FieldTable;
 use redial::amqp::{AmqpConfig, AmqpMessage, AmqpTransport};
 use redial::machine::{Generation, StateKind};
 use redial::outbox::{OutboxConfig, PublishError, Publisher};
 use redial::runtime::Engine;
-use support::amqp::{Receipts, Resolved, Timeline, unique};
+use support::amqp::{Receipts, Resolved, Timeline, quorum_args, unique};
 use support::cluster::{RabbitCluster, rabbit_cluster};
 
 /// How long a node stays down before it is brought back.
 const DOWNTIME: Duration = Duration::from_secs(4);
-
-fn quorum() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    args
-}
 
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -79,7 +70,7 @@ impl Producer {
     async fn start(config: AmqpConfig, queue: &str, every: Duration) -> Self {
         let transport = AmqpTransport::new(config.clone()).unwrap();
         transport
-            .declare_queue(queue, durable(), quorum())
+            .declare_queue(queue, durable(), quorum_args())
             .await
             .unwrap();
         let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
@@ -150,8 +141,7 @@ impl Producer {
         loop {
             let found = self
                 .receipts
-                .wait(0, Duration::ZERO)
-                .await
+                .done_snapshot()
                 .iter()
                 .filter(|r| r.resolved > since)
                 .filter(|r| r.outcome.as_ref().is_ok_and(|c| c.generation > generation))
@@ -188,7 +178,7 @@ async fn consumer(
     let config = AmqpConfig::cluster(uris).connection_name(unique("cluster-consumer"));
     let transport = AmqpTransport::new(config.clone()).unwrap();
     transport
-        .declare_queue(queue, durable(), quorum())
+        .declare_queue(queue, durable(), quorum_args())
         .await
         .unwrap();
     let mut deliveries = transport

@@ -17,7 +17,7 @@ use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use support::amqp::unique;
@@ -51,15 +51,11 @@ async fn channel(conn: &Connection) -> Channel {
 
 /// Declares a durable quorum queue.
 async fn declare_quorum(ch: &Channel, queue: &str) {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
+    let args = support::amqp::quorum_args();
     tokio::time::timeout(OP, ch.queue_declare(queue.into(), options, args))
         .await
         .expect("queue.declare answered")

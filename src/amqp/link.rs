@@ -145,17 +145,18 @@ impl LinkInner {
         Ok((channel, true))
     }
 
-    /// Closes `channel` if it is still the one for `role`, so that the next
-    /// use opens a fresh one (the same path as a broker's channel close).
-    pub(crate) async fn retire_channel(&self, role: Role, channel: &Channel) {
+    /// Closes channel number `id` if it is still the one for `role`, so
+    /// that the next use opens a fresh one (the same path as a broker's
+    /// channel close).
+    pub(crate) async fn retire_channel(&self, role: Role, id: u16) {
         let slot = self.slot(role).lock().await;
-        if slot.id() != channel.id() || !slot.status().connected() {
+        if slot.id() != id || !slot.status().connected() {
             return;
         }
         tracing::info!(
             generation = self.generation.0,
             ?role,
-            channel = channel.id(),
+            channel = id,
             "amqp channel retired after a nack"
         );
         let _ = slot.close(200, "redial: retired after a nack".into()).await;

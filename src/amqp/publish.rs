@@ -21,7 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+
+/// A channel's number on its connection.
+type ChannelId = u16;
 
 use crate::amqp::AmqpTransport;
 use crate::amqp::error::{AmqpError, is_connection_error};
@@ -79,7 +82,7 @@ impl AmqpMessage {
 async fn publish(
     link: &AmqpLink,
     message: &AmqpMessage,
-) -> Result<(PublisherConfirm, Channel), DeliveryError> {
+) -> Result<(PublisherConfirm, ChannelId), DeliveryError> {
     let lost = |e: &lapin::Error| is_connection_error(e) || !link.is_alive();
     // The broker closed (or is closing) the last publishing channel: open a
     // new one (new id) for the next write, but do not write this message:
@@ -107,7 +110,7 @@ async fn publish(
             message.properties.clone(),
         )
         .await
-        .map(|confirm| (confirm, channel.clone()))
+        .map(|confirm| (confirm, channel.id()))
         .map_err(|e| {
             if lost(&e) {
                 DeliveryError::LinkLost
@@ -121,7 +124,7 @@ async fn publish(
 /// The broker's answer to one publish, translated.
 async fn confirmed(
     link: AmqpLink,
-    channel: Channel,
+    channel: ChannelId,
     confirm: PublisherConfirm,
 ) -> Result<(), DeliveryError> {
     let answer = confirm.await;
@@ -129,7 +132,7 @@ async fn confirmed(
         // A quorum queue nacks every publish of a channel that first
         // reached it while its leader was down (RabbitMQ 3.10), for as long
         // as the channel lives: the next message goes on a fresh channel.
-        link.inner.retire_channel(Role::Publish, &channel).await;
+        link.inner.retire_channel(Role::Publish, channel).await;
     }
     match answer {
         Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),

@@ -1,5 +1,22 @@
 //! What one MQTT client is: broker address, identity, session and timing.
 
+use crate::mqtt::MqttError;
+
+/// An endpoint index past the broker list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NoSuchBroker {
+    endpoint: usize,
+    endpoints: usize,
+}
+
+impl From<NoSuchBroker> for MqttError {
+    fn from(e: NoSuchBroker) -> Self {
+        MqttError::NoSuchEndpoint {
+            endpoint: e.endpoint,
+            endpoints: e.endpoints,
+        }
+    }
+}
 use std::fmt;
 use std::time::Duration;
 
@@ -337,16 +354,19 @@ impl MqttConfig {
         (self.keep_alive / 2).max(Duration::from_secs(1))
     }
 
-    /// The broker of `endpoint` (the first for an index out of range,
-    /// which only an engine configured by hand can ask for).
-    pub(crate) fn broker(&self, endpoint: usize) -> (&str, u16) {
-        let (host, port) = self.brokers.get(endpoint).unwrap_or(&self.brokers[0]);
-        (host, *port)
+    /// The broker of `endpoint`; out of range only for an engine configured
+    /// by hand with more endpoints than brokers.
+    pub(crate) fn broker(&self, endpoint: usize) -> Result<(&str, u16), NoSuchBroker> {
+        let (host, port) = self.brokers.get(endpoint).ok_or(NoSuchBroker {
+            endpoint,
+            endpoints: self.brokers.len(),
+        })?;
+        Ok((host, *port))
     }
 
     /// The rumqttc options for one link to broker `endpoint`.
-    pub(crate) fn mqtt_options(&self, endpoint: usize) -> MqttOptions {
-        let (host, port) = self.broker(endpoint);
+    pub(crate) fn mqtt_options(&self, endpoint: usize) -> Result<MqttOptions, NoSuchBroker> {
+        let (host, port) = self.broker(endpoint)?;
         let mut o = MqttOptions::new(self.client_id.clone(), host, port);
         o.set_keep_alive(self.keep_alive)
             .set_clean_session(self.clean_session)
@@ -367,7 +387,7 @@ impl MqttConfig {
         if let Some(tls) = &self.tls {
             o.set_transport(Transport::Tls(tls.clone()));
         }
-        o
+        Ok(o)
     }
 
     pub(crate) fn network_options(&self) -> NetworkOptions {
@@ -470,9 +490,12 @@ mod tests {
             alpn: None,
             client_auth: None,
         };
-        let with = MqttConfig::new("h", 1883, "c").tls(tls).mqtt_options(0);
+        let with = MqttConfig::new("h", 1883, "c")
+            .tls(tls)
+            .mqtt_options(0)
+            .unwrap();
         assert!(matches!(with.transport(), Transport::Tls(_)));
-        let without = MqttConfig::new("h", 1883, "c").mqtt_options(0);
+        let without = MqttConfig::new("h", 1883, "c").mqtt_options(0).unwrap();
         assert!(matches!(without.transport(), Transport::Tcp));
     }
 
@@ -488,5 +511,23 @@ mod tests {
             off.engine_config().build().unwrap().liveness_timeout(),
             None
         );
+    }
+
+    /// An engine configured by hand with more endpoints than brokers gets a
+    /// permanent error for the missing one, never another broker.
+    #[test]
+    fn a_broker_out_of_range_is_a_permanent_error() {
+        use crate::runtime::Classify;
+        let c = MqttConfig::new("h", 1883, "c").failover("h2", 1884);
+        assert!(c.mqtt_options(1).is_ok());
+        let e = MqttError::from(c.mqtt_options(2).unwrap_err());
+        assert!(matches!(
+            e,
+            MqttError::NoSuchEndpoint {
+                endpoint: 2,
+                endpoints: 2
+            }
+        ));
+        assert_eq!(e.kind(), crate::machine::ErrorKind::Permanent);
     }
 }

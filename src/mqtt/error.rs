@@ -32,6 +32,16 @@ pub enum MqttError {
     /// The link died before the subscription restore finished.
     #[error("the link died while restoring subscriptions")]
     LostDuringRestore,
+    /// The engine asked for a broker the configuration does not have: its
+    /// `Config::endpoints` is larger than the broker list (permanent; the
+    /// engine built by [`crate::mqtt::MqttConfig::engine_config`] matches).
+    #[error("no broker {endpoint}: the configuration has {endpoints}")]
+    NoSuchEndpoint {
+        /// The index asked for.
+        endpoint: usize,
+        /// How many the configuration has.
+        endpoints: usize,
+    },
 }
 
 impl MqttError {
@@ -62,7 +72,7 @@ impl Classify for MqttError {
                 ConnectReturnCode::ServiceUnavailable => ErrorKind::Transient,
                 _ => ErrorKind::Permanent,
             },
-            MqttError::Tls(_) => ErrorKind::Permanent,
+            MqttError::Tls(_) | MqttError::NoSuchEndpoint { .. } => ErrorKind::Permanent,
             // S18: a failed restore is surfaced (AttemptFailed) and retried.
             MqttError::Connect(_)
             | MqttError::RestoreRefused { .. }

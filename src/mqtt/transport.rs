@@ -388,7 +388,7 @@ impl Transport for MqttTransport {
         async move {
             let config = &this.inner.config;
             let (client, mut eventloop) =
-                AsyncClient::new(config.mqtt_options(ctx.endpoint), config.request_capacity);
+                AsyncClient::new(config.mqtt_options(ctx.endpoint)?, config.request_capacity);
             eventloop.set_network_options(config.network_options());
             // The first poll connects; it is the only poll before the link's
             // task takes the event loop, so rumqttc never reconnects by itself.
@@ -449,7 +449,16 @@ impl Transport for MqttTransport {
     /// docs/mqtt.md).
     fn probe(&self, endpoint: usize) -> impl Future<Output = ProbeOutcome> + Send + 'static {
         let config = &self.inner.config;
-        let (host, port) = config.broker(endpoint);
-        reach::probe(host.to_owned(), port, config.tls.is_some())
+        // A broker out of range: let the open report it.
+        let probe = config
+            .broker(endpoint)
+            .ok()
+            .map(|(host, port)| reach::probe(host.to_owned(), port, config.tls.is_some()));
+        async move {
+            match probe {
+                Some(probe) => probe.await,
+                None => ProbeOutcome::Reachable,
+            }
+        }
     }
 }

@@ -296,6 +296,16 @@ pub async fn engine_on_queue(
     (transport, engine, timeline)
 }
 
+/// The arguments of a quorum queue (`x-queue-type: quorum`).
+pub fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
 /// Runs `rabbitmqctl` with `args` (`None` when it is missing or fails).
 pub fn rabbitmqctl(args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("rabbitmqctl")
