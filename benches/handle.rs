@@ -190,6 +190,7 @@ fn delta(a: Stats, b: Stats) -> Stats {
     Stats {
         attempts: b.attempts - a.attempts,
         connects: b.connects - a.connects,
+        resumes: b.resumes - a.resumes,
         probes: b.probes - a.probes,
         outages: b.outages - a.outages,
         reports: b.reports - a.reports,

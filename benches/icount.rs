@@ -201,10 +201,7 @@ fn run(name: &str, n: u64) {
         "machine.stale link_lost + drain" => icount_measured(n, || {
             m.handle(
                 t0,
-                black_box(Input::LinkLost {
-                    generation: Generation(0),
-                    kind: ErrorKind::Transient,
-                }),
+                black_box(Input::lost(Generation(0), ErrorKind::Transient)),
             );
             while let Some(o) = m.poll(t0) {
                 black_box(o);
@@ -219,13 +216,7 @@ fn run(name: &str, n: u64) {
                 // Past the stable period, so that every outage starts afresh.
                 now += Duration::from_secs(11);
                 let generation = m.generation();
-                m.handle(
-                    now,
-                    Input::LinkLost {
-                        generation,
-                        kind: ErrorKind::Transient,
-                    },
-                );
+                m.handle(now, Input::lost(generation, ErrorKind::Transient));
                 while let Some(o) = m.poll(now) {
                     black_box(o);
                 }

@@ -37,10 +37,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             m.handle(
                 t0,
-                black_box(Input::LinkLost {
-                    generation: Generation(0),
-                    kind: ErrorKind::Transient,
-                }),
+                black_box(Input::lost(Generation(0), ErrorKind::Transient)),
             );
             while let Some(o) = m.poll(t0) {
                 black_box(o);
@@ -62,13 +59,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             now += Duration::from_secs(11);
             let generation = m.generation();
-            m.handle(
-                now,
-                Input::LinkLost {
-                    generation,
-                    kind: ErrorKind::Transient,
-                },
-            );
+            m.handle(now, Input::lost(generation, ErrorKind::Transient));
             while let Some(o) = m.poll(now) {
                 black_box(o);
             }

@@ -62,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     to,
                     generation,
                     reason,
+                    ..
                 } => println!("[{t:7.3}s] state {from} -> {to} (link {generation}, {reason:?})"),
                 Event::AttemptFailed {
                     generation, error, ..
@@ -69,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Event::LivenessLost { generation } => {
                     println!("[{t:7.3}s] link {generation}: no inbound traffic, replacing it")
                 }
-                Event::GaveUp { cause, error } => {
+                Event::GaveUp { cause, error, .. } => {
                     println!("[{t:7.3}s] gave up: {cause} ({error:?})")
                 }
                 _ => {}

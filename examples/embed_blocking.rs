@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         .liveness_timeout(Some(Duration::from_millis(300)))
         .build()
         .expect("valid config");
-    let connect_timeout = config.connect_timeout();
+    let connect_timeout = config.connect_timeout().expect("set above");
     let mut machine = Machine::new(config);
     let mut link: Option<(Generation, TcpStream)> = None;
     let mut links_up = 0;
@@ -118,12 +118,11 @@ fn main() -> ExitCode {
                         }
                         Err(e) => {
                             let kind = classify(&e);
-                            machine
-                                .handle(Instant::now(), Input::AttemptFailed { generation, kind });
+                            machine.handle(Instant::now(), Input::failed(generation, kind));
                         }
                     }
                 }
-                Output::Close { generation } => {
+                Output::Close { generation, .. } => {
                     if let Some((g, stream)) = link.take_if(|(g, _)| *g == generation) {
                         println!("close link {g}");
                         let _ = stream.shutdown(Shutdown::Both);
@@ -138,6 +137,9 @@ fn main() -> ExitCode {
                     };
                     machine.handle(Instant::now(), Input::Probed { probe, outcome });
                 }
+                // Only after a resume without its session, which this
+                // transport never reports (it has no resumes).
+                Output::Restore { .. } => {}
                 Output::StateChanged {
                     from, to, reason, ..
                 } => {
@@ -149,7 +151,7 @@ fn main() -> ExitCode {
                 Output::LivenessLost { generation } => {
                     println!("  link {generation}: no heartbeat, declared dead");
                 }
-                Output::GaveUp { cause } => println!("  gave up: {cause}"),
+                Output::GaveUp { cause, .. } => println!("  gave up: {cause}"),
             }
         }
         if machine.kind() == StateKind::Closed {
@@ -178,10 +180,7 @@ fn main() -> ExitCode {
                 let _ = stream.set_read_timeout(Some(wait));
                 let mut buf = [0u8; 64];
                 let input = match stream.read(&mut buf) {
-                    Ok(0) => Some(Input::LinkLost {
-                        generation,
-                        kind: ErrorKind::Transient,
-                    }),
+                    Ok(0) => Some(Input::lost(generation, ErrorKind::Transient)),
                     Ok(_) => Some(Input::Activity { generation }),
                     Err(e)
                         if matches!(
@@ -191,10 +190,7 @@ fn main() -> ExitCode {
                     {
                         None
                     }
-                    Err(e) => Some(Input::LinkLost {
-                        generation,
-                        kind: classify(&e),
-                    }),
+                    Err(e) => Some(Input::lost(generation, classify(&e))),
                 };
                 if let Some(input) = input {
                     machine.handle(Instant::now(), input);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redial::backoff::{Backoff, Jitter};
-use redial::machine::{Config, ErrorKind, StateKind};
+use redial::machine::{Config, ErrorKind, Reason, StateKind};
 use redial::runtime::{Classify, Engine, Handle, OpenContext, Report, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -82,7 +82,7 @@ impl Transport for EchoTransport {
         }
     }
 
-    fn close(&self, link: EchoLink) -> impl Future<Output = ()> + Send + 'static {
+    fn close(&self, link: EchoLink, _reason: Reason) -> impl Future<Output = ()> + Send + 'static {
         // Stop the reader first: our own hang-up is not news to the engine.
         link.reader.abort();
         async move {

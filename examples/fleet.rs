@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use plotters::prelude::*;
 use redial::backoff::{Backoff, Jitter};
-use redial::machine::{Config, ErrorKind, ProbeOutcome, StateKind};
+use redial::machine::{Config, ErrorKind, ProbeOutcome, Reason, StateKind};
 use redial::runtime::{DEFAULT_PROBE_INTERVAL, Engine, Event, OpenContext, Transport};
 use redial::testing::{MemoryControl, MemoryError, MemoryLink, MemoryTransport};
 use tokio::sync::Notify;
@@ -240,8 +240,8 @@ impl Transport for FleetTransport {
         }
     }
 
-    fn close(&self, link: MemoryLink) -> impl Future<Output = ()> + Send + 'static {
-        self.memory.close(link)
+    fn close(&self, link: MemoryLink, reason: Reason) -> impl Future<Output = ()> + Send + 'static {
+        self.memory.close(link, reason)
     }
 
     fn probe(&self, _endpoint: usize) -> impl Future<Output = ProbeOutcome> + Send + 'static {

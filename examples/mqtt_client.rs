@@ -52,6 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     to,
                     generation,
                     reason,
+                    ..
                 } => println!("[{t:7.3}s] state {from} -> {to} (link {generation}, {reason:?})"),
                 Event::AttemptFailed {
                     generation, error, ..
@@ -59,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Event::LivenessLost { generation } => {
                     println!("[{t:7.3}s] link {generation}: no inbound traffic, replacing it")
                 }
-                Event::GaveUp { cause, error } => {
+                Event::GaveUp { cause, error, .. } => {
                     println!("[{t:7.3}s] gave up: {cause} ({error:?})")
                 }
                 _ => {}

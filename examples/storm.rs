@@ -37,7 +37,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redial::backoff::{Backoff, Jitter};
-use redial::machine::{Config, ErrorKind, Generation, StateKind};
+use redial::machine::{Config, ErrorKind, Generation, Reason, StateKind};
 use redial::runtime::{Engine, Handle, OpenContext, Report, Stats, Transport};
 use redial::testing::{LogEntry, MemoryControl, MemoryError, MemoryLink, MemoryTransport, Plan};
 use tokio::runtime::Runtime;
@@ -175,8 +175,8 @@ impl Transport for Watched {
         }
     }
 
-    fn close(&self, link: MemoryLink) -> impl Future<Output = ()> + Send + 'static {
-        let close = self.inner.close(link);
+    fn close(&self, link: MemoryLink, reason: Reason) -> impl Future<Output = ()> + Send + 'static {
+        let close = self.inner.close(link, reason);
         let gauge = self.gauge.clone();
         async move {
             close.await;

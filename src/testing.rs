@@ -391,7 +391,11 @@ impl Transport for MemoryTransport {
         std::future::ready(outcome)
     }
 
-    fn close(&self, link: MemoryLink) -> impl std::future::Future<Output = ()> + Send + 'static {
+    fn close(
+        &self,
+        link: MemoryLink,
+        _reason: crate::machine::Reason,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let inner = self.inner.clone();
         async move {
             {

@@ -74,10 +74,7 @@ impl Run {
             outputs = if up.contains(&endpoint) {
                 self.feed(Input::AttemptSucceeded { generation })
             } else {
-                self.feed(Input::AttemptFailed {
-                    generation,
-                    kind: ErrorKind::Transient,
-                })
+                self.feed(Input::failed(generation, ErrorKind::Transient))
             };
         }
         opened
@@ -129,7 +126,7 @@ proptest! {
             up_now.remove(&home);
         }
         let generation = run.machine.generation();
-        let out = run.feed(Input::LinkLost { generation, kind: ErrorKind::Transient });
+        let out = run.feed(Input::lost(generation, ErrorKind::Transient));
         let opened = run.answer_opens(out, &up_now);
         prop_assert!(run.machine.is_connected(), "not reconnected after {opened:?}");
         prop_assert!(opened.len() <= n as usize, "{opened:?} exceeds one round of {n}");

@@ -49,7 +49,8 @@ struct Params {
     max_attempts: Option<u32>,
     max_elapsed_ms: Option<u64>,
     stable_ms: u64,
-    connect_ms: u64,
+    /// `None`: no connect timeout.
+    connect_ms: Option<u64>,
     liveness_ms: Option<u64>,
     blocked_ms: Option<u64>,
     close_ms: u64,
@@ -57,6 +58,7 @@ struct Params {
     permanent_retries: u32,
     probe_ms: Option<u64>,
     endpoints: u32,
+    first_generation: u64,
     seed: u64,
 }
 
@@ -69,7 +71,11 @@ impl Params {
             self.jitter,
         )
         .expect("generated policies are valid");
-        Config::builder()
+        let builder = match self.connect_ms {
+            Some(t) => Config::builder().connect_timeout(ms(t)),
+            None => Config::builder().without_connect_timeout(),
+        };
+        builder
             .backoff(backoff)
             .immediate_first_retry(self.immediate_first_retry)
             .retry_budget(self.budget.map(|(burst, refill_ms)| RetryBudget {
@@ -79,7 +85,7 @@ impl Params {
             .max_attempts(self.max_attempts)
             .max_elapsed(self.max_elapsed_ms.map(ms))
             .stable_period(ms(self.stable_ms))
-            .connect_timeout(ms(self.connect_ms))
+            .first_generation(Generation(self.first_generation))
             .liveness_timeout(self.liveness_ms.map(ms))
             .blocked_timeout(self.blocked_ms.map(ms))
             .close_timeout(ms(self.close_ms))
@@ -120,7 +126,7 @@ prop_compose! {
         max_attempts in prop::option::weighted(0.4, 1..=8u32),
         max_elapsed in prop::option::weighted(0.3, (any::<bool>(), 1..=120_000u64, 1..=3u64)),
         stable_ms in 1..=20_000u64,
-        connect_ms in 1..=20_000u64,
+        connect_ms in prop::option::weighted(0.9, 1..=20_000u64),
         liveness_ms in prop::option::weighted(0.6, 2..=20_000u64),
         blocked in prop::option::weighted(0.4, 0..=40_000u64),
         close_ms in 1..=10_000u64,
@@ -128,6 +134,7 @@ prop_compose! {
         permanent_retries in prop_oneof![3 => Just(0u32), 1 => 1..=3u32],
         probe_ms in prop::option::weighted(0.4, 1..=3_000u64),
         endpoints in prop_oneof![2 => Just(1u32), 2 => 2..=4u32],
+        first_generation in prop_oneof![3 => Just(1u64), 1 => 2..=(1u64 << 52)],
         seed in any::<u64>(),
     ) -> Params {
         // The blocked timeout must be at least twice the liveness timeout.
@@ -138,7 +145,7 @@ prop_compose! {
         Params {
             initial_ms, multiplier, max_ms, jitter, immediate_first_retry, budget, max_attempts,
             max_elapsed_ms, stable_ms, connect_ms, liveness_ms, blocked_ms, close_ms,
-            grace_ms, permanent_retries, probe_ms, endpoints, seed,
+            grace_ms, permanent_retries, probe_ms, endpoints, first_generation, seed,
         }
     }
 }
@@ -179,10 +186,13 @@ impl GenRef {
 #[derive(Debug, Clone)]
 enum Step {
     Start,
+    /// The application hands over its own first link.
+    Adopt(GenRef),
     Succeeded(GenRef),
-    Failed(GenRef, ErrorKind),
-    Lost(GenRef, ErrorKind),
-    Resumed(GenRef),
+    Failed(GenRef, ErrorKind, Option<u32>),
+    Lost(GenRef, ErrorKind, Option<u32>),
+    /// With the session kept (true) or not.
+    Resumed(GenRef, bool),
     Activity(GenRef),
     Blocked(GenRef),
     Unblocked(GenRef),
@@ -224,7 +234,7 @@ enum Phase {
     Idle,
     Connecting {
         attempt: u32,
-        deadline: u64,
+        deadline: Option<u64>,
     },
     /// Connected; `blocked` is `Some(deadline)` while flow-blocked.
     Up {
@@ -258,11 +268,14 @@ struct Outage {
 /// invariant checker verifies that one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Act {
-    Changed(StateKind, StateKind, Reason),
+    /// From, to, reason, detail.
+    Changed(StateKind, StateKind, Reason, Option<u32>),
     /// Generation, attempt, endpoint.
     Open(u64, u32, u32),
-    Close(u64),
-    GaveUp(FailCause),
+    Close(u64, Reason),
+    Restore(u64),
+    /// Cause, attempts, detail.
+    GaveUp(FailCause, u32, Option<u32>),
     LivenessLost(u64),
     /// Probe number, endpoint.
     Probe(u64, u32),
@@ -289,6 +302,8 @@ struct Model {
     order: Vec<u32>,
     cursor: usize,
     untried: u32,
+    /// The detail of the input being handled.
+    detail: Option<u32>,
     /// The actions predicted for the last step.
     acts: Vec<Act>,
 }
@@ -300,11 +315,12 @@ impl Model {
         let order = shuffle(p.endpoints, p.seed);
         let untried = p.endpoints;
         Self {
+            detail: None,
+            generation: config.first_generation().0,
             p,
             config,
             now: 0,
             phase: Phase::Idle,
-            generation: 1,
             outage: None,
             backoff,
             tokens: None,
@@ -343,7 +359,8 @@ impl Model {
     /// The next timer, in ms since the start.
     fn deadline(&self) -> Option<u64> {
         match self.phase {
-            Phase::Connecting { deadline, .. } | Phase::Closing { deadline } => Some(deadline),
+            Phase::Connecting { deadline, .. } => deadline,
+            Phase::Closing { deadline } => Some(deadline),
             Phase::BackingOff { until, .. } => Some(until),
             Phase::Up { live, blocked, .. } => match (live.map(|l| l.next), blocked.flatten()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -363,16 +380,22 @@ impl Model {
         };
         let input = match step {
             Step::Start => Input::Start,
+            Step::Adopt(r) => Input::Adopt { generation: g(r) },
             Step::Succeeded(r) => Input::AttemptSucceeded { generation: g(r) },
-            Step::Failed(r, kind) => Input::AttemptFailed {
+            Step::Failed(r, kind, detail) => Input::AttemptFailed {
                 generation: g(r),
                 kind: *kind,
+                detail: *detail,
             },
-            Step::Lost(r, kind) => Input::LinkLost {
+            Step::Lost(r, kind, detail) => Input::LinkLost {
                 generation: g(r),
                 kind: *kind,
+                detail: *detail,
             },
-            Step::Resumed(r) => Input::LinkResumed { generation: g(r) },
+            Step::Resumed(r, session_present) => Input::LinkResumed {
+                generation: g(r),
+                session_present: *session_present,
+            },
             Step::Activity(r) => Input::Activity { generation: g(r) },
             Step::Blocked(r) => Input::Blocked { generation: g(r) },
             Step::Unblocked(r) => Input::Unblocked { generation: g(r) },
@@ -409,8 +432,12 @@ impl Model {
 
     /// The one place the phase changes; predicts the `StateChanged`.
     fn set(&mut self, next: Phase, reason: Reason) {
+        let detail = match reason {
+            Reason::AttemptFailed | Reason::LinkLost => self.detail,
+            _ => None,
+        };
         self.acts
-            .push(Act::Changed(self.kind(), kind_of(&next), reason));
+            .push(Act::Changed(self.kind(), kind_of(&next), reason, detail));
         self.phase = next;
     }
 
@@ -418,6 +445,12 @@ impl Model {
         if input.generation().is_some_and(|g| g.0 != self.generation) {
             return; // stale: nothing at all
         }
+        self.detail = input.detail();
+        self.dispatch(input);
+        self.detail = None;
+    }
+
+    fn dispatch(&mut self, input: Input) {
         let now = self.now;
         match (input, self.phase.clone()) {
             (
@@ -448,6 +481,11 @@ impl Model {
                 self.new_outage();
                 self.open(Reason::Start);
             }
+            (Input::Adopt { .. }, Phase::Idle) => {
+                self.new_outage();
+                let up = self.fresh_link(0);
+                self.set(up, Reason::Adopted);
+            }
             (Input::AttemptSucceeded { .. }, Phase::Connecting { attempt, .. }) => {
                 let up = self.fresh_link(attempt);
                 self.set(up, Reason::AttemptSucceeded);
@@ -462,7 +500,9 @@ impl Model {
                 self.link_down(since, kind, Reason::LinkLost);
             }
             (
-                Input::LinkResumed { .. },
+                Input::LinkResumed {
+                    session_present, ..
+                },
                 Phase::BackingOff {
                     lingering: true, ..
                 },
@@ -473,6 +513,9 @@ impl Model {
                 let attempt = outage.attempts;
                 let up = self.fresh_link(attempt);
                 self.set(up, Reason::LinkResumed);
+                if !session_present {
+                    self.acts.push(Act::Restore(self.generation));
+                }
             }
             (Input::Activity { .. }, Phase::Up { live: Some(_), .. }) => {
                 // Only the watchdog notes it: no state change.
@@ -519,13 +562,13 @@ impl Model {
                 self.set(up, Reason::Unblocked);
             }
             (Input::ReconnectNow, Phase::Up { .. }) => {
-                self.close();
+                self.close(Reason::ReconnectRequested);
                 self.new_outage();
                 self.open(Reason::ReconnectRequested);
             }
             (Input::ReconnectNow, Phase::BackingOff { lingering, .. }) => {
                 if lingering {
-                    self.close();
+                    self.close(Reason::ReconnectRequested);
                 }
                 self.open(Reason::ReconnectRequested);
             }
@@ -542,7 +585,7 @@ impl Model {
                     lingering: true, ..
                 },
             ) => {
-                self.close();
+                self.close(Reason::Shutdown);
                 let closing = Phase::Closing {
                     deadline: now + self.p.close_ms,
                 };
@@ -613,7 +656,7 @@ impl Model {
                     return self.probe_or_open(attempt);
                 }
                 if lingering {
-                    self.close();
+                    self.close(Reason::BackoffElapsed);
                 }
                 self.open(Reason::BackoffElapsed);
             }
@@ -671,23 +714,24 @@ impl Model {
         let outage = self.outage.as_mut().expect("an outage");
         outage.attempts += 1;
         let attempt = outage.attempts;
-        let deadline = self.now + self.p.connect_ms;
+        let deadline = self.p.connect_ms.map(|t| self.now + t);
         self.set(Phase::Connecting { attempt, deadline }, reason);
         self.acts
             .push(Act::Open(self.generation, attempt, self.endpoint()));
     }
 
-    fn close(&mut self) {
-        self.acts.push(Act::Close(self.generation));
+    fn close(&mut self, reason: Reason) {
+        self.acts.push(Act::Close(self.generation, reason));
         self.generation += 1;
     }
 
-    fn give_up(&mut self, lingering: bool, cause: FailCause) {
+    fn give_up(&mut self, lingering: bool, cause: FailCause, reason: Reason) {
         if lingering {
-            self.close();
+            self.close(reason);
         }
         self.set(Phase::Failed, Reason::GaveUp);
-        self.acts.push(Act::GaveUp(cause));
+        let attempts = self.attempts();
+        self.acts.push(Act::GaveUp(cause, attempts, self.detail));
     }
 
     /// Counts a permanent failure; true when it must end the outage.
@@ -701,9 +745,9 @@ impl Model {
     }
 
     fn attempt_failed(&mut self, kind: ErrorKind, reason: Reason) {
-        self.close();
+        self.close(reason);
         if self.permanent_gives_up(kind) {
-            self.give_up(false, FailCause::Permanent);
+            self.give_up(false, FailCause::Permanent, reason);
         } else {
             let in_round = self.advance();
             self.schedule(reason, false, false, in_round);
@@ -719,13 +763,13 @@ impl Model {
             self.new_outage();
         }
         if self.permanent_gives_up(kind) {
-            self.close();
-            return self.give_up(false, FailCause::Permanent);
+            self.close(reason);
+            return self.give_up(false, FailCause::Permanent, reason);
         }
         let lingering = reason == Reason::LinkLost && self.p.grace_ms.is_some();
         let mut in_round = false;
         if !lingering {
-            self.close();
+            self.close(reason);
             in_round = !stable && self.advance();
         }
         self.schedule(reason, lingering, true, in_round);
@@ -758,7 +802,7 @@ impl Model {
             .max_attempts
             .is_some_and(|max| outage.attempts >= max)
         {
-            return self.give_up(lingering, FailCause::RetriesExhausted);
+            return self.give_up(lingering, FailCause::RetriesExhausted, reason);
         }
         let in_time = self
             .p
@@ -806,7 +850,7 @@ impl Model {
             && elapsed + wait > max
         {
             if outage.attempts > 0 {
-                return self.give_up(lingering, FailCause::DeadlineExhausted);
+                return self.give_up(lingering, FailCause::DeadlineExhausted, reason);
             }
             // Every outage gets at least one attempt.
             wait = max.saturating_sub(elapsed);
@@ -874,32 +918,35 @@ impl ReferenceStateMachine for ModelMachine {
     fn transitions(state: &Model) -> BoxedStrategy<Step> {
         // Weights lean towards the inputs that matter in the current phase,
         // but every input stays possible everywhere.
-        //        Start Succ Fail Lost Resu Acti Blck Unbl Reco Shut Clos Tout Tick Dead Stab Prob
+        //        Start Succ Fail Lost Resu Acti Blck Unbl Reco Shut Clos Tout Tick Dead Stab Prob Adop
         let w = match state.phase {
-            Phase::Idle => [12, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 0, 1],
-            Phase::Connecting { .. } => [1, 10, 5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 0, 1],
-            Phase::Up { .. } => [1, 2, 1, 6, 1, 4, 3, 3, 2, 1, 1, 1, 6, 5, 3, 1],
+            Phase::Idle => [10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 0, 1, 6],
+            Phase::Connecting { .. } => [1, 10, 5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 0, 1, 1],
+            Phase::Up { .. } => [1, 2, 1, 6, 1, 4, 3, 3, 2, 1, 1, 1, 6, 5, 3, 1, 1],
             Phase::BackingOff {
                 lingering, probe, ..
             } => {
                 let resume = if lingering { 5 } else { 1 };
                 let answer = if probe.is_some() { 8 } else { 1 };
-                [1, 2, 1, 2, resume, 1, 1, 1, 2, 1, 1, 1, 3, 7, 0, answer]
+                [1, 2, 1, 2, resume, 1, 1, 1, 2, 1, 1, 1, 3, 7, 0, answer, 1]
             }
-            Phase::Closing { .. } => [1, 1, 1, 2, 1, 1, 1, 1, 2, 1, 4, 1, 2, 3, 0, 1],
-            Phase::Closed => [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1],
-            Phase::Failed => [1, 1, 1, 2, 1, 1, 1, 1, 6, 1, 1, 1, 2, 1, 0, 1],
+            Phase::Closing { .. } => [1, 1, 1, 2, 1, 1, 1, 1, 2, 1, 4, 1, 2, 3, 0, 1, 1],
+            Phase::Closed => [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1],
+            Phase::Failed => [1, 1, 1, 2, 1, 1, 1, 1, 6, 1, 1, 1, 2, 1, 0, 1, 1],
         };
-        let choices: [BoxedStrategy<Step>; 16] = [
+        let detail = || prop::option::weighted(0.5, 0..=3u32);
+        let choices: [BoxedStrategy<Step>; 17] = [
             Just(Step::Start).boxed(),
             gen_ref().prop_map(Step::Succeeded).boxed(),
-            (gen_ref(), error_kind())
-                .prop_map(|(g, k)| Step::Failed(g, k))
+            (gen_ref(), error_kind(), detail())
+                .prop_map(|(g, k, d)| Step::Failed(g, k, d))
                 .boxed(),
-            (gen_ref(), error_kind())
-                .prop_map(|(g, k)| Step::Lost(g, k))
+            (gen_ref(), error_kind(), detail())
+                .prop_map(|(g, k, d)| Step::Lost(g, k, d))
                 .boxed(),
-            gen_ref().prop_map(Step::Resumed).boxed(),
+            (gen_ref(), prop::bool::weighted(0.7))
+                .prop_map(|(g, session)| Step::Resumed(g, session))
+                .boxed(),
             gen_ref().prop_map(Step::Activity).boxed(),
             gen_ref().prop_map(Step::Blocked).boxed(),
             gen_ref().prop_map(Step::Unblocked).boxed(),
@@ -924,6 +971,7 @@ impl ReferenceStateMachine for ModelMachine {
             )
                 .prop_map(|(back, outcome)| Step::Probed { back, outcome })
                 .boxed(),
+            gen_ref().prop_map(Step::Adopt).boxed(),
         ];
         let weighted = w.into_iter().zip(choices).filter(|(w, _)| *w > 0).collect();
         prop::strategy::Union::new_weighted(weighted).boxed()
@@ -972,16 +1020,22 @@ impl StateMachineTest for MachineTest {
         let g = |r: GenRef| r.resolve(sut.machine.generation().0);
         let input = match step {
             Step::Start => Input::Start,
+            Step::Adopt(r) => Input::Adopt { generation: g(r) },
             Step::Succeeded(r) => Input::AttemptSucceeded { generation: g(r) },
-            Step::Failed(r, kind) => Input::AttemptFailed {
+            Step::Failed(r, kind, detail) => Input::AttemptFailed {
                 generation: g(r),
                 kind,
+                detail,
             },
-            Step::Lost(r, kind) => Input::LinkLost {
+            Step::Lost(r, kind, detail) => Input::LinkLost {
                 generation: g(r),
                 kind,
+                detail,
             },
-            Step::Resumed(r) => Input::LinkResumed { generation: g(r) },
+            Step::Resumed(r, session_present) => Input::LinkResumed {
+                generation: g(r),
+                session_present,
+            },
             Step::Activity(r) => Input::Activity { generation: g(r) },
             Step::Blocked(r) => Input::Blocked { generation: g(r) },
             Step::Unblocked(r) => Input::Unblocked { generation: g(r) },
@@ -1033,13 +1087,22 @@ impl StateMachineTest for MachineTest {
                     attempt,
                     endpoint,
                 } => Act::Open(generation.0, attempt, endpoint),
-                Output::Close { generation } => Act::Close(generation.0),
-                Output::GaveUp { cause } => Act::GaveUp(cause),
+                Output::Close { generation, reason } => Act::Close(generation.0, reason),
+                Output::Restore { generation } => Act::Restore(generation.0),
+                Output::GaveUp {
+                    cause,
+                    attempts,
+                    detail,
+                } => Act::GaveUp(cause, attempts, detail),
                 Output::LivenessLost { generation } => Act::LivenessLost(generation.0),
                 Output::Probe { probe, endpoint } => Act::Probe(probe, endpoint),
                 Output::StateChanged {
-                    from, to, reason, ..
-                } => Act::Changed(from, to, reason),
+                    from,
+                    to,
+                    reason,
+                    detail,
+                    ..
+                } => Act::Changed(from, to, reason, detail),
             })
             .collect();
         assert_eq!(
@@ -1185,6 +1248,7 @@ fn same_seed_same_delays() {
                 Input::AttemptFailed {
                     generation: g,
                     kind: ErrorKind::Transient,
+                    detail: None,
                 },
             );
             while let Some(out) = m.poll(now) {
@@ -1229,6 +1293,7 @@ fn fleet_spreads_first_delays() {
         let lost = Input::LinkLost {
             generation: g,
             kind: ErrorKind::Transient,
+            detail: None,
         };
         let out = step(&mut m, lost_at, lost);
         assert!(out.contains(&Output::Open {
@@ -1239,6 +1304,7 @@ fn fleet_spreads_first_delays() {
         let failed = Input::AttemptFailed {
             generation: g.next(),
             kind: ErrorKind::Transient,
+            detail: None,
         };
         step(&mut m, lost_at, failed);
         let at = m.poll_timeout().unwrap();
@@ -1275,6 +1341,7 @@ fn stable_loss_gets_an_attempt_before_the_deadline() {
     let lost = Input::LinkLost {
         generation: g,
         kind: ErrorKind::Transient,
+        detail: None,
     };
     let out = checker.drive(&mut m, t0 + ms(60_000), lost).unwrap();
     assert_ne!(

@@ -193,12 +193,12 @@ impl Transport for Deep {
         }
     }
 
-    fn close(&self, link: MemoryLink) -> impl Future<Output = ()> + Send + 'static {
+    fn close(&self, link: MemoryLink, reason: Reason) -> impl Future<Output = ()> + Send + 'static {
         self.steps
             .lock()
             .unwrap()
             .push(Step::Close(link.generation));
-        self.inner.close(link)
+        self.inner.close(link, reason)
     }
 }
 

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use redial::backoff::{Backoff, Jitter};
 use redial::machine::{
-    Config, ConfigError, Input, Machine, MachineStats, Output, RetryBudget, StateKind,
+    Config, ConfigError, Generation, Input, Machine, MachineStats, Output, Reason, RetryBudget,
+    StateKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -92,8 +93,9 @@ struct Actual {
 /// vectors exercised.
 type Cells = BTreeSet<(StateKind, &'static str, bool)>;
 
-const INPUTS: [&str; 13] = [
+const INPUTS: [&str; 14] = [
     "start",
+    "adopt",
     "attempt_succeeded",
     "attempt_failed",
     "link_lost",
@@ -255,8 +257,11 @@ fn run_file(path: &Path, cells: &mut Cells) -> Result<usize, String> {
     }
 
     let base = Instant::now();
+    let mut links = Links {
+        last_opened: config.first_generation().0 - 1,
+        open: None,
+    };
     let mut machine = Machine::new(config);
-    let mut links = Links::default();
     let mut visited = BTreeSet::new();
     for (index, step) in vector.steps.iter().enumerate() {
         if step.timeout_ms.is_some_and(|t| t <= step.at_ms) {
@@ -303,12 +308,11 @@ fn run_file(path: &Path, cells: &mut Cells) -> Result<usize, String> {
 }
 
 /// The invariants of docs/spec.md (section 16) that can be read off the
-/// output stream of one vector: the n-th `open` names generation n
-/// (`generations_increase`); a link is opened only when the previous one was
+/// output stream of one vector: the n-th link (opened, or adopted as the
+/// first) names generation `first_generation + n - 1` (`generations_increase`); a link is opened only when the previous one was
 /// closed, and each is closed exactly once, after its open (`single_link`,
 /// `open_close_alternate`); nothing happens in `closed`, and only
 /// `reconnect_now` and `shutdown` act in `failed` (`sticky_terminal`).
-#[derive(Default)]
 struct Links {
     last_opened: u64,
     open: Option<u64>,
@@ -331,6 +335,17 @@ impl Links {
         }
         for output in &actual.outputs {
             match *output {
+                Output::StateChanged {
+                    reason: Reason::Adopted,
+                    generation,
+                    ..
+                } => {
+                    if self.open.is_some() || generation.0 != self.last_opened + 1 {
+                        return Err(format!("adopted {generation} out of turn"));
+                    }
+                    self.last_opened = generation.0;
+                    self.open = Some(generation.0);
+                }
                 Output::Open { generation, .. } => {
                     if let Some(open) = self.open {
                         return Err(format!("open of {generation} while {open} is not closed"));
@@ -344,7 +359,7 @@ impl Links {
                     self.last_opened = generation.0;
                     self.open = Some(generation.0);
                 }
-                Output::Close { generation } => {
+                Output::Close { generation, .. } => {
                     if self.open != Some(generation.0) {
                         return Err(format!("close of {generation}, which is not open"));
                     }
@@ -451,6 +466,7 @@ fn json<T: Serialize>(value: &T) -> String {
 fn input_name(input: &Input) -> &'static str {
     match input {
         Input::Start => "start",
+        Input::Adopt { .. } => "adopt",
         Input::AttemptSucceeded { .. } => "attempt_succeeded",
         Input::AttemptFailed { .. } => "attempt_failed",
         Input::LinkLost { .. } => "link_lost",
@@ -476,6 +492,7 @@ fn error_name(error: &ConfigError) -> &'static str {
         ConfigError::ZeroAttempts => "zero_attempts",
         ConfigError::BlockedTimeoutTooShort { .. } => "blocked_timeout_too_short",
         ConfigError::EndpointsOutOfRange { .. } => "endpoints_out_of_range",
+        ConfigError::FirstGenerationOutOfRange { .. } => "first_generation_out_of_range",
         _ => "unknown",
     }
 }
@@ -503,7 +520,11 @@ fn build_config(map: &Map<String, Value>) -> Result<Result<Config, ConfigError>,
             "max_attempts" => builder.max_attempts(opt(key, value, small)?),
             "max_elapsed_ms" => builder.max_elapsed(opt(key, value, millis)?),
             "stable_period_ms" => builder.stable_period(millis(key, value)?),
-            "connect_timeout_ms" => builder.connect_timeout(millis(key, value)?),
+            "connect_timeout_ms" => match opt(key, value, millis)? {
+                Some(timeout) => builder.connect_timeout(timeout),
+                None => builder.without_connect_timeout(),
+            },
+            "first_generation" => builder.first_generation(Generation(uint(key, value)?)),
             "liveness_timeout_ms" => builder.liveness_timeout(opt(key, value, millis)?),
             "blocked_timeout_ms" => builder.blocked_timeout(opt(key, value, millis)?),
             "close_timeout_ms" => builder.close_timeout(millis(key, value)?),

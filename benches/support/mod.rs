@@ -5,6 +5,7 @@
 
 use std::future::{Future, Ready, ready};
 
+use redial::machine::Reason;
 use redial::outbox::{Deliver, DeliveryError, MessageId};
 use redial::runtime::{OpenContext, Transport};
 use redial::testing::MemoryError;
@@ -25,7 +26,7 @@ impl Transport for NullBroker {
         ready(Ok(()))
     }
 
-    fn close(&self, _link: ()) -> impl Future<Output = ()> + Send + 'static {
+    fn close(&self, _link: (), _reason: Reason) -> impl Future<Output = ()> + Send + 'static {
         ready(())
     }
 }

@@ -29,20 +29,35 @@ def start():
     return {"type": "start"}
 
 
+def adopt(g):
+    return {"type": "adopt", "generation": g}
+
+
 def ok(g):
     return {"type": "attempt_succeeded", "generation": g}
 
 
-def fail(g, kind="transient"):
-    return {"type": "attempt_failed", "generation": g, "kind": kind}
+def with_detail(inp, detail):
+    """JSON omits an absent detail (section 3); a detail is a u32."""
+    if detail is not None:
+        assert 0 <= detail < 1 << 32, detail
+        inp["detail"] = detail
+    return inp
 
 
-def lost(g, kind="transient"):
-    return {"type": "link_lost", "generation": g, "kind": kind}
+def fail(g, kind="transient", detail=None):
+    return with_detail({"type": "attempt_failed", "generation": g, "kind": kind}, detail)
 
 
-def resumed(g):
-    return {"type": "link_resumed", "generation": g}
+def lost(g, kind="transient", detail=None):
+    return with_detail({"type": "link_lost", "generation": g, "kind": kind}, detail)
+
+
+def resumed(g, session_present=True):
+    inp = {"type": "link_resumed", "generation": g}
+    if not session_present:  # JSON omits the default, true (section 4)
+        inp["session_present"] = False
+    return inp
 
 
 def activity(g):
@@ -77,9 +92,10 @@ def timeout():
     return {"type": "timeout"}
 
 
-def all_generation_inputs(g):
+def all_generation_inputs(g, with_adopt=True):
     """Every input that names a generation, naming `g`."""
-    return [ok(g), fail(g), lost(g), resumed(g), activity(g), blocked(g), unblocked(g)]
+    head = [adopt(g)] if with_adopt else []
+    return head + [ok(g), fail(g), lost(g), resumed(g), activity(g), blocked(g), unblocked(g)]
 
 
 # ---- vectors -----------------------------------------------------------------
@@ -217,13 +233,14 @@ def plain(**extra):
 def row_idle():
     v = Vector(
         "row-idle",
-        "Row idle, every column but shutdown (see row-idle-shutdown): inputs naming the "
+        "Row idle, every column but shutdown (see row-idle-shutdown) and the current "
+        "generation's adopt (see adopt-first-link): inputs naming the "
         "current generation 1 (not yet opened) are ignored, other generations are stale, "
         "start opens generation 1 as attempt 1.",
         plain(),
         rows=["idle"],
     )
-    for i in all_generation_inputs(1):
+    for i in all_generation_inputs(1, with_adopt=False):
         v.step(0, i)
     for i in all_generation_inputs(2):
         v.step(0, i, "stale: a generation that was never opened")
@@ -259,7 +276,7 @@ def row_connecting():
     )
     v.step(0, start())
     v.step(10, start(), "ignored")
-    for i in [resumed(1), activity(1), blocked(1), unblocked(1)]:
+    for i in [adopt(1), resumed(1), activity(1), blocked(1), unblocked(1)]:
         v.step(10, i)
     v.step(10, reconnect(), "ignored: an attempt is already in progress")
     v.step(10, close_completed())
@@ -293,7 +310,7 @@ def row_connected():
     v.step(0, start())
     v.step(10, ok(1), "liveness checks every 2000 ms from here")
     v.step(20, start(), "ignored")
-    for i in [ok(1), fail(1), resumed(1), unblocked(1)]:
+    for i in [adopt(1), ok(1), fail(1), resumed(1), unblocked(1)]:
         v.step(20, i)
     v.step(20, close_completed())
     v.step(30, timeout(), "ignored: spurious, next check at 2010")
@@ -330,7 +347,7 @@ def row_blocked():
     v.step(0, ok(1))
     v.step(100, blocked(1), "blocked deadline 8100")
     v.step(110, start(), "ignored")
-    for i in [ok(1), fail(1), resumed(1), blocked(1)]:
+    for i in [adopt(1), ok(1), fail(1), resumed(1), blocked(1)]:
         v.step(110, i, "ignored (blocked(1): a duplicate does not move the deadline)")
     v.step(110, close_completed())
     v.step(120, timeout(), "ignored: spurious, the next check is at 2000")
@@ -400,7 +417,7 @@ def row_backing_off_lingering():
     v.step(0, ok(1))
     v.step(1500, lost(1), "stable: new outage; the first retry waits for the grace (3000 ms)")
     v.step(1510, start(), "ignored")
-    for i in [ok(1), fail(1), lost(1), activity(1), blocked(1), unblocked(1)]:
+    for i in [adopt(1), ok(1), fail(1), lost(1), activity(1), blocked(1), unblocked(1)]:
         v.step(1510, i, "ignored: the lingering link is current, but these do not apply")
     for i in all_generation_inputs(2):
         v.step(1510, i, "stale")
@@ -1779,6 +1796,246 @@ def endpoints_config():
     v.step(20, ok(2))
 
 
+# ---- embedding (section 19.1) -------------------------------------------------------
+
+def adoption():
+    v = Vector(
+        "adopt-first-link",
+        "Adoption (section 12): the application opened generation 1 itself and feeds "
+        "adopt(1) in idle: SC(idle -> connected, 1, adopted), no open, the link's attempt "
+        "is 0 and it gets the liveness checks of any up link (default H = 60 s, the first "
+        "check 30 s after the adoption). ADOPT began an outage; the link stays up past the "
+        "stable period, so its loss starts a new one: close(1, link_lost), then open(2) "
+        "as attempt 1 at once. The adopted link is closed exactly once, like an opened "
+        "one; shutdown then closes generation 2.",
+        dict(DEFAULT),
+    )
+    v.step(0, adopt(1), "the application's own link: connected, attempt 0")
+    v.step(20000, activity(1))
+    v.step(25000, lost(1), "up 25 s: stable, a new outage, attempt 1 at once")
+    v.step(25100, ok(2))
+    v.step(30000, shutdown())
+    v.step(30100, close_completed())
+
+    v = Vector(
+        "adopt-stale-and-late",
+        "adopt names a generation, so the stale rule applies first: in idle, adopt of a "
+        "generation other than the current one (1) is stale and the machine stays idle. "
+        "Outside idle adopt is never acted on: naming the current generation it is "
+        "ignored (connecting, connected, backing_off, failed, closed), naming another one "
+        "it is stale. No state, generation or timer changes.",
+        plain(liveness_timeout_ms=None),
+    )
+    v.step(0, adopt(2), "stale: the current generation is 1")
+    v.step(0, adopt(0), "stale: generation 0 never exists")
+    v.step(0, start())
+    v.step(10, adopt(1), "ignored: the machine's own open of generation 1 is in flight")
+    v.step(10, adopt(2), "stale")
+    v.step(20, ok(1))
+    v.step(30, adopt(1), "ignored: generation 1 is up and supervised already")
+    v.step(30, adopt(2), "stale")
+    v.step(2000, lost(1), "stable: a new outage, generation 2 at once")
+    v.step(2010, fail(2), "backing_off; the current generation is 3, not opened yet")
+    v.step(2020, adopt(3), "ignored: generation 3 is current but the machine did not open it")
+    v.step(2020, adopt(2), "stale")
+    v.fire()
+    v.step(3020, fail(3, "permanent"), "failed; the current generation is 4")
+    v.step(3030, adopt(4), "ignored: failed leaves only by reconnect_now or shutdown")
+    v.step(3030, adopt(3), "stale")
+    v.step(3040, shutdown())
+    v.step(3050, adopt(4), "ignored: closed is terminal")
+    v.step(3050, adopt(1), "stale")
+
+    v = Vector(
+        "adopt-early-loss",
+        "With the default settings, an adopted link lost before the stable period (10 s) "
+        "is an early loss in the outage ADOPT began: a failed attempt, but the outage has "
+        "made no attempt yet (the adopted link is attempt 0), so immediate_first_retry "
+        "opens generation 2 at once as attempt 1. Its early loss is retried at once too "
+        "(attempt 2, a token of the retry budget); the failure of attempt 3 backs off "
+        "with step 1 of the outage that began at the adoption.",
+        dict(DEFAULT),
+    )
+    v.step(0, adopt(1))
+    v.step(500, lost(1), "up 500 ms: an early loss; the first attempt at once")
+    v.step(600, ok(2))
+    v.step(1000, lost(2), "up 400 ms: an early loss, within the retry budget")
+    v.step(1100, fail(3), "a failed attempt backs off: step 1")
+    v.fire()
+    v.step(v.steps[-1]["at_ms"] + 100, ok(4))
+
+
+def epochs():
+    v = Vector(
+        "epochs-continue-from-previous-machine",
+        "Epochs (section 11, rule 6): a machine that replaces another whose generation() "
+        "was 3 is built with first_generation 4. Late reports about the old machine's "
+        "links 1, 2 and 3 are stale in every state: idle, connecting and connected. "
+        "The first open names generation 4, and generations continue from there: 5 after "
+        "the loss of 4, 6 after the failure of 5.",
+        plain(first_generation=4, liveness_timeout_ms=None),
+    )
+    v.step(0, lost(1), "stale in idle: a late report of the old machine's link")
+    v.step(0, resumed(2), "stale in idle")
+    v.step(0, lost(3), "stale in idle: the old machine's last link")
+    v.step(0, ok(5), "stale in idle: newer")
+    v.step(0, start(), "the first open names generation 4")
+    v.step(10, fail(1), "stale in connecting")
+    v.step(10, lost(2), "stale in connecting")
+    v.step(10, ok(3), "stale in connecting")
+    v.step(20, ok(4))
+    v.step(30, lost(1), "stale in connected")
+    v.step(30, blocked(2), "stale in connected")
+    v.step(30, lost(3, "permanent"), "stale in connected, even a permanent loss")
+    v.step(2000, lost(4), "stable: close 4, open 5 at once")
+    v.step(2010, fail(5), "close 5; generation 6 is next")
+    v.fire()
+    v.step(3020, ok(6))
+    ConfigErrorVector("config-first-generation-zero",
+                      "A first_generation of 0 is rejected: generations are positive.",
+                      {"first_generation": 0}, "first_generation_out_of_range")
+    ConfigErrorVector("config-first-generation-too-large",
+                      "A first_generation of 2^52 + 1 (4503599627370497) is rejected: "
+                      "generations stay exact as JavaScript numbers.",
+                      {"first_generation": 4503599627370497}, "first_generation_out_of_range")
+    v = Vector(
+        "config-first-generation-max",
+        "first_generation 2^52 (4503599627370496), the largest allowed: the machine is "
+        "idle on that generation, a report naming 2^52 - 1 is stale, and start opens "
+        "generation 4503599627370496 as attempt 1, which connects.",
+        {"first_generation": 4503599627370496},
+    )
+    v.step(0, lost(4503599627370495), "stale: 2^52 - 1")
+    v.step(0, start())
+    v.step(10, ok(4503599627370496))
+
+
+def details():
+    v = Vector(
+        "detail-copied",
+        "A detail on attempt_failed or link_lost is copied, untouched, onto the "
+        "state_changed whose reason is that input (attempt_failed, link_lost): on a "
+        "transient failed attempt, on the loss of a stable link, on a loss while opening "
+        "(the largest u32). On a permanent failure that gives up, the state_changed "
+        "(reason gave_up) carries none; gave_up carries it, beside its cause and the "
+        "outage's attempts. Inputs without a detail add none, and a stale input's detail "
+        "goes nowhere.",
+        plain(liveness_timeout_ms=None),
+    )
+    v.step(0, start())
+    v.step(10, fail(1, detail=111), "ECONNREFUSED: the state_changed carries 111")
+    v.fire("backoff_elapsed: no detail")
+    v.step(1020, ok(2))
+    v.step(3000, lost(2, detail=104), "ECONNRESET on a stable link: carried, the open not")
+    v.step(3010, fail(3, "permanent", detail=403),
+           "AMQP ACCESS_REFUSED: gave_up carries 403, its state_changed does not")
+    v.step(3020, fail(3, detail=111), "stale: nothing at all")
+    v.step(4000, reconnect(), "reconnect_requested: no detail")
+    v.step(4010, lost(4, detail=4294967295), "lost while opening: reason link_lost, carried")
+    v.fire()
+    v.step(5020, fail(5), "no detail in the input: none in the outputs")
+
+    v = Vector(
+        "detail-lingering-blocked-endpoints",
+        "The detail rule where a failure causes more than one change, or none yet. "
+        "With two endpoints, a failed attempt with a detail moves to the round's other "
+        "endpoint through a zero wait: only the state_changed with reason attempt_failed "
+        "carries the detail, not the backoff_elapsed that follows. With a resume grace, a "
+        "stable link's loss with a detail lingers (connected to backing_off, reason "
+        "link_lost, detail carried); the close at the end of the grace (reason "
+        "backoff_elapsed) carries none. A link lost while blocked carries its detail "
+        "onto blocked to backing_off.",
+        {"seed": 0, "endpoints": 2, "resume_grace_ms": 3000, "liveness_timeout_ms": None},
+    )
+    v.step(0, start())
+    v.step(10, fail(1, detail=7), "the other endpoint at once: detail on the first change only")
+    v.step(20, ok(2))
+    v.step(15000, lost(2, detail=8), "stable loss, lingering: detail carried, no close")
+    v.fire("the grace ended: close(2, backoff_elapsed), no detail")
+    v.step(18010, ok(3))
+    v.step(30000, blocked(3))
+    v.step(45000, lost(3, detail=9), "lost while blocked: blocked to backing_off carries 9")
+
+
+def restore_vectors():
+    v = Vector(
+        "resume-without-session-restores",
+        "With resume_grace_ms 5000, a lost stable link lingers. link_resumed(1) with "
+        "session_present false is accepted like any resume, and restore(1) follows its "
+        "state_changed: the driver must restore subscriptions on the resumed link. A "
+        "later blip resumed with its session (session_present omitted: true) emits no "
+        "restore. Once the grace of a third loss has ended (close(1, backoff_elapsed), "
+        "open(2)), a link_resumed(1) without a session is stale and emits nothing, and "
+        "one naming generation 2, which is opening, is ignored.",
+        {"seed": 42, "resume_grace_ms": 5000, "liveness_timeout_ms": None},
+    )
+    v.step(0, start())
+    v.step(10, ok(1))
+    v.step(20000, lost(1), "stable: a new outage; link 1 lingers for the grace")
+    v.step(20100, resumed(1, session_present=False), "resumed, but the broker kept no session")
+    v.step(40000, lost(1), "stable again: a new outage; lingers")
+    v.step(40050, resumed(1), "resumed with its session: no restore")
+    v.step(60000, lost(1), "stable again: lingers")
+    v.fire("the grace is over: close 1, open 2")
+    v.step(65010, resumed(1, session_present=False), "stale: nothing to restore")
+    v.step(65010, resumed(2, session_present=False), "ignored: generation 2 was never lost")
+    v.step(65020, ok(2))
+
+
+def connect_timeout_off():
+    v = Vector(
+        "connect-timeout-off",
+        "connect_timeout_ms null: connecting has no deadline, so no timer (timeout_ms "
+        "null) and a timeout input, however late, is ignored there; the transport's own "
+        "timeouts decide. The other timers run as usual: the backoff wait after a failed "
+        "attempt, and the liveness checks of the link that an hour-long attempt finally "
+        "brings up.",
+        {"seed": 42, "connect_timeout_ms": None},
+    )
+    v.step(0, start(), "no connect deadline")
+    v.step(100, fail(1))
+    v.fire("attempt 2, again without a deadline")
+    v.step(3600000, timeout(), "ignored: nothing is due in connecting")
+    v.step(3600010, ok(2))
+
+
+def max_attempts_one():
+    v = Vector(
+        "max-attempts-one-no-retries",
+        "max_attempts 1: no retries. The first attempt's failure gives up at once: "
+        "close(1, attempt_failed), connecting -> failed (gave_up), gave_up "
+        "retries_exhausted after 1 attempt. reconnect_now starts a new outage, whose "
+        "attempt 1 connects; that link's stable loss starts another outage, whose "
+        "attempt 1 runs at once, and its failure gives up again.",
+        {"seed": 42, "max_attempts": 1},
+    )
+    v.step(0, start())
+    v.step(100, fail(1), "the first failure gives up")
+    v.step(1000, reconnect(), "a new outage: attempt 1")
+    v.step(1010, ok(2))
+    v.step(30000, lost(2), "stable: a new outage, attempt 1 at once")
+    v.step(30100, fail(3), "gives up: 1 attempt in this outage")
+
+
+def ordering():
+    v = Vector(
+        "ordering-resume-before-loss",
+        "The contrast with s05 (same configuration): the SDK's resume callback for link 1 "
+        "reaches the machine before its interrupt callback. link_resumed(1) in connected "
+        "is ignored (the link was not lost), then link_lost(1) makes the link linger; "
+        "with no resume to follow, the grace ends: close(1, backoff_elapsed) and open(2). "
+        "The link is replaced although the transport had restored it: a driver must feed "
+        "one link's loss and resume in the order they happened (section 15.1).",
+        {"seed": 5, "resume_grace_ms": 5000},
+    )
+    v.step(0, start())
+    v.step(100, ok(1))
+    v.step(15000, resumed(1), "Resumed(1) first: ignored, the link is up")
+    v.step(15001, lost(1), "Interrupted(1): lingers for the grace")
+    v.fire("the grace is over: close 1, open 2")
+    v.step(20100, ok(2))
+
+
 def main():
     for f in [
         row_idle, row_idle_shutdown, row_connecting, row_connected, row_blocked,
@@ -1791,6 +2048,8 @@ def main():
         endpoints_shuffle, endpoints_failover, endpoints_early_loss, endpoints_probe_round,
         endpoints_lingering, endpoints_reconnect, endpoints_max_elapsed, endpoints_stale,
         endpoints_config,
+        adoption, epochs, details, restore_vectors, connect_timeout_off, max_attempts_one,
+        ordering,
     ]:
         f()
     names = [v.name for v in VECTORS]

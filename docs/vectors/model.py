@@ -12,6 +12,7 @@ All times are integer milliseconds. Section numbers refer to docs/spec.md.
 MASK = (1 << 64) - 1
 MAX_DELAY_MS = 1 << 30
 MAX_ENDPOINTS = 1024
+MAX_FIRST_GENERATION = 1 << 52  # a JavaScript number holds it exactly (section 6)
 SHUFFLE_SALT = 0x656E64706F696E74  # "endpoint" in ASCII (section 12.1)
 
 DEFAULT_BACKOFF = {
@@ -35,6 +36,7 @@ DEFAULTS = {
     "resume_grace_ms": None,
     "permanent_retries": 0,
     "endpoints": 1,
+    "first_generation": 1,
     "probe_interval_ms": None,
 }
 
@@ -71,8 +73,10 @@ def full_config(cfg):
     if j["mode"] == "proportional" and not (0.0 <= j["fraction"] <= 1.0):
         raise ConfigError("jitter_out_of_range")
     # durations, in the order the builder checks them
-    for k in ("stable_period_ms", "connect_timeout_ms", "close_timeout_ms"):
+    for k in ("stable_period_ms", "close_timeout_ms"):
         check_ms(out[k])
+    if out["connect_timeout_ms"] is not None:  # null: no connect timer (section 6)
+        check_ms(out["connect_timeout_ms"])
     if out["max_elapsed_ms"] is not None:
         check_ms(out["max_elapsed_ms"])
     h = out["liveness_timeout_ms"]
@@ -93,6 +97,8 @@ def full_config(cfg):
         raise ConfigError("zero_attempts")
     if not (1 <= out["endpoints"] <= MAX_ENDPOINTS):
         raise ConfigError("endpoints_out_of_range")
+    if not (1 <= out["first_generation"] <= MAX_FIRST_GENERATION):
+        raise ConfigError("first_generation_out_of_range")
     rb = out["retry_budget"]
     if rb is not None:
         if set(rb) != {"burst", "refill_ms"}:
@@ -194,6 +200,7 @@ class Backoff:
 
 
 GEN_INPUTS = {
+    "adopt",
     "attempt_succeeded",
     "attempt_failed",
     "link_lost",
@@ -208,7 +215,7 @@ class Machine:
     def __init__(self, cfg):
         self.c = full_config(cfg)
         self.state = {"kind": "idle"}
-        self.gen = 1
+        self.gen = self.c["first_generation"]  # the epoch (section 11, rule 6)
         self.outage = None  # {"started", "attempts", "permanent"}
         self.backoff = Backoff(self.c["backoff"], self.c["seed"])
         self.order = shuffle(self.c["endpoints"], self.c["seed"])
@@ -219,9 +226,10 @@ class Machine:
         self.probes_unsupported = False
         self.out = []
         self.now = None
+        self.detail = None  # the detail of the input being handled (sections 3, 9)
         self.stats = dict(
             stale_inputs=0, ignored_inputs=0, opens=0, closes=0, failed_attempts=0, outages=0,
-            probes=0,
+            probes=0, resumes=0, adoptions=0,
         )
 
     # -- observers ---------------------------------------------------------
@@ -278,6 +286,8 @@ class Machine:
         if t == "probed" and inp["probe"] != self.state.get("probe"):
             self.stats["stale_inputs"] += 1
             return
+        # Only attempt_failed and link_lost carry one (section 4).
+        self.detail = inp.get("detail")
         handled = getattr(self, "on_" + t)(now, inp)
         if not handled:
             self.stats["ignored_inputs"] += 1
@@ -294,6 +304,17 @@ class Machine:
         self.open(now, "start")
         return True
 
+    def on_adopt(self, now, inp):
+        # ADOPT (section 9): only in idle; the application's link is the current
+        # generation, attempt 0 (not an attempt), no open.
+        if self.kind() != "idle":
+            return False
+        self.new_outage(now)
+        self.stats["adoptions"] += 1
+        link = self.new_link(now, self.gen, 0)
+        self.set_state({"kind": "connected", "link": link}, "adopted")
+        return True
+
     def on_attempt_succeeded(self, now, inp):
         s = self.state
         if s["kind"] != "connecting":
@@ -307,7 +328,7 @@ class Machine:
         if s["kind"] != "connecting":
             return False
         self.stats["failed_attempts"] += 1
-        self.retire(s["generation"])
+        self.retire(s["generation"], reason)
         if inp["kind"] == "permanent" and not self.permanent_retry_allowed():
             self.give_up("permanent")
         else:
@@ -329,8 +350,13 @@ class Machine:
             return False
         # The transport's own reconnect counts as an attempt of the outage.
         self.outage["attempts"] += 1
-        link = self.new_link(now, s["lingering"], self.outage["attempts"])
+        self.stats["resumes"] += 1
+        g = s["lingering"]
+        link = self.new_link(now, g, self.outage["attempts"])
         self.set_state({"kind": "connected", "link": link}, "link_resumed")
+        # Section 13, *Resumed without a session*: right after the state_changed.
+        if not inp.get("session_present", True):
+            self.out.append({"type": "restore", "generation": g})
         return True
 
     def on_activity(self, now, inp):
@@ -364,11 +390,11 @@ class Machine:
         k = s["kind"]
         if k in ("connected", "blocked"):
             self.stats["outages"] += 1
-            self.retire(s["link"]["generation"])
+            self.retire(s["link"]["generation"], "reconnect_requested")
             self.new_outage(now)
         elif k == "backing_off":
             if s["lingering"] is not None:
-                self.retire(s["lingering"])
+                self.retire(s["lingering"], "reconnect_requested")
         elif k == "failed":
             self.new_outage(now)
         else:
@@ -381,7 +407,7 @@ class Machine:
             return False
         g = self.live_link()
         if g is not None:
-            self.retire(g)
+            self.retire(g, "shutdown")
             self.set_state(
                 {"kind": "closing", "deadline": now + self.c["close_timeout_ms"]}, "shutdown"
             )
@@ -421,7 +447,7 @@ class Machine:
                 self.probe_or_open(now, s["attempt"])
                 return True
             if s["lingering"] is not None:
-                self.retire(s["lingering"])
+                self.retire(s["lingering"], "backoff_elapsed")
             self.open(now, "backoff_elapsed")
         elif k == "closing":
             self.set_state({"kind": "closed"}, "close_timeout")
@@ -494,14 +520,14 @@ class Machine:
         else:
             self.stats["failed_attempts"] += 1
         if kind == "permanent" and not self.permanent_retry_allowed():
-            self.retire(link["generation"])
+            self.retire(link["generation"], reason)
             self.give_up("permanent")
             return
         in_round = False
         if may_linger and self.c["resume_grace_ms"] is not None:
             lingering = link["generation"]  # no close yet, no ADVANCE
         else:
-            self.retire(link["generation"])
+            self.retire(link["generation"], reason)
             lingering = None
             if not stable:
                 in_round = self.advance()  # an early loss is a failed try
@@ -537,7 +563,7 @@ class Machine:
         o = self.outage
         ma = self.c["max_attempts"]
         if ma is not None and o["attempts"] >= ma:
-            self.give_up_lingering(lingering, "retries_exhausted")
+            self.give_up_lingering(lingering, "retries_exhausted", reason)
             return
         me = self.c["max_elapsed_ms"]
         if in_round and lingering is None and (me is None or now - o["started"] <= me):
@@ -579,7 +605,7 @@ class Machine:
         me = self.c["max_elapsed_ms"]
         if me is not None and (now - o["started"]) + wait > me:
             if o["attempts"] > 0:
-                self.give_up_lingering(lingering, "deadline_exhausted")
+                self.give_up_lingering(lingering, "deadline_exhausted", reason)
                 return
             # Every outage gets at least one attempt: cut the wait.
             wait = max(0, me - (now - o["started"]))
@@ -598,12 +624,14 @@ class Machine:
         self.outage["attempts"] += 1
         a = self.outage["attempts"]
         g = self.gen
+        ct = self.c["connect_timeout_ms"]
         self.set_state(
             {
                 "kind": "connecting",
                 "generation": g,
                 "attempt": a,
-                "deadline": now + self.c["connect_timeout_ms"],
+                # connect_timeout_ms null: no deadline, no timer (section 15.2)
+                "deadline": None if ct is None else now + ct,
             },
             reason,
         )
@@ -612,20 +640,25 @@ class Machine:
             with_endpoint({"type": "open", "generation": g, "attempt": a}, self.endpoint())
         )
 
-    def retire(self, g):
+    def retire(self, g, reason):
+        """RETIRE(n, reason): the close carries the reason of the transition."""
         assert g == self.gen
         self.gen = g + 1
         self.stats["closes"] += 1
-        self.out.append({"type": "close", "generation": g})
+        self.out.append({"type": "close", "generation": g, "reason": reason})
 
-    def give_up_lingering(self, lingering, cause):
+    def give_up_lingering(self, lingering, cause, reason):
         if lingering is not None:
-            self.retire(lingering)
+            self.retire(lingering, reason)
         self.give_up(cause)
 
     def give_up(self, cause):
         self.set_state({"kind": "failed", "cause": cause}, "gave_up")
-        self.out.append({"type": "gave_up", "cause": cause})
+        out = {"type": "gave_up", "cause": cause, "attempts": self.outage["attempts"]}
+        # The detail of the input being handled, if it carried one (section 5).
+        if self.detail is not None:
+            out["detail"] = self.detail
+        self.out.append(out)
 
     def permanent_retry_allowed(self):
         self.outage["permanent"] += 1
@@ -639,15 +672,18 @@ class Machine:
     def set_state(self, nxt, reason):
         frm = self.kind()
         self.state = nxt
-        self.out.append(
-            {
-                "type": "state_changed",
-                "from": frm,
-                "to": nxt["kind"],
-                "generation": self.gen,
-                "reason": reason,
-            }
-        )
+        sc = {
+            "type": "state_changed",
+            "from": frm,
+            "to": nxt["kind"],
+            "generation": self.gen,
+            "reason": reason,
+        }
+        # Only a state_changed whose reason is the failure input itself carries
+        # its detail (section 5); gave_up carries it instead of its state_changed.
+        if reason in ("attempt_failed", "link_lost") and self.detail is not None:
+            sc["detail"] = self.detail
+        self.out.append(sc)
 
 
 def with_endpoint(output, endpoint):

@@ -41,7 +41,8 @@ struct RawConfig {
     max_attempts: Option<u32>,
     max_elapsed_us: Option<u64>,
     stable_us: u64,
-    connect_us: u64,
+    /// `None`: no connect timeout.
+    connect_us: Option<u64>,
     liveness_us: Option<u64>,
     blocked_us: Option<u64>,
     close_us: u64,
@@ -49,6 +50,7 @@ struct RawConfig {
     permanent_retries: u32,
     probe_us: Option<u64>,
     endpoints: u16,
+    first_generation: u64,
     seed: u64,
 }
 
@@ -88,13 +90,17 @@ impl RawConfig {
                 return None;
             }
         };
-        let built = Config::builder()
+        let builder = match self.connect_us {
+            Some(t) => Config::builder().connect_timeout(us(t)),
+            None => Config::builder().without_connect_timeout(),
+        };
+        let built = builder
             .backoff(backoff)
             .immediate_first_retry(self.immediate_first_retry)
             .max_attempts(self.max_attempts)
             .max_elapsed(self.max_elapsed_us.map(us))
             .stable_period(us(self.stable_us))
-            .connect_timeout(us(self.connect_us))
+            .first_generation(Generation(self.first_generation))
             .liveness_timeout(self.liveness_us.map(us))
             .blocked_timeout(self.blocked_us.map(us))
             .close_timeout(us(self.close_us))
@@ -130,13 +136,17 @@ impl RawConfig {
         let blocked = self
             .blocked_us
             .map(|b| liveness.map_or(1 + b % 60_000, |h| 2 * h + b % 60_000));
-        Config::builder()
+        let builder = match self.connect_us {
+            Some(t) => Config::builder().connect_timeout(ms(1 + t % 30_000)),
+            None => Config::builder().without_connect_timeout(),
+        };
+        builder
             .backoff(backoff)
             .immediate_first_retry(self.immediate_first_retry)
             .max_attempts(self.max_attempts.map(|a| 1 + a % 10))
             .max_elapsed(self.max_elapsed_us.map(|e| ms(1 + e % 200_000)))
             .stable_period(ms(1 + self.stable_us % 30_000))
-            .connect_timeout(ms(1 + self.connect_us % 30_000))
+            .first_generation(Generation(1 + self.first_generation % (1 << 52)))
             .liveness_timeout(liveness.map(ms))
             .blocked_timeout(blocked.map(ms))
             .close_timeout(ms(1 + self.close_us % 10_000))
@@ -184,10 +194,24 @@ struct Case {
 
 fn with_generation(input: Input, generation: Generation) -> Input {
     match input {
+        Input::Adopt { .. } => Input::Adopt { generation },
         Input::AttemptSucceeded { .. } => Input::AttemptSucceeded { generation },
-        Input::AttemptFailed { kind, .. } => Input::AttemptFailed { generation, kind },
-        Input::LinkLost { kind, .. } => Input::LinkLost { generation, kind },
-        Input::LinkResumed { .. } => Input::LinkResumed { generation },
+        Input::AttemptFailed { kind, detail, .. } => Input::AttemptFailed {
+            generation,
+            kind,
+            detail,
+        },
+        Input::LinkLost { kind, detail, .. } => Input::LinkLost {
+            generation,
+            kind,
+            detail,
+        },
+        Input::LinkResumed {
+            session_present, ..
+        } => Input::LinkResumed {
+            generation,
+            session_present,
+        },
         Input::Activity { .. } => Input::Activity { generation },
         Input::Blocked { .. } => Input::Blocked { generation },
         Input::Unblocked { .. } => Input::Unblocked { generation },

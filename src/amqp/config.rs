@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(e.liveness_timeout(), Some(Duration::from_secs(5)));
         assert_eq!(
             e.connect_timeout(),
-            Duration::from_secs(10) + REPLAY_ALLOWANCE
+            Some(Duration::from_secs(10) + REPLAY_ALLOWANCE)
         );
         let off = AmqpConfig::new("amqp://x").heartbeat(Heartbeat::Disabled);
         assert_eq!(off.engine_config().unwrap().liveness_timeout(), None);

@@ -825,7 +825,12 @@ pub(crate) async fn cancel_on(link: &AmqpLink, id: u64) {
 }
 
 /// Closes a link: gracefully when it still answers, then drops the socket.
-pub(crate) async fn close(shared: &Arc<Shared>, link: AmqpLink, timeout: Duration) {
+pub(crate) async fn close(
+    shared: &Arc<Shared>,
+    link: AmqpLink,
+    reason: crate::machine::Reason,
+    timeout: Duration,
+) {
     let inner = &link.inner;
     inner.probe.set_closing();
     {
@@ -838,17 +843,22 @@ pub(crate) async fn close(shared: &Arc<Shared>, link: AmqpLink, timeout: Duratio
         }
     }
     // No protocol close where it cannot be answered or even written: a
-    // link silent for a whole heartbeat is dead (S29), and lapin writes
-    // nothing while the broker blocks the connection.
+    // link the watchdog declared dead, or silent for a whole heartbeat
+    // (S29), and lapin writes nothing while the broker blocks the connection.
+    let dead = reason == crate::machine::Reason::LivenessLost;
     let silent = inner.heartbeat.is_some_and(|h| inner.probe.silence() >= h);
     let blocked = inner.connection.status().blocked();
-    if inner.is_alive() && !silent && !blocked {
+    if inner.is_alive() && !dead && !silent && !blocked {
+        let text = if reason == crate::machine::Reason::Shutdown {
+            "redial: shutdown"
+        } else {
+            "redial: link replaced"
+        };
         let closed = tokio::time::timeout(
             timeout,
-            inner.connection.close(
-                crate::amqp::error::codes::REPLY_SUCCESS,
-                "redial: link retired".into(),
-            ),
+            inner
+                .connection
+                .close(crate::amqp::error::codes::REPLY_SUCCESS, text.into()),
         )
         .await;
         if closed.is_err() {

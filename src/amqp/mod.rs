@@ -529,11 +529,16 @@ impl Transport for AmqpTransport {
         link::open(self.shared.clone(), ctx)
     }
 
-    fn close(&self, link: AmqpLink) -> impl Future<Output = ()> + Send + 'static {
+    fn close(
+        &self,
+        link: AmqpLink,
+        reason: crate::machine::Reason,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let shared = self.shared.clone();
         async move {
+            tracing::debug!(?reason, "closing the AMQP connection");
             let timeout = shared.config.close_timeout;
-            link::close(&shared, link, timeout).await;
+            link::close(&shared, link, reason, timeout).await;
         }
     }
 

@@ -53,6 +53,14 @@ pub enum ConfigError {
         /// The largest accepted count.
         max: usize,
     },
+    /// `first_generation` is 0 or above [`MAX_FIRST_GENERATION`].
+    #[error("first_generation must be within 1..={max}, got {generation}")]
+    FirstGenerationOutOfRange {
+        /// The rejected generation.
+        generation: u64,
+        /// The largest accepted one.
+        max: u64,
+    },
     /// The blocked timeout is shorter than twice the liveness timeout (seed
     /// 001's rule: throttled links must not be replaced faster than dead
     /// ones are detected).
@@ -100,6 +108,11 @@ pub(crate) struct Budget {
 /// The most endpoints one machine may choose among.
 pub const MAX_ENDPOINTS: usize = 1024;
 
+/// The largest `first_generation`: 2^52, so that the generations a machine
+/// issues stay below 2^53, which every JSON reader (a JavaScript number
+/// included) holds exactly.
+pub const MAX_FIRST_GENERATION: u64 = 1 << 52;
+
 /// A validated machine configuration. Build one with [`Config::builder`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -109,7 +122,7 @@ pub struct Config {
     pub(crate) max_attempts: Option<u32>,
     pub(crate) max_elapsed_ms: Option<u64>,
     pub(crate) stable_period_ms: u64,
-    pub(crate) connect_timeout_ms: u64,
+    pub(crate) connect_timeout_ms: Option<u64>,
     pub(crate) liveness_timeout_ms: Option<u64>,
     pub(crate) blocked_timeout_ms: Option<u64>,
     pub(crate) close_timeout_ms: u64,
@@ -117,6 +130,7 @@ pub struct Config {
     pub(crate) permanent_retries: u32,
     pub(crate) probe_interval_ms: Option<u64>,
     pub(crate) endpoints: u32,
+    pub(crate) first_generation: u64,
     pub(crate) seed: u64,
 }
 
@@ -164,9 +178,13 @@ impl Config {
     pub fn stable_period(&self) -> Duration {
         Duration::from_millis(self.stable_period_ms)
     }
-    /// How long one attempt may take.
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
+    /// How long one attempt may take (`None`: as long as the transport lets it).
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout_ms.map(Duration::from_millis)
+    }
+    /// The generation of the machine's first link.
+    pub fn first_generation(&self) -> super::Generation {
+        super::Generation(self.first_generation)
     }
     /// Silence after which a link is declared dead (`None`: disabled).
     pub fn liveness_timeout(&self) -> Option<Duration> {
@@ -213,7 +231,7 @@ pub struct ConfigBuilder {
     max_attempts: Option<u32>,
     max_elapsed: Option<Duration>,
     stable_period: Duration,
-    connect_timeout: Duration,
+    connect_timeout: Option<Duration>,
     liveness_timeout: Option<Duration>,
     blocked_timeout: Option<Duration>,
     close_timeout: Duration,
@@ -221,6 +239,7 @@ pub struct ConfigBuilder {
     permanent_retries: u32,
     probe_interval: Option<Duration>,
     endpoints: usize,
+    first_generation: u64,
     seed: Option<u64>,
 }
 
@@ -233,7 +252,7 @@ impl Default for ConfigBuilder {
             max_attempts: None,
             max_elapsed: None,
             stable_period: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(20),
+            connect_timeout: Some(Duration::from_secs(20)),
             liveness_timeout: Some(Duration::from_secs(60)),
             blocked_timeout: None,
             close_timeout: Duration::from_secs(5),
@@ -241,6 +260,7 @@ impl Default for ConfigBuilder {
             permanent_retries: 0,
             probe_interval: None,
             endpoints: 1,
+            first_generation: 1,
             seed: None,
         }
     }
@@ -286,7 +306,35 @@ impl ConfigBuilder {
     }
     /// How long one attempt may take before it counts as failed (default: 20 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connect_timeout = Some(timeout);
+        self
+    }
+    /// No connect timeout: an attempt takes as long as the transport's own
+    /// timeouts let it (for SDKs that enforce their own).
+    pub fn without_connect_timeout(mut self) -> Self {
+        self.connect_timeout = None;
+        self
+    }
+    /// Never give up on failures: no `max_attempts`, no `max_elapsed` (the
+    /// default; spelled out for readers). A permanent error still gives up
+    /// unless [`ConfigBuilder::permanent_retries`] allows it.
+    pub fn never_give_up(mut self) -> Self {
+        self.max_attempts = None;
+        self.max_elapsed = None;
+        self
+    }
+    /// No retries: the first failed attempt gives up (`max_attempts` 1).
+    pub fn no_retries(mut self) -> Self {
+        self.max_attempts = Some(1);
+        self
+    }
+    /// The generation of the machine's first link (default: 1). An
+    /// application that replaces a machine while callbacks of the old one's
+    /// links may still report into the new one starts the new machine at
+    /// the old one's `generation().next()`, so that every late report is
+    /// stale (the *epochs* of docs/spec.md, section 11).
+    pub fn first_generation(mut self, generation: super::Generation) -> Self {
+        self.first_generation = generation.0;
         self
     }
     /// Declare a link dead after this much inbound silence (default: 60 s).
@@ -348,7 +396,16 @@ impl ConfigBuilder {
     /// Checks every setting and returns the configuration.
     pub fn build(self) -> Result<Config, ConfigError> {
         let stable_period_ms = positive_ms("stable_period", self.stable_period)?;
-        let connect_timeout_ms = positive_ms("connect_timeout", self.connect_timeout)?;
+        let connect_timeout_ms = self
+            .connect_timeout
+            .map(|d| positive_ms("connect_timeout", d))
+            .transpose()?;
+        if !(1..=MAX_FIRST_GENERATION).contains(&self.first_generation) {
+            return Err(ConfigError::FirstGenerationOutOfRange {
+                generation: self.first_generation,
+                max: MAX_FIRST_GENERATION,
+            });
+        }
         let close_timeout_ms = positive_ms("close_timeout", self.close_timeout)?;
         let max_elapsed_ms = self
             .max_elapsed
@@ -420,6 +477,7 @@ impl ConfigBuilder {
             permanent_retries: self.permanent_retries,
             probe_interval_ms,
             endpoints: u32::try_from(self.endpoints).expect("checked above"),
+            first_generation: self.first_generation,
             seed,
         })
     }

@@ -24,7 +24,7 @@
 //! let g = m.generation();
 //! checker.drive(&mut m, t0, Input::AttemptSucceeded { generation: g }).unwrap();
 //! // A duplicate report of a loss is inert, however late it comes.
-//! let lost = Input::LinkLost { generation: g, kind: ErrorKind::Transient };
+//! let lost = Input::lost(g, ErrorKind::Transient);
 //! checker.drive(&mut m, t0 + Duration::from_secs(1), lost).unwrap();
 //! checker.drive(&mut m, t0 + Duration::from_secs(1), lost).unwrap();
 //! assert!(m.generation() > Generation(1));
@@ -239,8 +239,9 @@ impl Checker {
         let kind = state.kind();
         let generation = machine.generation();
         let open_link = state.live_link();
+        let first = machine.config().first_generation();
         let last_open =
-            open_link.or_else(|| (generation.0 > 1).then(|| Generation(generation.0 - 1)));
+            open_link.or_else(|| (generation > first).then(|| Generation(generation.0 - 1)));
         let up_since = match &state {
             State::Connected(link) | State::Blocked { link, .. } => Some(link.since),
             _ => None,
@@ -409,7 +410,9 @@ impl Checker {
                 machine.state()
             );
         }
-        if before_kind == StateKind::Idle && !matches!(input, Input::Start | Input::Shutdown) {
+        if before_kind == StateKind::Idle
+            && !matches!(input, Input::Start | Input::Shutdown | Input::Adopt { .. })
+        {
             ensure!(
                 self,
                 input,
@@ -569,7 +572,7 @@ impl Checker {
                         "Probe({probe}) after a shutdown"
                     );
                 }
-                Output::Close { generation } => {
+                Output::Close { generation, reason } => {
                     ensure!(
                         self,
                         input,
@@ -577,6 +580,21 @@ impl Checker {
                         OpenCloseAlternate,
                         "Close({generation}) but the open link is {:?}",
                         self.open_link
+                    );
+                    // The user's requests, and only they, close for the user.
+                    let asked = match input {
+                        Input::Shutdown => Some(Reason::Shutdown),
+                        Input::ReconnectNow => Some(Reason::ReconnectRequested),
+                        _ => None,
+                    };
+                    let by_user_reason =
+                        matches!(reason, Reason::Shutdown | Reason::ReconnectRequested);
+                    ensure!(
+                        self,
+                        input,
+                        asked.map_or(!by_user_reason, |r| r == reason),
+                        OpenCloseAlternate,
+                        "Close({generation}) with reason {reason:?} for input {input:?}"
                     );
                     // A failed try: an attempt that ended without a link, or
                     // a link lost before the stable period (not by the user).
@@ -602,7 +620,16 @@ impl Checker {
                     to,
                     generation,
                     reason,
+                    detail,
                 } => {
+                    let own = matches!(reason, Reason::AttemptFailed | Reason::LinkLost);
+                    ensure!(
+                        self,
+                        input,
+                        detail == if own { input.detail() } else { None },
+                        StateChangesConsistent,
+                        "StateChanged ({reason:?}) carries detail {detail:?} for input {input:?}"
+                    );
                     ensure!(
                         self,
                         input,
@@ -696,9 +723,25 @@ impl Checker {
                         self.up_since = Some(now);
                     }
                     if reason == Reason::Start
+                        || reason == Reason::Adopted
                         || (reason == Reason::ReconnectRequested && from == StateKind::Failed)
                     {
                         self.fresh_outage(now);
+                    }
+                    if reason == Reason::Adopted {
+                        // The application's link: open without an `Open`.
+                        ensure!(
+                            self,
+                            input,
+                            self.open_link.is_none()
+                                && matches!(input, Input::Adopt { generation: g } if *g == generation),
+                            SingleLink,
+                            "adopted link {generation} while {:?} is open, for input {input:?}",
+                            self.open_link
+                        );
+                        self.open_link = Some(generation);
+                        self.last_open = Some(generation);
+                        opened = Some((generation, 0));
                     }
                     if reason == Reason::LinkResumed {
                         // The transport's own reconnect is the attempt the
@@ -713,13 +756,27 @@ impl Checker {
                     }
                     self.kind = to;
                 }
-                Output::GaveUp { cause } => {
+                Output::GaveUp {
+                    cause,
+                    attempts,
+                    detail,
+                } => {
                     ensure!(
                         self,
                         input,
                         pending_gave_up,
                         GaveUpConsistent,
                         "GaveUp({cause}) without a transition into failed"
+                    );
+                    ensure!(
+                        self,
+                        input,
+                        detail == input.detail()
+                            && (!self.outage_known || attempts == self.next_attempt - 1),
+                        GaveUpConsistent,
+                        "GaveUp({cause}) with attempts {attempts} and detail {detail:?}, expected {} and {:?}",
+                        self.next_attempt - 1,
+                        input.detail()
                     );
                     pending_gave_up = false;
                     gave_up = Some(cause);
@@ -742,6 +799,29 @@ impl Checker {
                         ),
                         FailCause::Permanent => {}
                     }
+                }
+                Output::Restore { generation } => {
+                    let resumed_without_session = matches!(
+                        input,
+                        Input::LinkResumed { generation: g, session_present: false } if *g == generation
+                    );
+                    ensure!(
+                        self,
+                        input,
+                        resumed_without_session
+                            && self.kind == StateKind::Connected
+                            && self.open_link == Some(generation)
+                            && i > 0
+                            && matches!(
+                                outputs[i - 1],
+                                Output::StateChanged {
+                                    reason: Reason::LinkResumed,
+                                    ..
+                                }
+                            ),
+                        StateChangesConsistent,
+                        "Restore({generation}) for input {input:?}: {outputs:?}"
+                    );
                 }
                 Output::LivenessLost { generation } => {
                     ensure!(
@@ -775,7 +855,11 @@ impl Checker {
                     ensure!(
                         self,
                         input,
-                        outputs.get(i + 1) == Some(&Output::Close { generation }),
+                        outputs.get(i + 1)
+                            == Some(&Output::Close {
+                                generation,
+                                reason: Reason::LivenessLost
+                            }),
                         LivenessLostConsistent,
                         "LivenessLost({generation}) not followed by its Close: {outputs:?}"
                     );
@@ -1058,7 +1142,8 @@ impl Checker {
             "poll_timeout {timeout:?} is due although poll(now) was drained"
         );
         let must_have_timer = match machine.kind() {
-            StateKind::Connecting | StateKind::BackingOff | StateKind::Closing => Some(true),
+            StateKind::Connecting => Some(cfg.connect_timeout().is_some()),
+            StateKind::BackingOff | StateKind::Closing => Some(true),
             StateKind::Idle | StateKind::Closed | StateKind::Failed => Some(false),
             StateKind::Connected => Some(cfg.liveness_timeout().is_some()),
             StateKind::Blocked => None,

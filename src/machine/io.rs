@@ -65,6 +65,13 @@ pub enum ProbeOutcome {
 pub enum Input {
     /// Begin connecting (only meaningful in `Idle`).
     Start,
+    /// The application opened link `generation` (the current one) itself
+    /// and hands it over: the machine supervises it from now on as if it
+    /// had opened it (only meaningful in `Idle`; docs/spec.md, 12).
+    Adopt {
+        /// The link: the machine's current generation.
+        generation: Generation,
+    },
     /// The open of link `generation` completed: the link is ready for traffic.
     AttemptSucceeded {
         /// The link.
@@ -76,6 +83,13 @@ pub enum Input {
         generation: Generation,
         /// Whether to retry.
         kind: ErrorKind,
+        /// A code of the driver's choosing (an errno, a reply code), copied
+        /// onto the outputs the failure causes; the machine never reads it.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        detail: Option<u32>,
     },
     /// Link `generation` died (socket error, broker close, an SDK's interrupt callback).
     LinkLost {
@@ -83,12 +97,25 @@ pub enum Input {
         generation: Generation,
         /// Whether to retry.
         kind: ErrorKind,
+        /// As in [`Input::AttemptFailed`].
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        detail: Option<u32>,
     },
     /// Link `generation`, reported lost earlier, was restored by the transport itself
     /// (SDKs that reconnect underneath).
     LinkResumed {
         /// The link.
         generation: Generation,
+        /// False when the broker kept no session for the link: the machine
+        /// then asks for [`Output::Restore`].
+        #[cfg_attr(
+            feature = "serde",
+            serde(default = "yes", skip_serializing_if = "is_true")
+        )]
+        session_present: bool,
     },
     /// Inbound traffic was seen on link `generation` since the last liveness check.
     Activity {
@@ -123,13 +150,48 @@ pub enum Input {
 }
 
 impl Input {
+    /// A loss report without a detail.
+    pub const fn lost(generation: Generation, kind: ErrorKind) -> Self {
+        Input::LinkLost {
+            generation,
+            kind,
+            detail: None,
+        }
+    }
+
+    /// A failed attempt without a detail.
+    pub const fn failed(generation: Generation, kind: ErrorKind) -> Self {
+        Input::AttemptFailed {
+            generation,
+            kind,
+            detail: None,
+        }
+    }
+
+    /// A resume that kept its session.
+    pub const fn resumed(generation: Generation) -> Self {
+        Input::LinkResumed {
+            generation,
+            session_present: true,
+        }
+    }
+
+    /// The detail the input carries, if any.
+    pub fn detail(&self) -> Option<u32> {
+        match *self {
+            Input::AttemptFailed { detail, .. } | Input::LinkLost { detail, .. } => detail,
+            _ => None,
+        }
+    }
+
     /// The generation this input names, if any.
     pub fn generation(&self) -> Option<Generation> {
         match *self {
-            Input::AttemptSucceeded { generation }
+            Input::Adopt { generation }
+            | Input::AttemptSucceeded { generation }
             | Input::AttemptFailed { generation, .. }
             | Input::LinkLost { generation, .. }
-            | Input::LinkResumed { generation }
+            | Input::LinkResumed { generation, .. }
             | Input::Activity { generation }
             | Input::Blocked { generation }
             | Input::Unblocked { generation } => Some(generation),
@@ -165,6 +227,16 @@ pub enum Output {
     Close {
         /// The retired link.
         generation: Generation,
+        /// Why it is retired: [`Reason::Shutdown`] asks for a graceful
+        /// close; any other reason means the link is replaced or dead.
+        reason: Reason,
+    },
+    /// Link `generation` resumed without its session: restore what the
+    /// broker forgot (subscriptions, consumers); if that fails, report the
+    /// link lost.
+    Restore {
+        /// The resumed link.
+        generation: Generation,
     },
     /// The state changed.
     StateChanged {
@@ -176,6 +248,13 @@ pub enum Output {
         generation: Generation,
         /// Why.
         reason: Reason,
+        /// The detail of the failure that caused the change (only for
+        /// [`Reason::AttemptFailed`] and [`Reason::LinkLost`]).
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        detail: Option<u32>,
     },
     /// Check, cheaply and without opening a link, whether the broker answers
     /// now (a TCP connect and the protocol's first exchange); answer with
@@ -199,6 +278,14 @@ pub enum Output {
     GaveUp {
         /// Why.
         cause: FailCause,
+        /// Attempts the outage made (opens and resumes).
+        attempts: u32,
+        /// The detail of the failure that made it give up, if it had one.
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        detail: Option<u32>,
     },
 }
 
@@ -206,6 +293,17 @@ pub enum Output {
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
 fn is_zero(v: &u32) -> bool {
     *v == 0
+}
+
+#[cfg(feature = "serde")]
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+#[cfg(feature = "serde")]
+fn yes() -> bool {
+    true
 }
 
 /// The name of a state, without its data.
@@ -307,6 +405,8 @@ impl fmt::Display for StateKind {
 pub enum Reason {
     /// `Start` was handled.
     Start,
+    /// The application handed over a link it opened itself.
+    Adopted,
     /// An attempt succeeded.
     AttemptSucceeded,
     /// An attempt failed.

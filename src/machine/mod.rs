@@ -32,7 +32,7 @@
 //! m.handle(t0 + Duration::from_millis(5), Input::AttemptSucceeded { generation });
 //! assert!(m.is_connected());
 //! // A late report about an older link changes nothing.
-//! m.handle(t0 + Duration::from_millis(6), Input::LinkLost { generation: generation.next(), kind: ErrorKind::Transient });
+//! m.handle(t0 + Duration::from_millis(6), Input::lost(generation.next(), ErrorKind::Transient));
 //! assert!(m.is_connected());
 //! ```
 
@@ -45,7 +45,9 @@ pub mod table;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use config::{Config, ConfigBuilder, ConfigError, MAX_ENDPOINTS, RetryBudget};
+pub use config::{
+    Config, ConfigBuilder, ConfigError, MAX_ENDPOINTS, MAX_FIRST_GENERATION, RetryBudget,
+};
 pub use io::{ErrorKind, FailCause, Generation, Input, Output, ProbeOutcome, Reason, StateKind};
 pub use state::{Link, Liveness, State};
 
@@ -70,6 +72,10 @@ pub struct MachineStats {
     pub outages: u64,
     /// `Probe` outputs emitted.
     pub probes: u64,
+    /// Resumes accepted (a lingering link restored by the transport).
+    pub resumes: u64,
+    /// Links adopted from the application.
+    pub adoptions: u64,
 }
 
 /// The bookkeeping of the current outage; reset only when a link that stayed
@@ -104,19 +110,23 @@ pub struct Machine {
     untried: u32,
     outputs: VecDeque<Output>,
     now: Option<Instant>,
+    /// The detail of the input being handled (copied onto its outputs).
+    detail: Option<u32>,
     stats: MachineStats,
 }
 
 impl Machine {
-    /// A machine in `Idle`, whose first link will be generation 1.
+    /// A machine in `Idle`, whose first link will be generation
+    /// `config.first_generation()` (1 by default).
     pub fn new(config: Config) -> Self {
         let backoff = BackoffState::new(config.backoff(), config.seed());
         let order = shuffled_endpoints(config.endpoints, config.seed());
         let untried = config.endpoints;
+        let first = config.first_generation();
         Self {
             config,
             state: State::Idle,
-            generation: Generation(1),
+            generation: first,
             outage: None,
             backoff,
             retry_tokens: None,
@@ -127,6 +137,7 @@ impl Machine {
             untried,
             outputs: VecDeque::new(),
             now: None,
+            detail: None,
             stats: MachineStats::default(),
         }
     }
@@ -193,7 +204,8 @@ impl Machine {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
-            State::Connecting { deadline, .. } | State::Closing { deadline } => Some(*deadline),
+            State::Connecting { deadline, .. } => *deadline,
+            State::Closing { deadline } => Some(*deadline),
             State::Connected(link) => link.liveness.map(|l| l.next_check),
             State::Blocked { link, deadline } => {
                 let live = link.liveness.map(|l| l.next_check);
@@ -217,14 +229,18 @@ impl Machine {
             tracing::trace!(?input, current = %self.generation, "stale input dropped");
             return;
         }
+        self.detail = input.detail();
         let handled = match input {
             Input::Start => self.on_start(now),
+            Input::Adopt { .. } => self.on_adopt(now),
             Input::AttemptSucceeded { .. } => self.on_attempt_succeeded(now),
             Input::AttemptFailed { kind, .. } => {
                 self.on_attempt_failed(now, kind, Reason::AttemptFailed)
             }
             Input::LinkLost { kind, .. } => self.on_link_lost(now, kind),
-            Input::LinkResumed { .. } => self.on_link_resumed(now),
+            Input::LinkResumed {
+                session_present, ..
+            } => self.on_link_resumed(now, session_present),
             Input::Activity { .. } => self.on_activity(),
             Input::Blocked { .. } => self.on_blocked(now),
             Input::Unblocked { .. } => self.on_unblocked(),
@@ -234,6 +250,7 @@ impl Machine {
             Input::CloseCompleted => self.on_close_completed(),
             Input::Timeout => self.on_timeout(now),
         };
+        self.detail = None;
         if !handled {
             self.stats.ignored_inputs = self.stats.ignored_inputs.saturating_add(1);
         }
@@ -254,6 +271,20 @@ impl Machine {
         true
     }
 
+    /// The application's own first link: supervised from now on, attempt 0.
+    fn on_adopt(&mut self, now: Instant) -> bool {
+        if !matches!(self.state, State::Idle) {
+            return false;
+        }
+        // An outage, as for `start`: an early loss of the adopted link is
+        // then a failed try like any other.
+        self.new_outage(now);
+        self.stats.adoptions = self.stats.adoptions.saturating_add(1);
+        let link = self.new_link(self.generation, 0, now);
+        self.set_state(State::Connected(link), Reason::Adopted);
+        true
+    }
+
     fn on_attempt_succeeded(&mut self, now: Instant) -> bool {
         let State::Connecting {
             generation,
@@ -263,19 +294,23 @@ impl Machine {
         else {
             return false;
         };
+        let link = self.new_link(generation, attempt, now);
+        self.set_state(State::Connected(link), Reason::AttemptSucceeded);
+        true
+    }
+
+    fn new_link(&self, generation: Generation, attempt: u32, now: Instant) -> Link {
         let liveness = self.config.liveness_timeout_ms.map(|h| Liveness {
             next_check: later(now, h / 2),
             missed: 0,
             seen: false,
         });
-        let link = Link {
+        Link {
             generation,
             attempt,
             since: now,
             liveness,
-        };
-        self.set_state(State::Connected(link), Reason::AttemptSucceeded);
-        true
+        }
     }
 
     fn on_attempt_failed(&mut self, now: Instant, kind: ErrorKind, reason: Reason) -> bool {
@@ -283,7 +318,7 @@ impl Machine {
             return false;
         };
         self.stats.failed_attempts = self.stats.failed_attempts.saturating_add(1);
-        self.retire(generation);
+        self.retire(generation, reason);
         if kind == ErrorKind::Permanent && !self.permanent_retry_allowed() {
             self.give_up(crate::machine::FailCause::Permanent);
         } else {
@@ -304,7 +339,7 @@ impl Machine {
         }
     }
 
-    fn on_link_resumed(&mut self, now: Instant) -> bool {
+    fn on_link_resumed(&mut self, now: Instant, session_present: bool) -> bool {
         let State::BackingOff {
             lingering: Some(generation),
             ..
@@ -317,18 +352,12 @@ impl Machine {
         let outage = self.outage.as_mut().expect("an outage is under way");
         outage.attempts = outage.attempts.saturating_add(1);
         let attempt = outage.attempts;
-        let liveness = self.config.liveness_timeout_ms.map(|h| Liveness {
-            next_check: later(now, h / 2),
-            missed: 0,
-            seen: false,
-        });
-        let link = Link {
-            generation,
-            attempt,
-            since: now,
-            liveness,
-        };
+        self.stats.resumes = self.stats.resumes.saturating_add(1);
+        let link = self.new_link(generation, attempt, now);
         self.set_state(State::Connected(link), Reason::LinkResumed);
+        if !session_present {
+            self.outputs.push_back(Output::Restore { generation });
+        }
         true
     }
 
@@ -409,12 +438,12 @@ impl Machine {
         match self.state {
             State::Connected(link) | State::Blocked { link, .. } => {
                 self.stats.outages = self.stats.outages.saturating_add(1);
-                self.retire(link.generation);
+                self.retire(link.generation, Reason::ReconnectRequested);
                 self.new_outage(now);
             }
             State::BackingOff { lingering, .. } => {
                 if let Some(generation) = lingering {
-                    self.retire(generation);
+                    self.retire(generation, Reason::ReconnectRequested);
                 }
             }
             State::Failed { .. } => self.new_outage(now),
@@ -430,7 +459,7 @@ impl Machine {
         match self.state.live_link() {
             _ if self.kind().is_shutting_down() => return false,
             Some(generation) => {
-                self.retire(generation);
+                self.retire(generation, Reason::Shutdown);
                 let deadline = later(now, self.config.close_timeout_ms);
                 self.set_state(State::Closing { deadline }, Reason::Shutdown);
             }
@@ -498,7 +527,7 @@ impl Machine {
                     return true;
                 }
                 if let Some(generation) = lingering {
-                    self.retire(generation);
+                    self.retire(generation, Reason::BackoffElapsed);
                 }
                 self.open(now, Reason::BackoffElapsed);
             }
@@ -552,7 +581,7 @@ impl Machine {
             self.stats.failed_attempts = self.stats.failed_attempts.saturating_add(1);
         }
         if kind == ErrorKind::Permanent && !self.permanent_retry_allowed() {
-            self.retire(link.generation);
+            self.retire(link.generation, reason);
             self.give_up(FailCause::Permanent);
             return;
         }
@@ -560,7 +589,7 @@ impl Machine {
         let lingering = if may_linger && self.config.resume_grace_ms.is_some() {
             Some(link.generation)
         } else {
-            self.retire(link.generation);
+            self.retire(link.generation, reason);
             // An early loss is a failed try of this endpoint.
             in_round = !stable && self.advance();
             None
@@ -586,7 +615,7 @@ impl Machine {
             .max_attempts
             .is_some_and(|max| outage.attempts >= max)
         {
-            self.give_up_lingering(lingering, FailCause::RetriesExhausted);
+            self.give_up_lingering(lingering, FailCause::RetriesExhausted, reason);
             return;
         }
         if in_round
@@ -638,7 +667,7 @@ impl Machine {
             let elapsed = elapsed_ms(now, outage.started);
             if elapsed.saturating_add(wait) > max {
                 if outage.attempts > 0 {
-                    self.give_up_lingering(lingering, FailCause::DeadlineExhausted);
+                    self.give_up_lingering(lingering, FailCause::DeadlineExhausted, reason);
                     return;
                 }
                 // Every outage gets at least one attempt: cut the wait to
@@ -720,7 +749,7 @@ impl Machine {
         outage.attempts = outage.attempts.saturating_add(1);
         let attempt = outage.attempts;
         let generation = self.generation;
-        let deadline = later(now, self.config.connect_timeout_ms);
+        let deadline = self.config.connect_timeout_ms.map(|t| later(now, t));
         self.set_state(
             State::Connecting {
                 generation,
@@ -754,26 +783,37 @@ impl Machine {
 
     /// Retires link `generation`: the generation advances first, so every late
     /// report about `generation` is stale, then `Close` is emitted.
-    fn retire(&mut self, generation: Generation) {
+    fn retire(&mut self, generation: Generation, reason: Reason) {
         debug_assert_eq!(
             generation, self.generation,
             "only the current link can be retired"
         );
         self.generation = generation.next();
         self.stats.closes = self.stats.closes.saturating_add(1);
-        self.outputs.push_back(Output::Close { generation });
+        self.outputs.push_back(Output::Close { generation, reason });
     }
 
-    fn give_up_lingering(&mut self, lingering: Option<Generation>, cause: FailCause) {
+    fn give_up_lingering(
+        &mut self,
+        lingering: Option<Generation>,
+        cause: FailCause,
+        reason: Reason,
+    ) {
         if let Some(generation) = lingering {
-            self.retire(generation);
+            self.retire(generation, reason);
         }
         self.give_up(cause);
     }
 
     fn give_up(&mut self, cause: FailCause) {
         self.set_state(State::Failed { cause }, Reason::GaveUp);
-        self.outputs.push_back(Output::GaveUp { cause });
+        let attempts = self.attempts();
+        let detail = self.detail;
+        self.outputs.push_back(Output::GaveUp {
+            cause,
+            attempts,
+            detail,
+        });
     }
 
     fn permanent_retry_allowed(&mut self) -> bool {
@@ -803,11 +843,17 @@ impl Machine {
         );
         self.state = next;
         tracing::debug!(%from, %to, generation = %self.generation, ?reason, "state changed");
+        // Only the failure's own change carries its detail.
+        let detail = match reason {
+            Reason::AttemptFailed | Reason::LinkLost => self.detail,
+            _ => None,
+        };
         self.outputs.push_back(Output::StateChanged {
             from,
             to,
             generation: self.generation,
             reason,
+            detail,
         });
     }
 }
@@ -880,13 +926,7 @@ mod tests {
         m.handle(t, Input::Start);
         drain(&mut m, t);
         let generation = m.generation();
-        m.handle(
-            t,
-            Input::AttemptFailed {
-                generation,
-                kind: ErrorKind::Transient,
-            },
-        );
+        m.handle(t, Input::failed(generation, ErrorKind::Transient));
         drain(&mut m, t);
         let until = m.poll_timeout().expect("backing off");
         (m, t, until)
@@ -981,10 +1021,7 @@ mod tests {
             let t = Instant::now();
             checker.drive(&mut m, t, Input::Start).unwrap();
             let generation = m.generation();
-            let failed = Input::AttemptFailed {
-                generation,
-                kind: ErrorKind::Transient,
-            };
+            let failed = Input::failed(generation, ErrorKind::Transient);
             let out = checker
                 .drive(&mut m, t, failed)
                 .unwrap_or_else(|v| panic!("seed {seed}: {v}"));
@@ -1015,13 +1052,7 @@ mod tests {
         drain(&mut m, until);
         assert_eq!(m.kind(), StateKind::Connecting);
         let generation = m.generation();
-        m.handle(
-            until,
-            Input::AttemptFailed {
-                generation,
-                kind: ErrorKind::Transient,
-            },
-        );
+        m.handle(until, Input::failed(generation, ErrorKind::Transient));
         drain(&mut m, until);
         let next = m.poll_timeout().unwrap();
         let out = outputs(&mut m, next);
@@ -1048,13 +1079,7 @@ mod tests {
             );
         }
         let generation = m.generation();
-        m.handle(
-            now,
-            Input::AttemptFailed {
-                generation,
-                kind: ErrorKind::Transient,
-            },
-        );
+        m.handle(now, Input::failed(generation, ErrorKind::Transient));
         assert_eq!(m.kind(), StateKind::Failed);
     }
 
@@ -1064,7 +1089,9 @@ mod tests {
     #[test]
     fn poll_with_an_earlier_now_fires_what_is_due_at_the_clock_reading() {
         let config = Config::builder().seed(1).build().unwrap();
-        let connect_timeout = config.connect_timeout();
+        let connect_timeout = config
+            .connect_timeout()
+            .expect("the default config has a connect timeout");
         let mut m = Machine::new(config);
         let t = Instant::now();
         m.handle(t, Input::Start);
@@ -1074,7 +1101,10 @@ mod tests {
         m.handle(t + connect_timeout * 2, Input::Activity { generation });
         let outputs: Vec<Output> = std::iter::from_fn(|| m.poll(t)).collect();
         assert!(
-            outputs.contains(&Output::Close { generation }),
+            outputs.contains(&Output::Close {
+                generation,
+                reason: Reason::ConnectTimeout
+            }),
             "{outputs:?}"
         );
         assert_eq!(m.kind(), StateKind::BackingOff);
@@ -1098,13 +1128,7 @@ mod tests {
         outage.permanent_failures = u32::MAX - 1;
         for _ in 0..3 {
             let generation = m.generation();
-            m.handle(
-                t,
-                Input::AttemptFailed {
-                    generation,
-                    kind: ErrorKind::Permanent,
-                },
-            );
+            m.handle(t, Input::failed(generation, ErrorKind::Permanent));
             drain(&mut m, t);
             assert_eq!(m.kind(), StateKind::BackingOff);
             assert_eq!(m.state().attempt(), u32::MAX);

@@ -15,8 +15,8 @@ pub enum State {
         generation: Generation,
         /// Attempt number within the outage (1-based).
         attempt: u32,
-        /// When the attempt times out.
-        deadline: Instant,
+        /// When the attempt times out (`None`: no connect timeout).
+        deadline: Option<Instant>,
     },
     /// A link is open and ready.
     Connected(Link),

@@ -27,6 +27,7 @@ const fn e(from: StateKind, reason: Reason, to: StateKind) -> Edge {
 /// Every allowed transition. A transition not listed here is a bug.
 pub const EDGES: &[Edge] = &[
     e(S::Idle, Reason::Start, S::Connecting),
+    e(S::Idle, Reason::Adopted, S::Connected),
     e(S::Idle, Reason::Shutdown, S::Closed),
     e(S::Connecting, Reason::AttemptSucceeded, S::Connected),
     e(S::Connecting, Reason::AttemptFailed, S::BackingOff),
@@ -142,6 +143,7 @@ pub fn dot() -> String {
 pub const fn reason_name(reason: Reason) -> &'static str {
     match reason {
         Reason::Start => "start",
+        Reason::Adopted => "adopted",
         Reason::AttemptSucceeded => "attempt_succeeded",
         Reason::AttemptFailed => "attempt_failed",
         Reason::ConnectTimeout => "connect_timeout",

@@ -432,9 +432,14 @@ impl Transport for MqttTransport {
         }
     }
 
-    fn close(&self, link: MqttLink) -> impl Future<Output = ()> + Send + 'static {
+    fn close(
+        &self,
+        link: MqttLink,
+        reason: crate::machine::Reason,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let this = self.clone();
         async move {
+            tracing::debug!(?reason, "closing the MQTT client");
             {
                 let mut subs = this.inner.subs();
                 if subs.is_current(&link) {

@@ -68,8 +68,12 @@ struct Io<T: Transport> {
     opening: Option<Opening<T>>,
     probing: Option<Probing>,
     link: Option<(Generation, T::Link)>,
+    /// The restore of a link that resumed without its session.
+    restoring: Option<(Generation, JoinHandle<()>)>,
     down_since: Option<DownSince>,
     last_error: Option<SharedError>,
+    /// The error a loss being fed was reported with, for its event.
+    loss_error: Option<SharedError>,
     last_reason: Option<Reason>,
     /// The snapshot changed since watchers were last notified.
     snapshot_unseen: bool,
@@ -110,11 +114,13 @@ impl<T: Transport> Driver<T> {
             opening: None,
             probing: None,
             link: None,
+            restoring: None,
             down_since: Some(DownSince {
                 at: now(),
                 outage: false,
             }),
             last_error: None,
+            loss_error: None,
             last_reason: None,
             snapshot_unseen: false,
         };
@@ -124,8 +130,21 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    pub(crate) async fn run(mut self) {
-        self.feed(Input::Start).await;
+    /// Runs until the engine is closed. `adopted` is the application's own
+    /// first link ([`crate::runtime::Prepared::adopt`]); without one the
+    /// engine starts by opening its first link.
+    pub(crate) async fn run(mut self, adopted: Option<T::Link>) {
+        match adopted {
+            Some(link) => {
+                let generation = self.step.machine().generation();
+                self.io.link = Some((generation, link.clone()));
+                self.io
+                    .links_tx
+                    .send_replace(Some(CurrentLink { generation, link }));
+                self.feed(Input::Adopt { generation }).await;
+            }
+            None => self.feed(Input::Start).await,
+        }
         while self.step.machine().kind() != StateKind::Closed {
             let deadline = self.step.machine().poll_timeout();
             match self.wait(deadline).await {
@@ -146,6 +165,7 @@ impl<T: Transport> Driver<T> {
             }
         }
         self.io.drop_probe();
+        self.io.drop_restore();
         self.io.links_tx.send_replace(None);
         tracing::debug!("driver stopped");
     }
@@ -184,7 +204,12 @@ impl<T: Transport> Driver<T> {
     async fn take_work(&mut self) {
         let work = Work::take(&self.io.handle.inner.shared);
         for input in work.inputs() {
+            if let Input::LinkLost { generation, .. } = input {
+                let slot = crate::runtime::handle::lock(&self.io.handle.inner.loss_error).take();
+                self.io.loss_error = slot.filter(|(g, _)| *g == generation).map(|(_, e)| e);
+            }
             self.feed(input).await;
+            self.io.loss_error = None;
         }
     }
 
@@ -226,7 +251,7 @@ impl<T: Transport> Driver<T> {
             kind,
             error,
         });
-        self.feed(Input::AttemptFailed { generation, kind }).await;
+        self.feed(Input::failed(generation, kind)).await;
     }
 
     /// Feeds one input and executes every action it causes, round by round
@@ -283,10 +308,11 @@ impl<T: Transport> Driver<T> {
                     task,
                 });
             }
-            Output::Close { generation } => {
+            Output::Close { generation, reason } => {
                 let timeout = self.step.machine().config().close_timeout();
-                io.close(generation, timeout).await;
+                io.close(generation, reason, timeout).await;
             }
+            Output::Restore { generation } => io.restore(generation),
             Output::Probe { probe, endpoint } => {
                 let endpoint = endpoint as usize;
                 tracing::debug!(probe, endpoint, "probing the broker");
@@ -346,16 +372,17 @@ impl<T: Transport> Effects for Io<T> {
                 to,
                 generation,
                 reason,
+                ..
             } => {
                 tracing::info!(generation = generation.0, from = %from, to = %to, ?reason, "state changed");
-                self.account(from, to);
+                self.account(from, to, reason);
                 if reason == Reason::ConnectTimeout
                     && let Some(opening) = &self.opening
                 {
                     let (generation, attempt) = (opening.generation, opening.attempt);
                     let endpoint = opening.endpoint;
                     let error: SharedError = Arc::new(ConnectTimedOut {
-                        after: machine.config().connect_timeout(),
+                        after: machine.config().connect_timeout().unwrap_or_default(),
                     });
                     self.last_error = Some(error.clone());
                     self.emit(Event::AttemptFailed {
@@ -375,11 +402,17 @@ impl<T: Transport> Effects for Io<T> {
                 // Readers of `snapshot()` who got the event see its reason.
                 self.last_reason = Some(reason);
                 self.publish(machine);
+                let error = match reason {
+                    Reason::AttemptFailed | Reason::ConnectTimeout => self.last_error.clone(),
+                    Reason::LinkLost => self.loss_error.clone(),
+                    _ => None,
+                };
                 self.emit(Event::StateChanged {
                     from,
                     to,
                     generation,
                     reason,
+                    error,
                 });
             }
             Output::LivenessLost { generation } => {
@@ -389,13 +422,22 @@ impl<T: Transport> Effects for Io<T> {
                 );
                 self.emit(Event::LivenessLost { generation });
             }
-            Output::GaveUp { cause } => {
-                tracing::error!(%cause, "gave up reconnecting");
-                let error = self.last_error.clone();
-                self.emit(Event::GaveUp { cause, error });
+            Output::GaveUp {
+                cause, attempts, ..
+            } => {
+                tracing::error!(%cause, attempts, "gave up reconnecting");
+                let error = self.loss_error.clone().or_else(|| self.last_error.clone());
+                self.emit(Event::GaveUp {
+                    cause,
+                    attempts,
+                    error,
+                });
             }
             // Actions: run by `execute`, never reported.
-            Output::Open { .. } | Output::Close { .. } | Output::Probe { .. } => {}
+            Output::Open { .. }
+            | Output::Close { .. }
+            | Output::Probe { .. }
+            | Output::Restore { .. } => {}
         }
     }
 
@@ -427,9 +469,50 @@ impl<T: Transport> Io<T> {
         }
     }
 
+    /// Stops the restore in flight, if any: its link is gone.
+    fn drop_restore(&mut self) {
+        if let Some((_, task)) = self.restoring.take() {
+            task.abort();
+        }
+    }
+
+    /// Restores link `generation`, which resumed without its session, in
+    /// the background; a failure is reported as the link's loss.
+    fn restore(&mut self, generation: Generation) {
+        let Some((_, link)) = self.link.as_ref().filter(|(g, _)| *g == generation) else {
+            return;
+        };
+        tracing::info!(
+            generation = generation.0,
+            "restoring a link that resumed without its session"
+        );
+        let restore = self.transport.restore(link.clone());
+        self.drop_restore();
+        let reporter = self.handle.reporter(generation);
+        let task = tokio::spawn(async move {
+            if let Err(error) = restore.await {
+                tracing::warn!(generation = generation.0, %error, "restore failed");
+                reporter.lost_because(error.kind(), Arc::new(error));
+            }
+        });
+        self.restoring = Some((generation, task));
+    }
+
     /// Closes link `generation`, aborting its open if it is still running.
     /// Awaited inline: the next `Open` never starts before the close ends.
-    async fn close(&mut self, generation: Generation, timeout: std::time::Duration) {
+    async fn close(
+        &mut self,
+        generation: Generation,
+        reason: Reason,
+        timeout: std::time::Duration,
+    ) {
+        if self
+            .restoring
+            .as_ref()
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            self.drop_restore();
+        }
         if self
             .opening
             .as_ref()
@@ -439,14 +522,14 @@ impl<T: Transport> Io<T> {
             opening.task.abort();
             // An open that finished just before the abort still built a link.
             if let Ok(Ok(link)) = opening.task.await {
-                let _ = tokio::time::timeout(timeout, self.transport.close(link)).await;
+                let _ = tokio::time::timeout(timeout, self.transport.close(link, reason)).await;
             }
         }
         if self.link.as_ref().is_some_and(|(g, _)| *g == generation) {
             let (_, link) = self.link.take().expect("checked above");
             self.links_tx.send_replace(None);
-            tracing::debug!(generation = generation.0, "closing link");
-            if tokio::time::timeout(timeout, self.transport.close(link))
+            tracing::debug!(generation = generation.0, ?reason, "closing link");
+            if tokio::time::timeout(timeout, self.transport.close(link, reason))
                 .await
                 .is_err()
             {
@@ -455,7 +538,7 @@ impl<T: Transport> Io<T> {
         }
     }
 
-    fn account(&mut self, from: StateKind, to: StateKind) {
+    fn account(&mut self, from: StateKind, to: StateKind, reason: Reason) {
         let counters = &self.handle.inner.counters;
         let t = now();
         // Our own shutdown is not an outage.
@@ -469,7 +552,12 @@ impl<T: Transport> Io<T> {
         if to.is_link_up() && !from.is_link_up() {
             // A later give-up must not blame an error from before this link.
             self.last_error = None;
-            counters.connects.fetch_add(1, Ordering::Relaxed);
+            let counter = if reason == Reason::LinkResumed {
+                &counters.resumes
+            } else {
+                &counters.connects
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             if let Some(down) = self.down_since.take() {
                 let ms = u64::try_from(t.saturating_duration_since(down.at).as_millis())
                     .unwrap_or(u64::MAX);
@@ -497,7 +585,7 @@ fn assert_send<F: Future + Send>(_: F) {}
 
 #[allow(dead_code)]
 fn driver_is_send<T: Transport>(d: Driver<T>) {
-    assert_send(d.run());
+    assert_send(d.run(None));
 }
 
 /// The driver's ends of the engine's channels, and the snapshot's reader.
@@ -507,10 +595,10 @@ pub(crate) struct Channels<L> {
     pub(crate) links_tx: watch::Sender<Option<CurrentLink<L>>>,
 }
 
-pub(crate) fn channels<L>() -> Channels<L> {
+pub(crate) fn channels<L>(generation: Generation) -> Channels<L> {
     let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot {
         state: StateKind::Idle,
-        generation: Generation(1),
+        generation,
         attempt: 0,
         endpoint: 0,
         reason: None,

@@ -21,6 +21,11 @@ pub enum Event {
         generation: Generation,
         /// Why.
         reason: Reason,
+        /// The error behind a change caused by a failure, when one is
+        /// known: the open's error for `AttemptFailed` and
+        /// `ConnectTimeout`, the error a loss was reported with
+        /// ([`crate::runtime::LinkReporter::lost_because`]) for `LinkLost`.
+        error: Option<SharedError>,
     },
     /// The driver started opening a link.
     AttemptStarted {
@@ -53,6 +58,8 @@ pub enum Event {
     GaveUp {
         /// Why.
         cause: FailCause,
+        /// Attempts the outage made (opens, and resumes by the transport).
+        attempts: u32,
         /// The last transport error, if one caused it.
         error: Option<SharedError>,
     },

@@ -2,13 +2,13 @@
 //! blocking the caller.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
 use crate::machine::{ErrorKind, FailCause, Generation, Reason, StateKind};
-use crate::runtime::events::Event;
+use crate::runtime::events::{Event, SharedError};
 use crate::runtime::shared::{LinkEvent, Report, Shared};
 
 /// What the driver last published about the engine.
@@ -34,8 +34,11 @@ pub struct Snapshot {
 pub struct Stats {
     /// Links the driver asked the transport to open.
     pub attempts: u64,
-    /// Opens that succeeded.
+    /// Links that came up: opens that succeeded, and an adopted first link
+    /// (resumes are counted in `resumes`).
     pub connects: u64,
+    /// Lost links the transport restored by itself (accepted resumes).
+    pub resumes: u64,
     /// Reachability probes sent while backing off (see
     /// [`crate::runtime::Transport::probe`]); not counted in `attempts`.
     pub probes: u64,
@@ -61,6 +64,7 @@ pub struct Stats {
 pub(crate) struct DriverCounters {
     pub(crate) attempts: AtomicU64,
     pub(crate) connects: AtomicU64,
+    pub(crate) resumes: AtomicU64,
     pub(crate) probes: AtomicU64,
     pub(crate) outages: AtomicU64,
     pub(crate) machine_stale: AtomicU64,
@@ -86,6 +90,14 @@ pub(crate) struct Inner {
     /// listens to does not carry 1024 slots (57 KB) for nothing.
     pub(crate) events: OnceLock<broadcast::Sender<Event>>,
     pub(crate) counters: DriverCounters,
+    /// The error of the latest loss reported with one, for the event of
+    /// that loss (taken by the driver).
+    pub(crate) loss_error: Mutex<Option<(Generation, SharedError)>>,
+}
+
+/// Locks, ignoring poisoning: the slot holds plain data.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// How many events the ring holds for a subscriber that falls behind.
@@ -111,13 +123,47 @@ pub struct Handle {
 impl Handle {
     /// Reports that link `generation` died (an SDK's interrupt callback, a
     /// socket error). A report about an old generation is dropped.
+    ///
+    /// Report one link's loss and resume in the order they happened: the
+    /// latest report about a link wins (docs/spec.md, 15.1, rule 6).
     pub fn report_lost(&self, generation: Generation, kind: ErrorKind) -> Report {
         self.inner.shared.report(generation, LinkEvent::Lost(kind))
+    }
+
+    /// Like [`Handle::report_lost`], with the error that killed the link:
+    /// the [`Event::StateChanged`] of the loss carries it to observers.
+    /// Costs a short lock besides the report (a loss is rare; a storm of
+    /// them keeps the latest error).
+    pub fn report_lost_because(
+        &self,
+        generation: Generation,
+        kind: ErrorKind,
+        error: SharedError,
+    ) -> Report {
+        if self.inner.shared.snapshot().0 == generation {
+            *lock(&self.inner.loss_error) = Some((generation, error));
+        }
+        self.report_lost(generation, kind)
     }
 
     /// Reports that link `generation` came back by itself (an SDK's resume callback).
     pub fn report_resumed(&self, generation: Generation) -> Report {
         self.inner.shared.report(generation, LinkEvent::Resumed)
+    }
+
+    /// Reports that link `generation` came back by itself but the broker
+    /// kept no session for it (MQTT `session_present = 0`): once the engine
+    /// accepts the resume it asks the transport to
+    /// [restore](crate::runtime::Transport::restore) the link.
+    ///
+    /// The session's end is a loss: when the engine has not heard of one
+    /// (the interrupt was never reported, or merged away with this resume),
+    /// it takes the loss first, then the resume. With a resume grace the
+    /// link is kept and restored; without one the loss replaces it.
+    pub fn report_resumed_without_session(&self, generation: Generation) -> Report {
+        self.inner
+            .shared
+            .report(generation, LinkEvent::ResumedWithoutSession)
     }
 
     /// Reports inbound traffic on link `generation` (liveness).
@@ -208,6 +254,7 @@ impl Handle {
         Stats {
             attempts: c.attempts.load(Ordering::Relaxed),
             connects: c.connects.load(Ordering::Relaxed),
+            resumes: c.resumes.load(Ordering::Relaxed),
             probes: c.probes.load(Ordering::Relaxed),
             outages: c.outages.load(Ordering::Relaxed),
             reports: r.reports.load(Ordering::Relaxed),
@@ -268,9 +315,19 @@ impl LinkReporter {
     pub fn lost(&self, kind: ErrorKind) -> Report {
         self.handle.report_lost(self.generation, kind)
     }
+    /// The link died of `error` (see [`Handle::report_lost_because`]).
+    pub fn lost_because(&self, kind: ErrorKind, error: SharedError) -> Report {
+        self.handle
+            .report_lost_because(self.generation, kind, error)
+    }
     /// The link came back by itself.
     pub fn resumed(&self) -> Report {
         self.handle.report_resumed(self.generation)
+    }
+    /// The link came back by itself without its session (see
+    /// [`Handle::report_resumed_without_session`]).
+    pub fn resumed_without_session(&self) -> Report {
+        self.handle.report_resumed_without_session(self.generation)
     }
     /// Inbound traffic arrived.
     pub fn activity(&self) -> Report {

@@ -43,6 +43,8 @@ enum Act {
     Close(Generation),
     /// A probe was sent.
     Probe(u64),
+    /// A link that resumed without its session is restored.
+    Restore(Generation),
     /// The machine was fed `Shutdown`.
     Shutdown,
 }
@@ -110,7 +112,8 @@ impl ModelIo {
                 self.log.push(Act::Open(generation));
                 self.opening = Some(generation);
             }
-            Output::Close { generation } => {
+            Output::Restore { generation } => self.log.push(Act::Restore(generation)),
+            Output::Close { generation, .. } => {
                 self.log.push(Act::Close(generation));
                 if self.opening == Some(generation) {
                     self.opening = None;
@@ -395,6 +398,34 @@ fn loss_then_resume_does_not_reconnect() {
         assert_eq!(sdk.join().unwrap(), Report::Queued);
         d.step();
         assert_eq!(d.io.log, []);
+        assert_eq!(d.machine().kind(), StateKind::Connected);
+        assert_eq!(d.io.shared.snapshot(), (g, StateKind::Connected));
+        d.assert_one_wakeup_per_batch();
+    });
+}
+
+/// A resume without its session is restored once, whether the driver takes
+/// the loss before it or both in one batch (where the resume alone would be
+/// ignored by a connected machine, and nothing restored).
+#[test]
+fn resume_without_session_is_restored_once() {
+    model(None, || {
+        let mut d = ModelDriver::connected(config_with_grace());
+        let g = d.machine().generation();
+        let shared = d.shared();
+        let sdk = thread::spawn(move || {
+            shared.report(g, LOST);
+            shared.report(g, LinkEvent::ResumedWithoutSession)
+        });
+        loop {
+            d.wait();
+            if has_resumed(&d.step()) {
+                break;
+            }
+        }
+        assert_eq!(sdk.join().unwrap(), Report::Queued);
+        d.step();
+        assert_eq!(d.io.log, [Act::Restore(g)]);
         assert_eq!(d.machine().kind(), StateKind::Connected);
         assert_eq!(d.io.shared.snapshot(), (g, StateKind::Connected));
         d.assert_one_wakeup_per_batch();

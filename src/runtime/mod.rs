@@ -18,6 +18,7 @@
 mod driver;
 mod events;
 mod handle;
+mod prepared;
 pub(crate) mod shared;
 mod step;
 mod transport;
@@ -33,6 +34,7 @@ use tokio::task::JoinHandle;
 pub use driver::{ConnectTimedOut, CurrentLink};
 pub use events::{Event, SharedError};
 pub use handle::{EngineError, Handle, LinkReporter, Snapshot, Stats};
+pub use prepared::{FirstConnectError, Prepared};
 pub use shared::{LinkEvent, Report};
 pub use transport::{Classify, DEFAULT_PROBE_INTERVAL, OpenContext, Transport};
 
@@ -54,7 +56,39 @@ impl<T: Transport> Engine<T> {
     /// # Panics
     /// When called outside a tokio runtime, as `tokio::spawn` does.
     pub fn spawn(config: Config, transport: T) -> Self {
-        Self::start(config, transport, |_| ())
+        Self::prepare(config, transport).start()
+    }
+
+    /// Builds the engine without starting it: its handle, the first link's
+    /// generation and reporter exist, so the application can subscribe to
+    /// events, open the first link itself and hand it over
+    /// ([`Prepared::adopt`]), connect once without retries
+    /// ([`Prepared::connect_once`]), or just [`Prepared::start`].
+    pub fn prepare(config: Config, transport: T) -> Prepared<T> {
+        let machine = Machine::new(config);
+        let channels = driver::channels::<T::Link>(machine.generation());
+        let inner = Arc::new(Inner {
+            shared: Shared::new(machine.generation(), machine.kind()),
+            snapshot: channels.snapshot_rx.clone(),
+            events: std::sync::OnceLock::new(),
+            counters: DriverCounters::default(),
+            loss_error: std::sync::Mutex::new(None),
+        });
+        Prepared::new(machine, transport, Handle { inner }, channels)
+    }
+
+    /// Connects once, without retries, and returns the engine supervising
+    /// that link; the first failure (or the connect timeout) is returned
+    /// to the caller and nothing keeps running. Shorthand for
+    /// [`Engine::prepare`] then [`Prepared::connect_once`].
+    ///
+    /// # Errors
+    /// The transport's error, or [`FirstConnectError::TimedOut`].
+    pub async fn connect_once(
+        config: Config,
+        transport: T,
+    ) -> Result<Self, FirstConnectError<T::Error>> {
+        Self::prepare(config, transport).connect_once().await
     }
 
     /// Like [`Engine::spawn`], and also returns a subscription to the
@@ -67,45 +101,9 @@ impl<T: Transport> Engine<T> {
         config: Config,
         transport: T,
     ) -> (Self, tokio::sync::broadcast::Receiver<Event>) {
-        let mut events = None;
-        let engine = Self::start(config, transport, |handle| {
-            events = Some(handle.events());
-        });
-        (
-            engine,
-            events.expect("subscribed before the driver started"),
-        )
-    }
-
-    /// Builds the engine, lets `before` see its handle, then starts the driver.
-    fn start(config: Config, transport: T, before: impl FnOnce(&Handle)) -> Self {
-        let machine = Machine::new(config);
-        let driver::Channels {
-            snapshot_tx,
-            snapshot_rx,
-            links_tx,
-        } = driver::channels::<T::Link>();
-        let links = links_tx.subscribe();
-        let inner = Arc::new(Inner {
-            shared: Shared::new(machine.generation(), machine.kind()),
-            snapshot: snapshot_rx,
-            events: std::sync::OnceLock::new(),
-            counters: DriverCounters::default(),
-        });
-        let handle = Handle {
-            inner: inner.clone(),
-        };
-        before(&handle);
-        let driver = driver::Driver::new(machine, transport, inner, snapshot_tx, links_tx);
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            driver.run(),
-            tracing::info_span!("redial"),
-        ));
-        Self {
-            handle,
-            links,
-            task,
-        }
+        let prepared = Self::prepare(config, transport);
+        let events = prepared.handle().events();
+        (prepared.start(), events)
     }
 
     /// A clone of the handle.
@@ -187,6 +185,56 @@ mod tests {
             "{first:?}"
         );
         with_events.shutdown().await;
+        engine.shutdown().await;
+    }
+
+    /// A loss reported with its error reaches observers on the loss's own
+    /// state change; a loss without one carries none.
+    #[tokio::test(start_paused = true)]
+    async fn the_error_of_a_loss_reaches_its_state_change() {
+        let config = Config::builder().seed(3).build().unwrap();
+        let prepared = Engine::prepare(config, MemoryTransport::new());
+        let mut events = prepared.events();
+        let engine = prepared.start();
+        let handle = engine.handle();
+        let first = handle.wait_for(StateKind::Connected).await.generation;
+
+        let error: SharedError = Arc::new(std::io::Error::other("reset by peer"));
+        handle.report_lost_because(first, crate::machine::ErrorKind::Transient, error);
+        let carried = loop {
+            match events.recv().await.expect("events flow") {
+                Event::StateChanged {
+                    reason: crate::machine::Reason::LinkLost,
+                    error,
+                    ..
+                } => break error,
+                _ => continue,
+            }
+        };
+        assert_eq!(
+            carried.map(|e| e.to_string()).as_deref(),
+            Some("reset by peer")
+        );
+
+        let second = loop {
+            let snapshot = handle.wait_for(StateKind::Connected).await;
+            if snapshot.generation != first {
+                break snapshot.generation;
+            }
+            tokio::task::yield_now().await;
+        };
+        handle.report_lost(second, crate::machine::ErrorKind::Transient);
+        let carried = loop {
+            match events.recv().await.expect("events flow") {
+                Event::StateChanged {
+                    reason: crate::machine::Reason::LinkLost,
+                    error,
+                    ..
+                } => break error,
+                _ => continue,
+            }
+        };
+        assert!(carried.is_none(), "{carried:?}");
         engine.shutdown().await;
     }
 }

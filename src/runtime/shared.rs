@@ -29,6 +29,8 @@ const FLOW_MASK: u64 = 0b1_1000;
 const FLOW_BLOCKED: u64 = 0b0_1000;
 const FLOW_UNBLOCKED: u64 = 0b1_0000;
 const ACTIVITY: u64 = 0b10_0000;
+/// With `LINK_RESUMED`: the broker kept no session for the link.
+const NO_SESSION: u64 = 0b100_0000;
 const EVENT_BITS: u32 = 8;
 const EVENT_MASK: u64 = (1 << EVENT_BITS) - 1;
 /// Events that need the driver now; activity waits for the next liveness check.
@@ -45,8 +47,11 @@ const CMD_SHUTDOWN: u32 = 0b10;
 pub enum LinkEvent {
     /// The link died.
     Lost(ErrorKind),
-    /// The link came back by itself.
+    /// The link came back by itself, with its session.
     Resumed,
+    /// The link came back by itself, but the broker kept no session for it:
+    /// subscriptions and consumers must be restored.
+    ResumedWithoutSession,
     /// Inbound traffic arrived.
     Activity,
     /// The broker blocked publishing.
@@ -79,7 +84,10 @@ impl Batch {
 
     /// The machine inputs, in the order the driver must feed them:
     /// activity and flow control first, then the link's fate (the latest
-    /// report about it wins: lost-then-resumed is resumed).
+    /// report about it wins: lost-then-resumed is resumed). A resume without
+    /// its session is fed after a loss: the session's end is a loss, and a
+    /// loss merged away would leave the resume ignored by a connected
+    /// machine, with nothing restored.
     pub(crate) fn inputs(&self) -> impl Iterator<Item = Input> {
         let generation = self.generation();
         let w = self.word;
@@ -89,19 +97,28 @@ impl Batch {
             FLOW_UNBLOCKED => Some(Input::Unblocked { generation }),
             _ => None,
         };
+        let lost_session = (w & LINK_MASK == LINK_RESUMED && w & NO_SESSION != 0)
+            .then(|| Input::lost(generation, ErrorKind::Transient));
         let link = match w & LINK_MASK {
-            LINK_LOST => Some(Input::LinkLost {
+            LINK_LOST => Some(Input::lost(
                 generation,
-                kind: if w & LOST_PERMANENT != 0 {
+                if w & LOST_PERMANENT != 0 {
                     ErrorKind::Permanent
                 } else {
                     ErrorKind::Transient
                 },
+            )),
+            LINK_RESUMED => Some(Input::LinkResumed {
+                generation,
+                session_present: w & NO_SESSION == 0,
             }),
-            LINK_RESUMED => Some(Input::LinkResumed { generation }),
             _ => None,
         };
-        activity.into_iter().chain(flow).chain(link)
+        activity
+            .into_iter()
+            .chain(flow)
+            .chain(lost_session)
+            .chain(link)
     }
 }
 
@@ -283,9 +300,15 @@ fn merge(word: u64, event: LinkEvent) -> u64 {
             } else {
                 0
             };
-            (word & !(LINK_MASK | LOST_PERMANENT)) | LINK_LOST | permanent
+            (word & !(LINK_MASK | LOST_PERMANENT | NO_SESSION)) | LINK_LOST | permanent
         }
+        // Keeps NO_SESSION (only ever set with LINK_RESUMED; a loss clears it).
         LinkEvent::Resumed => (word & !(LINK_MASK | LOST_PERMANENT)) | LINK_RESUMED,
+        // A resume without a session stays one until a loss replaces it:
+        // a duplicate "resumed" callback must not hide the restore.
+        LinkEvent::ResumedWithoutSession => {
+            (word & !(LINK_MASK | LOST_PERMANENT)) | LINK_RESUMED | NO_SESSION
+        }
         LinkEvent::Blocked => (word & !FLOW_MASK) | FLOW_BLOCKED,
         LinkEvent::Unblocked => (word & !FLOW_MASK) | FLOW_UNBLOCKED,
         LinkEvent::Activity => word | ACTIVITY,

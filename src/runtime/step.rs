@@ -82,7 +82,7 @@ impl Step {
     }
 
     /// Feeds one input; returns the first round's actions (`Open`,
-    /// `Close`, `Probe`), to execute in order before calling [`Step::settle`].
+    /// `Close`, `Probe`, `Restore`), to execute in order before calling [`Step::settle`].
     pub(crate) fn feed(&mut self, input: Input, fx: &mut impl Effects) -> Vec<Output> {
         let before = self.machine.stats().stale_inputs;
         self.machine.handle(fx.now(), input);
@@ -118,9 +118,10 @@ impl Step {
         let mut actions = std::mem::take(&mut self.actions);
         while let Some(output) = self.machine.poll(fx.now()) {
             match output {
-                Output::Open { .. } | Output::Close { .. } | Output::Probe { .. } => {
-                    actions.push(output)
-                }
+                Output::Open { .. }
+                | Output::Close { .. }
+                | Output::Probe { .. }
+                | Output::Restore { .. } => actions.push(output),
                 report => fx.report(&self.machine, report),
             }
         }

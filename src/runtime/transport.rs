@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use crate::machine::{ErrorKind, Generation, ProbeOutcome};
+use crate::machine::{ErrorKind, Generation, ProbeOutcome, Reason};
 use crate::runtime::handle::LinkReporter;
 
 /// The probe interval the AMQP and MQTT adapters use by default: the
@@ -30,7 +30,9 @@ pub struct OpenContext {
     /// The link's generation; every report about the link must carry it
     /// (the reporter does so for you).
     pub generation: Generation,
-    /// The attempt number within the current outage.
+    /// The attempt number within the current outage (0 for the first link
+    /// of [`crate::runtime::Prepared::connect_once`], which is not an
+    /// attempt of the engine).
     pub attempt: u32,
     /// Which endpoint to open the link to: an index below
     /// [`crate::machine::Config::endpoints`] into the transport's endpoint
@@ -50,7 +52,12 @@ pub struct OpenContext {
 /// * The link reports its own death with `reporter.lost(kind)` and inbound
 ///   traffic with `reporter.activity()`; reports are cheap and never block.
 /// * `close` releases everything of the link. The driver always closes the
-///   old link before it opens the next one.
+///   old link before it opens the next one. The reason says how:
+///   [`Reason::Shutdown`] is the user's graceful shutdown; any other reason
+///   means the link is replaced or already dead, so a quick close is enough.
+/// * An SDK whose connection object binds its callbacks when it is built
+///   builds it inside `open`, with closures that capture `ctx.reporter`
+///   (or `ctx.generation`): every report then names its own link.
 pub trait Transport: Send + Sync + 'static {
     /// An open link. The driver keeps it until it closes it and shares a
     /// clone with publishers through [`crate::runtime::Engine::links`].
@@ -64,8 +71,23 @@ pub trait Transport: Send + Sync + 'static {
         ctx: OpenContext,
     ) -> impl Future<Output = Result<Self::Link, Self::Error>> + Send + 'static;
 
-    /// Closes a link (gracefully when it still can).
-    fn close(&self, link: Self::Link) -> impl Future<Output = ()> + Send + 'static;
+    /// Closes a link (gracefully when it still can), retired for `reason`.
+    fn close(&self, link: Self::Link, reason: Reason) -> impl Future<Output = ()> + Send + 'static;
+
+    /// Restores what the broker forgot when `link` resumed without its
+    /// session (subscriptions, consumers; see
+    /// [`crate::runtime::LinkReporter::resumed_without_session`]). An error
+    /// is reported as the link's loss, and the link is replaced.
+    ///
+    /// The default restores nothing: a transport whose links never resume
+    /// underneath has nothing to restore.
+    fn restore(
+        &self,
+        link: Self::Link,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let _ = link;
+        std::future::ready(Ok(()))
+    }
 
     /// Checks whether an open to `endpoint` (as in [`OpenContext::endpoint`])
     /// would reach the broker now, at a fraction of

@@ -700,6 +700,7 @@ pub fn self_check() -> Result<(), String> {
                 to: StateKind::BackingOff,
                 generation: Generation(1),
                 reason: Reason::LinkLost,
+                error: None,
             },
         ));
     }

@@ -258,7 +258,7 @@ impl Recorder {
         self.drain()
             .iter()
             .filter_map(|e| match e {
-                Event::GaveUp { cause, error } => {
+                Event::GaveUp { cause, error, .. } => {
                     Some((*cause, error.as_ref().map(|e| e.to_string())))
                 }
                 _ => None,
@@ -470,13 +470,13 @@ impl Transport for Probe {
         self.inner.probe(endpoint)
     }
 
-    fn close(&self, link: MemoryLink) -> impl Future<Output = ()> + Send + 'static {
+    fn close(&self, link: MemoryLink, reason: Reason) -> impl Future<Output = ()> + Send + 'static {
         let state = self.state.clone();
         let control = self.control.clone();
         let hangup = self.hangup_on_close;
         let delay = self.close_delay;
         let generation = link.generation;
-        let inner = self.inner.close(link);
+        let inner = self.inner.close(link, reason);
         async move {
             if hangup && let Some(reporter) = control.reporter(generation) {
                 let report = reporter.lost(ErrorKind::Transient);

@@ -18,6 +18,7 @@ pub fn transitions(events: &[(Instant, Event)]) -> Vec<Transition> {
                 to,
                 generation,
                 reason,
+                ..
             } => Some((*t, *from, *to, *generation, *reason)),
             _ => None,
         })

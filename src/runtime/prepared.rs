@@ -1,0 +1,197 @@
+//! An engine built but not started: the first link's identity exists
+//! before anything runs, so the application can bind callbacks to it, open
+//! the first link itself and hand it over (docs/spec.md, 12, *Adoption*).
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::machine::{Generation, Machine};
+use crate::runtime::Engine;
+use crate::runtime::driver::{Channels, ConnectTimedOut, Driver};
+use crate::runtime::events::Event;
+use crate::runtime::handle::{Handle, LinkReporter};
+use crate::runtime::transport::{Classify, OpenContext, Transport};
+
+/// Why [`Prepared::connect_once`] returned no engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FirstConnectError<E: std::error::Error + 'static> {
+    /// The transport could not open the first link (shared with the
+    /// `AttemptFailed` event of the first attempt).
+    #[error("the first connect failed")]
+    Failed(#[source] Arc<E>),
+    /// The first link took longer than the configured connect timeout.
+    #[error(transparent)]
+    TimedOut(ConnectTimedOut),
+}
+
+/// An engine that exists but does not run yet: see [`Engine::prepare`].
+/// Dropping it drops the engine; nothing was started.
+pub struct Prepared<T: Transport> {
+    machine: Machine,
+    transport: T,
+    handle: Handle,
+    channels: Channels<T::Link>,
+}
+
+impl<T: Transport> std::fmt::Debug for Prepared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("machine", &self.machine)
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Prepared<T> {
+    pub(crate) fn new(
+        machine: Machine,
+        transport: T,
+        handle: Handle,
+        channels: Channels<T::Link>,
+    ) -> Self {
+        Self {
+            machine,
+            transport,
+            handle,
+            channels,
+        }
+    }
+
+    /// The engine's handle, usable before it starts (subscribe to
+    /// [`Handle::events`] here to see every event from the first).
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The generation the first link gets: the configuration's
+    /// [`first_generation`](crate::machine::Config::first_generation).
+    pub fn generation(&self) -> Generation {
+        self.machine.generation()
+    }
+
+    /// The endpoint the first link must go to (an index into the
+    /// transport's list; 0 with one endpoint).
+    pub fn endpoint(&self) -> usize {
+        self.machine.endpoint() as usize
+    }
+
+    /// A reporter bound to the first link: what the callbacks of a
+    /// connection the application builds itself capture.
+    pub fn reporter(&self) -> LinkReporter {
+        self.handle.reporter(self.generation())
+    }
+
+    /// The context the transport's `open` would get for the first link
+    /// (attempt 0: it is not an attempt of the engine).
+    pub fn open_context(&self) -> OpenContext {
+        OpenContext {
+            generation: self.generation(),
+            attempt: 0,
+            endpoint: self.endpoint(),
+            reporter: self.reporter(),
+        }
+    }
+
+    /// Starts the engine: it opens its first link and retries per the
+    /// configuration.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime, as `tokio::spawn` does.
+    pub fn start(self) -> Engine<T> {
+        self.run(None)
+    }
+
+    /// Starts the engine on a link the application opened itself for
+    /// [`Prepared::generation`] (with callbacks reporting through
+    /// [`Prepared::reporter`]): the engine supervises it from now on and
+    /// replaces it when it is lost, as if it had opened it.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime, as `tokio::spawn` does.
+    pub fn adopt(self, link: T::Link) -> Engine<T> {
+        self.run(Some(link))
+    }
+
+    /// Opens the first link once, through the transport, with the connect
+    /// timeout, and adopts it: a client's `connect()` that must fail to its
+    /// caller instead of retrying. On failure nothing was started and the
+    /// error is returned; once connected, later losses are retried per the
+    /// configuration.
+    ///
+    /// # Errors
+    /// The transport's error, or [`FirstConnectError::TimedOut`].
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub async fn connect_once(self) -> Result<Engine<T>, FirstConnectError<T::Error>> {
+        let ctx = self.open_context();
+        let (generation, endpoint) = (ctx.generation, ctx.endpoint);
+        let inner = &self.handle.inner;
+        inner.emit(Event::AttemptStarted {
+            generation,
+            attempt: 0,
+            endpoint,
+        });
+        let open = self.transport.open(ctx);
+        let opened = match self.machine.config().connect_timeout() {
+            Some(after) => match tokio::time::timeout(after, open).await {
+                Ok(opened) => opened,
+                Err(_) => {
+                    let timed_out = ConnectTimedOut { after };
+                    inner.emit(Event::AttemptFailed {
+                        generation,
+                        attempt: 0,
+                        endpoint,
+                        kind: crate::machine::ErrorKind::Transient,
+                        error: Arc::new(timed_out),
+                    });
+                    return Err(FirstConnectError::TimedOut(timed_out));
+                }
+            },
+            None => open.await,
+        };
+        match opened {
+            Ok(link) => Ok(self.adopt(link)),
+            Err(error) => {
+                tracing::warn!(%error, "the first connect failed");
+                let error = Arc::new(error);
+                inner.emit(Event::AttemptFailed {
+                    generation,
+                    attempt: 0,
+                    endpoint,
+                    kind: error.kind(),
+                    error: error.clone(),
+                });
+                Err(FirstConnectError::Failed(error))
+            }
+        }
+    }
+
+    fn run(self, adopted: Option<T::Link>) -> Engine<T> {
+        let Channels {
+            snapshot_tx,
+            snapshot_rx: _,
+            links_tx,
+        } = self.channels;
+        let links = links_tx.subscribe();
+        let inner = Arc::clone(&self.handle.inner);
+        let driver = Driver::new(self.machine, self.transport, inner, snapshot_tx, links_tx);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            driver.run(adopted),
+            tracing::info_span!("redial"),
+        ));
+        Engine {
+            handle: self.handle,
+            links,
+            task,
+        }
+    }
+
+    /// Events from the very first, before the engine starts (a shorthand
+    /// for `handle().events()`).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.handle.events()
+    }
+}
