@@ -4,8 +4,14 @@
 //! Each step runs one operation at `at_ms` (milliseconds since the vector's
 //! time zero), checks its direct answer (`expect`), the outcomes it produced
 //! (`resolved`, exactly and in order; absent means none), the counters it
-//! lists (`counters`, only the keys given) and the core's invariants.
-//! Run with `--nocapture` to see how many vectors ran.
+//! lists (`counters`, only the keys given), the snapshot of the outbox
+//! after the step (`state`, when the step has one) and the core's
+//! invariants. Run with `--nocapture` to see how many vectors ran.
+//!
+//! `REDIAL_BLESS_DELIVERY=1` rewrites every step's `state` with the snapshot
+//! this core produces (every other check still runs). Review what it wrote
+//! against `docs/delivery.md` before committing it: the snapshot is the
+//! spec's, not merely the code's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use redial::machine::{FailCause, Generation};
 use redial::outbox::{
-    ChannelClosed, MessageId, OutboxConfig, OutboxCore, OutboxStats, OverflowPolicy, PublishError,
-    Submit, SubmitOptions,
+    ChannelClosed, Gate, MessageId, OutboxConfig, OutboxCore, OutboxStats, OverflowPolicy,
+    PublishError, Submit, SubmitOptions,
 };
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -79,7 +85,27 @@ struct Step {
     resolved: Vec<VResolved>,
     #[serde(default)]
     counters: BTreeMap<String, u64>,
+    #[serde(default)]
+    state: Option<VState>,
 }
+
+/// The outbox after a step (`docs/delivery.md` section 12). Every key is
+/// required in a snapshot.
+#[derive(Deserialize, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct VState {
+    gate: String,
+    queued: Vec<u64>,
+    in_flight: Vec<(u64, u64)>,
+    suspects: Vec<u64>,
+    #[serde(deserialize_with = "present")]
+    timeout_ms: Option<Option<u64>>,
+    stats: BTreeMap<String, u64>,
+}
+
+/// The counters a snapshot leaves out: they follow from the others
+/// (`failed` is the sum of the reasons, the rest are list lengths).
+const DERIVED: [&str; 4] = ["failed", "queued", "in_flight", "pending"];
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -149,8 +175,9 @@ struct VResolved {
     reason: Option<String>,
 }
 
-fn counters(s: &OutboxStats) -> BTreeMap<&'static str, u64> {
-    BTreeMap::from([
+/// Every counter of section 11, in that order, spelled as in the vectors.
+fn counters(s: &OutboxStats) -> Vec<(&'static str, u64)> {
+    Vec::from([
         ("submitted", s.submitted),
         ("confirmed", s.confirmed),
         ("failed", s.failed.total()),
@@ -175,6 +202,186 @@ fn counters(s: &OutboxStats) -> BTreeMap<&'static str, u64> {
     ])
 }
 
+/// The snapshot of section 12, from the core's public accessors.
+fn snapshot(core: &OutboxCore<String>, t0: Instant) -> VState {
+    let stats = core.stats();
+    // Ids are 1, 2, ... in submission order, one per submitted message.
+    let ids = || (1..=stats.submitted).map(MessageId);
+    VState {
+        gate: match core.gate() {
+            Gate::Open => "open",
+            Gate::GaveUp { .. } => "gave_up",
+            Gate::Closed => "closed",
+        }
+        .into(),
+        queued: ids()
+            .filter(|id| core.is_queued(*id))
+            .map(|id| id.0)
+            .collect(),
+        in_flight: ids()
+            .filter_map(|id| core.in_flight_generation(id).map(|g| (id.0, g.0)))
+            .collect(),
+        suspects: ids()
+            .filter(|id| core.is_suspect(*id))
+            .map(|id| id.0)
+            .collect(),
+        timeout_ms: Some(
+            core.poll_timeout()
+                .map(|t| t.duration_since(t0).as_millis() as u64),
+        ),
+        stats: counters(&stats)
+            .into_iter()
+            .filter(|(k, v)| *v != 0 && !DERIVED.contains(k))
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    }
+}
+
+fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> String {
+    let items: Vec<String> = items.iter().map(f).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// A snapshot as the committed vectors spell it: one line, keys in the
+/// order of section 12, counters in the order of section 11.
+fn format_state(s: &VState) -> String {
+    let timeout = match s.timeout_ms.flatten() {
+        Some(t) => t.to_string(),
+        None => "null".into(),
+    };
+    let stats: Vec<String> = counters(&OutboxStats::default())
+        .into_iter()
+        .filter_map(|(k, _)| s.stats.get(k).map(|v| format!("\"{k}\": {v}")))
+        .collect();
+    format!(
+        "{{\"gate\": \"{}\", \"queued\": {}, \"in_flight\": {}, \"suspects\": {}, \"timeout_ms\": {timeout}, \"stats\": {{{}}}}}",
+        s.gate,
+        list(&s.queued, u64::to_string),
+        list(&s.in_flight, |(id, g)| format!("[{id}, {g}]")),
+        list(&s.suspects, u64::to_string),
+        stats.join(", "),
+    )
+}
+
+/// Where a step's snapshot starts in the committed layout.
+const STATE_LINE: &str = ",\n     \"state\": ";
+
+/// The byte spans of the step objects (from `{` to its `}`) in a vector's text.
+fn step_spans(text: &str) -> Result<Vec<(usize, usize)>, String> {
+    let key = "\n  \"steps\": [";
+    let start = text.find(key).ok_or("no steps line to bless")? + key.len();
+    let (mut spans, mut depth, mut open) = (Vec::new(), 0usize, 0);
+    let (mut in_str, mut esc) = (false, false);
+    for (i, b) in text.bytes().enumerate().skip(start) {
+        if in_str {
+            match b {
+                _ if esc => esc = false,
+                b'\\' => esc = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                if depth == 0 {
+                    open = i;
+                }
+                depth += 1;
+            }
+            b'}' | b']' if depth == 0 => return Ok(spans),
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    spans.push((open, i));
+                }
+            }
+            _ => {}
+        }
+    }
+    Err("unterminated steps".into())
+}
+
+/// The vector's text with each step's `state` replaced by (or set to) the
+/// given snapshot, the rest of the text untouched.
+fn bless(text: &str, states: &[String]) -> Result<String, String> {
+    let spans = step_spans(text)?;
+    if spans.len() != states.len() {
+        return Err(format!(
+            "found {} steps to bless, ran {}",
+            spans.len(),
+            states.len()
+        ));
+    }
+    let mut out = String::new();
+    let mut last = 0;
+    for ((open, close), state) in spans.into_iter().zip(states) {
+        let body = &text[open..close];
+        let body = body.find(STATE_LINE).map_or(body, |p| &body[..p]);
+        if body.contains("\"state\"") {
+            return Err("a state not on its own last line: bless by hand".into());
+        }
+        out.push_str(&text[last..open]);
+        out.push_str(body);
+        out.push_str(STATE_LINE);
+        out.push_str(state);
+        last = close;
+    }
+    out.push_str(&text[last..]);
+    Ok(out)
+}
+
+/// Compares a step's snapshot key by key.
+fn compare_state(want: &VState, got: &VState) -> Result<(), String> {
+    let differs = |key: &str, w: String, g: String| Err(format!("state.{key} = {g}, expected {w}"));
+    if want.gate != got.gate {
+        return differs("gate", want.gate.clone(), got.gate.clone());
+    }
+    if want.queued != got.queued {
+        return differs(
+            "queued",
+            format!("{:?}", want.queued),
+            format!("{:?}", got.queued),
+        );
+    }
+    if want.in_flight != got.in_flight {
+        return differs(
+            "in_flight",
+            format!("{:?}", want.in_flight),
+            format!("{:?}", got.in_flight),
+        );
+    }
+    if want.suspects != got.suspects {
+        return differs(
+            "suspects",
+            format!("{:?}", want.suspects),
+            format!("{:?}", got.suspects),
+        );
+    }
+    if want.timeout_ms != got.timeout_ms {
+        let ms = |t: Option<Option<u64>>| t.flatten().map_or("null".into(), |t| t.to_string());
+        return differs("timeout_ms", ms(want.timeout_ms), ms(got.timeout_ms));
+    }
+    let known: Vec<&str> = counters(&OutboxStats::default())
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for key in want.stats.keys() {
+        if !known.contains(&key.as_str()) || DERIVED.contains(&key.as_str()) {
+            return Err(format!("state.stats: unknown or derived counter {key}"));
+        }
+    }
+    for key in known.into_iter().filter(|k| !DERIVED.contains(k)) {
+        let w = want.stats.get(key).copied().unwrap_or(0);
+        let g = got.stats.get(key).copied().unwrap_or(0);
+        if w != g {
+            return differs(&format!("stats.{key}"), w.to_string(), g.to_string());
+        }
+    }
+    Ok(())
+}
+
 fn cause(name: &str) -> Result<FailCause, String> {
     match name {
         "retries_exhausted" => Ok(FailCause::RetriesExhausted),
@@ -184,7 +391,9 @@ fn cause(name: &str) -> Result<FailCause, String> {
     }
 }
 
-fn run_file(path: &Path) -> Result<usize, String> {
+/// Replays one vector; returns its step count and how many steps had a
+/// snapshot. With `bless`, rewrites the snapshots instead of comparing them.
+fn run_file(path: &Path, bless_mode: bool) -> Result<(usize, usize), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
     let v: Vector =
         serde_json::from_str(&text).map_err(|e| format!("not a delivery vector: {e}"))?;
@@ -216,6 +425,7 @@ fn run_file(path: &Path) -> Result<usize, String> {
     let mut core: OutboxCore<String> = OutboxCore::new(config);
     let t0 = Instant::now();
     let mut last_at = 0;
+    let mut states = Vec::new();
     for (i, step) in v.steps.iter().enumerate() {
         let at_ms = step.at_ms;
         if at_ms < last_at {
@@ -373,16 +583,29 @@ fn run_file(path: &Path) -> Result<usize, String> {
         }
         let have = counters(&core.stats());
         for (key, want) in &step.counters {
-            match have.get(key.as_str()) {
+            match have.iter().find(|(k, _)| k == key).map(|(_, v)| v) {
                 Some(v) if v == want => {}
                 Some(v) => return Err(format!("step {i}: counter {key} = {v}, expected {want}")),
                 None => return Err(format!("step {i}: unknown counter {key}")),
             }
         }
+        let snap = snapshot(&core, t0);
+        if bless_mode {
+            states.push(format_state(&snap));
+        } else if let Some(want) = &step.state {
+            compare_state(want, &snap).map_err(|e| format!("vector {}, step {i}: {e}", v.name))?;
+        }
         core.check_invariants()
             .map_err(|e| format!("step {i}: {e}"))?;
     }
-    Ok(v.steps.len())
+    if bless_mode {
+        let blessed = bless(&text, &states)?;
+        if blessed != text {
+            std::fs::write(path, blessed).map_err(|e| format!("cannot write: {e}"))?;
+        }
+    }
+    let with_state = v.steps.iter().filter(|s| s.state.is_some()).count();
+    Ok((v.steps.len(), with_state))
 }
 
 #[test]
@@ -394,11 +617,15 @@ fn delivery_vectors() {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
+    let bless_mode = std::env::var_os("REDIAL_BLESS_DELIVERY").is_some_and(|v| v == "1");
     let mut failures = Vec::new();
-    let mut steps = 0;
+    let (mut steps, mut with_state) = (0, 0);
     for file in &files {
-        match run_file(file) {
-            Ok(n) => steps += n,
+        match run_file(file, bless_mode) {
+            Ok((n, s)) => {
+                steps += n;
+                with_state += s;
+            }
             Err(e) => failures.push(format!("{}: {e}", file.display())),
         }
     }
@@ -408,5 +635,13 @@ fn delivery_vectors() {
         "expected the delivery vectors, found {}",
         files.len()
     );
-    println!("ran {} delivery vectors ({steps} steps)", files.len());
+    println!(
+        "ran {} delivery vectors ({steps} steps, {with_state} with a state snapshot{})",
+        files.len(),
+        if bless_mode {
+            "; snapshots blessed"
+        } else {
+            ""
+        }
+    );
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use redial::machine::{Config, ConfigBuilder, ErrorKind, FailCause, Generation, Reason, StateKind};
 use redial::runtime::{
-    Classify, Engine, Event, FirstConnectError, Handle, LinkReporter, OpenContext, Report,
-    Snapshot, Stats, Transport,
+    Classify, Engine, Event, FirstConnectError, Handle, LinkReporter, OpenContext, Prepared,
+    Report, Snapshot, Stats, Transport,
 };
 use redial::testing::{LogEntry, MemoryError, MemoryTransport, Plan};
 use tokio::sync::watch;
@@ -390,6 +390,20 @@ impl Transport for Recorder {
     }
 }
 
+/// Adopts a link the test built for the prepared engine's first
+/// generation, with callbacks bound to its reporter, and waits until the
+/// engine is connected on it.
+async fn adopt_connected(prepared: Prepared<Recorder>) -> (Engine<Recorder>, Handle, SdkLink) {
+    let link = SdkLink {
+        generation: prepared.generation(),
+        callbacks: prepared.reporter(),
+    };
+    let engine = prepared.adopt(link.clone());
+    let handle = engine.handle();
+    connected_on(&handle, link.generation).await;
+    (engine, handle, link)
+}
+
 /// `Prepared::adopt` of a link built outside the engine, then its loss:
 /// exactly one reconnect, attempt 1, and the adopted link closed once, as
 /// dead (not as a shutdown).
@@ -527,14 +541,7 @@ async fn a_failed_restore_replaces_the_link() {
         .resume_grace(Some(Duration::from_secs(5)))
         .build()
         .unwrap();
-    let prepared = Engine::prepare(config, transport.clone());
-    let link = SdkLink {
-        generation: prepared.generation(),
-        callbacks: prepared.reporter(),
-    };
-    let engine = prepared.adopt(link.clone());
-    let handle = engine.handle();
-    connected_on(&handle, link.generation).await;
+    let (engine, handle, link) = adopt_connected(Engine::prepare(config, transport.clone())).await;
 
     link.callbacks.lost(Transient);
     wait_until(&handle, "the link to linger", |s| s.state == BackingOff).await;
@@ -556,14 +563,7 @@ async fn a_resume_counts_as_an_attempt() {
         .resume_grace(Some(Duration::from_secs(5)))
         .build()
         .unwrap();
-    let prepared = Engine::prepare(config, transport.clone());
-    let link = SdkLink {
-        generation: prepared.generation(),
-        callbacks: prepared.reporter(),
-    };
-    let engine = prepared.adopt(link.clone());
-    let handle = engine.handle();
-    connected_on(&handle, link.generation).await;
+    let (engine, handle, link) = adopt_connected(Engine::prepare(config, transport.clone())).await;
 
     link.callbacks.lost(Transient);
     wait_until(&handle, "the link to linger", |s| s.state == BackingOff).await;

@@ -3,8 +3,9 @@
 //! code.
 //!
 //! The format is described in `docs/spec.md`, "Conformance vectors". For each
-//! step the runner calls `handle(now, input)`, drains `poll(now)` until it
-//! returns `None`, then compares the outputs, the effect (handled, ignored,
+//! step the runner calls `handle(now, input)` (none when the input is `null`),
+//! drains `poll(now)` until it returns `None` (unless the step says
+//! `"drain": false`), then compares the outputs, the effect (handled, ignored,
 //! stale), the state (kind, generation, attempt) and `poll_timeout()` with the
 //! expected values. `now` is `base + at_ms`, where `base` is one `Instant`
 //! taken per vector.
@@ -50,7 +51,12 @@ struct Vector {
 #[serde(deny_unknown_fields)]
 struct Step {
     at_ms: u64,
-    input: Input,
+    /// `null`: no `handle`, the step only drains `poll(now)`.
+    #[serde(deserialize_with = "Option::deserialize")]
+    input: Option<Input>,
+    /// `false`: no `poll(now)` after `handle` (and `outputs` is empty).
+    #[serde(default = "yes")]
+    drain: bool,
     #[serde(default)]
     note: Option<String>,
     #[serde(default)]
@@ -60,6 +66,10 @@ struct Step {
     // `deserialize_with` makes the key mandatory while still accepting `null`.
     #[serde(deserialize_with = "Option::deserialize")]
     timeout_ms: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,7 +274,15 @@ fn run_file(path: &Path, cells: &mut Cells) -> Result<usize, String> {
     let mut machine = Machine::new(config);
     let mut visited = BTreeSet::new();
     for (index, step) in vector.steps.iter().enumerate() {
-        if step.timeout_ms.is_some_and(|t| t <= step.at_ms) {
+        if !step.drain && (step.input.is_none() || !step.outputs.is_empty()) {
+            return Err(format!(
+                "step {} (at_ms {}): a step with \"drain\": false needs an input and \
+                 \"outputs\": []",
+                index + 1,
+                step.at_ms
+            ));
+        }
+        if step.drain && step.timeout_ms.is_some_and(|t| t <= step.at_ms) {
             return Err(format!(
                 "step {} (at_ms {}): timeout_ms {:?} is not after at_ms; vectors must not \
                  leave a timer due (feed {{\"type\":\"timeout\"}} at the due time instead)",
@@ -276,14 +294,16 @@ fn run_file(path: &Path, cells: &mut Cells) -> Result<usize, String> {
         let before = observe_state(&machine);
         visited.insert(before.kind);
         let actual = run_step(&mut machine, base, step);
-        cells.insert((
-            before.kind,
-            input_name(&step.input),
-            actual.effect == Effect::Stale,
-        ));
+        if let Some(input) = &step.input {
+            cells.insert((
+                before.kind,
+                input_name(input),
+                actual.effect == Effect::Stale,
+            ));
+        }
         let mut mismatch = compare(step, &actual);
         if mismatch.is_empty()
-            && let Err(broken) = links.check(before.kind, &step.input, &actual)
+            && let Err(broken) = links.check(before.kind, step.input.as_ref(), &actual)
         {
             mismatch = format!("  invariant broken: {broken}\n");
         }
@@ -308,26 +328,33 @@ fn run_file(path: &Path, cells: &mut Cells) -> Result<usize, String> {
 }
 
 /// The invariants of docs/spec.md (section 16) that can be read off the
-/// output stream of one vector: the n-th link (opened, or adopted as the
-/// first) names generation `first_generation + n - 1` (`generations_increase`); a link is opened only when the previous one was
-/// closed, and each is closed exactly once, after its open (`single_link`,
-/// `open_close_alternate`); nothing happens in `closed`, and only
-/// `reconnect_now` and `shutdown` act in `failed` (`sticky_terminal`).
+/// output stream of one vector (docs/vectors/README.md states the rules):
+/// the n-th link (opened, or adopted as the first) names generation
+/// `first_generation + n - 1` (`generations_increase`); a link is opened only
+/// when the previous one was closed, and each is closed exactly once, after
+/// its open (`single_link`, `open_close_alternate`); nothing happens in
+/// `closed`, and only `reconnect_now` and `shutdown` act in `failed`
+/// (`sticky_terminal`). A step with no input acts only through its outputs.
 struct Links {
     last_opened: u64,
     open: Option<u64>,
 }
 
 impl Links {
-    fn check(&mut self, before: StateKind, input: &Input, actual: &Actual) -> Result<(), String> {
-        let acts = actual.effect == Effect::Handled;
+    fn check(
+        &mut self,
+        before: StateKind,
+        input: Option<&Input>,
+        actual: &Actual,
+    ) -> Result<(), String> {
+        let acts = input.is_some() && actual.effect == Effect::Handled;
         match before {
             StateKind::Closed if acts || !actual.outputs.is_empty() => {
                 return Err("an input acted in closed".into());
             }
             StateKind::Failed
                 if (acts || !actual.outputs.is_empty())
-                    && !matches!(input, Input::ReconnectNow | Input::Shutdown) =>
+                    && !matches!(input, Some(Input::ReconnectNow | Input::Shutdown)) =>
             {
                 return Err("an input other than reconnect_now or shutdown acted in failed".into());
             }
@@ -375,9 +402,13 @@ impl Links {
 fn run_step(machine: &mut Machine, base: Instant, step: &Step) -> Actual {
     let now = base + Duration::from_millis(step.at_ms);
     let before = machine.stats();
-    machine.handle(now, step.input);
+    if let Some(input) = step.input {
+        machine.handle(now, input);
+    }
     let mut outputs = Vec::new();
-    while let Some(output) = machine.poll(now) {
+    while step.drain
+        && let Some(output) = machine.poll(now)
+    {
         outputs.push(output);
         assert!(outputs.len() < 10_000, "poll never returned None");
     }

@@ -118,15 +118,26 @@ class Vector:
     def due(self):
         return self.m.poll_timeout()
 
-    def step(self, at, inp, note=None):
+    def step(self, at, inp, note=None, drain=True):
+        """handle(at, inp) (none when `inp` is None), then, unless `drain` is
+        False, poll(at) until None (section 17.2)."""
+        assert inp is not None or drain, f"{self.name}: a step with no input must drain"
         m = self.m
         before = dict(m.stats)
-        m.handle(at, inp)
-        outputs = m.drain()
+        if inp is not None:
+            m.handle(at, inp)
+        if drain:
+            outputs = m.drain(at)
+        else:
+            # The format's rule for a step without drain: its input queues nothing.
+            assert not m.out, f"{self.name}: the undrained step at {at} queued {m.out}"
+            outputs = []
         t = m.poll_timeout()
-        # Design rule of every committed vector: no timer is left due, so a
-        # port's poll never has to fire one implicitly.
-        assert t is None or t > at, f"{self.name}: timer due at {t} left after step at {at}"
+        # Design rule of every committed vector: no timer is left due after a
+        # drained step, so a port's poll never has to fire one implicitly
+        # (except in a step with no input, written to test exactly that).
+        if drain:
+            assert t is None or t > at, f"{self.name}: timer due at {t} left after step at {at}"
         if m.stats["stale_inputs"] > before["stale_inputs"]:
             effect = "stale"
         elif m.stats["ignored_inputs"] > before["ignored_inputs"]:
@@ -134,9 +145,12 @@ class Vector:
         else:
             effect = "handled"
         step = {"at_ms": at, "input": inp}
+        if not drain:
+            step["drain"] = False
         if note:
             step["note"] = note
-        step["effect"] = effect
+        if inp is not None:  # no input: the counters say nothing worth stating
+            step["effect"] = effect
         step["outputs"] = outputs
         step["state"] = {"kind": m.kind(), "generation": m.gen, "attempt": m.state_attempt()}
         if m.c["endpoints"] > 1:
@@ -1586,6 +1600,32 @@ def branches():
     v.step(40, lost(1, "permanent"))
 
 
+def poll_clamp():
+    v = Vector(
+        "poll-judges-at-the-clamped-now",
+        "poll(now) judges a due timer at the clamped now (section 2), as handle(now, "
+        "timeout) would. start opens attempt 1 with its connect deadline at 20000. At "
+        "20100, activity(1) is fed without draining (drain false): it is ignored in "
+        "connecting, but the clock reading becomes 20100, so the deadline 20000 is due and "
+        "not yet fired. The next step feeds no input (input null) and only drains "
+        "poll(19990): 19990 is earlier than the reading, so it compares as 20100 >= 20000 "
+        "and poll fires the connect timeout: close(1, connect_timeout), connecting -> "
+        "backing_off (generation 2, attempt 2), the wait of 652 ms counted from the "
+        "clamped 20100, until 20752. A port comparing the raw 19990 with the deadline "
+        "fires nothing (no outputs, still connecting with attempt 1 of generation 1, "
+        "timeout_ms 20000); one that fires but counts the wait from the raw now gives "
+        "20642. The wait then ends as usual: open(2) at 20752.",
+        {"seed": 42},
+    )
+    v.step(0, start(), "connect deadline at 20000")
+    v.step(20100, activity(1), "ignored in connecting; the clock reading is now 20100, and "
+           "the deadline 20000 is due but not fired (no drain)", drain=False)
+    v.step(19990, None, "no input: drain poll(19990), judged at the clamped 20100: the "
+           "connect timeout fires")
+    v.fire("the wait is over: attempt 2")
+    v.step(20800, ok(2))
+
+
 # ---- endpoints (section 12.1) ----------------------------------------------------
 
 def endpoints_shuffle():
@@ -2036,6 +2076,32 @@ def ordering():
     v.step(20100, ok(2))
 
 
+def check_trace(v):
+    """The trace invariants the Rust runner checks (tests/vectors.rs,
+    `Links::check`; the rules are in README.md), applied to a generated vector."""
+    last = v.m.c["first_generation"] - 1  # the last generation opened or adopted
+    live = None  # the generation of the open link, if any
+    before = "idle"
+    for i, s in enumerate(v.steps, 1):
+        where = f"{v.name}: step {i} (at_ms {s['at_ms']})"
+        inp = s["input"]
+        acts = inp is not None and s["effect"] == "handled"
+        if before == "closed":
+            assert not acts and not s["outputs"], f"{where}: an input acted in closed"
+        if before == "failed" and (inp or {}).get("type") not in ("reconnect_now", "shutdown"):
+            assert not acts and not s["outputs"], f"{where}: an input acted in failed"
+        for o in s["outputs"]:
+            g = o.get("generation")
+            if o["type"] == "open" or (o["type"] == "state_changed" and o["reason"] == "adopted"):
+                assert live is None, f"{where}: {o} while {live} is not closed"
+                assert g == last + 1, f"{where}: {o} after generation {last}"
+                last = live = g
+            elif o["type"] == "close":
+                assert live == g, f"{where}: close of {g}, which is not open"
+                live = None
+        before = s["state"]["kind"]
+
+
 def main():
     for f in [
         row_idle, row_idle_shutdown, row_connecting, row_connected, row_blocked,
@@ -2049,9 +2115,12 @@ def main():
         endpoints_lingering, endpoints_reconnect, endpoints_max_elapsed, endpoints_stale,
         endpoints_config,
         adoption, epochs, details, restore_vectors, connect_timeout_off, max_attempts_one,
-        ordering,
+        ordering, poll_clamp,
     ]:
         f()
+    for v in VECTORS:
+        if isinstance(v, Vector):
+            check_trace(v)
     names = [v.name for v in VECTORS]
     assert len(names) == len(set(names)), "duplicate vector names"
     check = "--check" in sys.argv

@@ -292,8 +292,21 @@ class Machine:
         if not handled:
             self.stats["ignored_inputs"] += 1
 
-    def drain(self):
-        out, self.out = self.out, []
+    def poll(self, now):
+        """Section 2: with the queue empty and a timer due at the *clamped* now
+        (an earlier `now` than the clock reading compares as the reading), first
+        handle(now, timeout); then the oldest queued output, or None."""
+        clamped = now if self.now is None else max(self.now, now)
+        due = self.poll_timeout()
+        if not self.out and due is not None and due <= clamped:
+            self.handle(now, {"type": "timeout"})
+        return self.out.pop(0) if self.out else None
+
+    def drain(self, now):
+        """poll(now) until None, as a driver (and a vector's runner) does."""
+        out = []
+        while (o := self.poll(now)) is not None:
+            out.append(o)
         return out
 
     # -- cells ----------------------------------------------------------------

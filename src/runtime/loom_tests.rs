@@ -376,17 +376,17 @@ fn two_losses_one_reconnect() {
     });
 }
 
-/// (b) S05: a loss report is queued, then the link resumes, then the queued
-/// report is processed (or both are taken at once): no reconnect.
-#[test]
-fn loss_then_resume_does_not_reconnect() {
-    model(None, || {
+/// An SDK thread reports the link lost, then resumed with `resume`; the
+/// driver takes the reports in any split. The link stays, with no open and
+/// no close, and is restored once when `restores`.
+fn loss_then_resume(resume: LinkEvent, restores: bool) {
+    model(None, move || {
         let mut d = ModelDriver::connected(config_with_grace());
         let g = d.machine().generation();
         let shared = d.shared();
         let sdk = thread::spawn(move || {
             shared.report(g, LOST);
-            shared.report(g, LinkEvent::Resumed)
+            shared.report(g, resume)
         });
         // The resume is the SDK's last report: a batch holding it holds everything.
         loop {
@@ -397,11 +397,23 @@ fn loss_then_resume_does_not_reconnect() {
         }
         assert_eq!(sdk.join().unwrap(), Report::Queued);
         d.step();
-        assert_eq!(d.io.log, []);
+        let expected = if restores {
+            vec![Act::Restore(g)]
+        } else {
+            vec![]
+        };
+        assert_eq!(d.io.log, expected);
         assert_eq!(d.machine().kind(), StateKind::Connected);
         assert_eq!(d.io.shared.snapshot(), (g, StateKind::Connected));
         d.assert_one_wakeup_per_batch();
     });
+}
+
+/// (b) S05: a loss report is queued, then the link resumes, then the queued
+/// report is processed (or both are taken at once): no reconnect.
+#[test]
+fn loss_then_resume_does_not_reconnect() {
+    loss_then_resume(LinkEvent::Resumed, false);
 }
 
 /// A resume without its session is restored once, whether the driver takes
@@ -409,27 +421,7 @@ fn loss_then_resume_does_not_reconnect() {
 /// ignored by a connected machine, and nothing restored).
 #[test]
 fn resume_without_session_is_restored_once() {
-    model(None, || {
-        let mut d = ModelDriver::connected(config_with_grace());
-        let g = d.machine().generation();
-        let shared = d.shared();
-        let sdk = thread::spawn(move || {
-            shared.report(g, LOST);
-            shared.report(g, LinkEvent::ResumedWithoutSession)
-        });
-        loop {
-            d.wait();
-            if has_resumed(&d.step()) {
-                break;
-            }
-        }
-        assert_eq!(sdk.join().unwrap(), Report::Queued);
-        d.step();
-        assert_eq!(d.io.log, [Act::Restore(g)]);
-        assert_eq!(d.machine().kind(), StateKind::Connected);
-        assert_eq!(d.io.shared.snapshot(), (g, StateKind::Connected));
-        d.assert_one_wakeup_per_batch();
-    });
+    loss_then_resume(LinkEvent::ResumedWithoutSession, true);
 }
 
 /// (c) S08: the old link's own loss report (fired by our close of it)

@@ -188,6 +188,22 @@ mod tests {
         engine.shutdown().await;
     }
 
+    /// The error on the next state change caused by a link's loss.
+    async fn next_loss_error(
+        events: &mut tokio::sync::broadcast::Receiver<Event>,
+    ) -> Option<SharedError> {
+        loop {
+            if let Event::StateChanged {
+                reason: crate::machine::Reason::LinkLost,
+                error,
+                ..
+            } = events.recv().await.expect("events flow")
+            {
+                return error;
+            }
+        }
+    }
+
     /// A loss reported with its error reaches observers on the loss's own
     /// state change; a loss without one carries none.
     #[tokio::test(start_paused = true)]
@@ -201,16 +217,7 @@ mod tests {
 
         let error: SharedError = Arc::new(std::io::Error::other("reset by peer"));
         handle.report_lost_because(first, crate::machine::ErrorKind::Transient, error);
-        let carried = loop {
-            match events.recv().await.expect("events flow") {
-                Event::StateChanged {
-                    reason: crate::machine::Reason::LinkLost,
-                    error,
-                    ..
-                } => break error,
-                _ => continue,
-            }
-        };
+        let carried = next_loss_error(&mut events).await;
         assert_eq!(
             carried.map(|e| e.to_string()).as_deref(),
             Some("reset by peer")
@@ -224,16 +231,7 @@ mod tests {
             tokio::task::yield_now().await;
         };
         handle.report_lost(second, crate::machine::ErrorKind::Transient);
-        let carried = loop {
-            match events.recv().await.expect("events flow") {
-                Event::StateChanged {
-                    reason: crate::machine::Reason::LinkLost,
-                    error,
-                    ..
-                } => break error,
-                _ => continue,
-            }
-        };
+        let carried = next_loss_error(&mut events).await;
         assert!(carried.is_none(), "{carried:?}");
         engine.shutdown().await;
     }
