@@ -71,6 +71,7 @@ bool took_after_sd = false;  /* the driver took such a loss */
 byte opening = 0;        /* the link being opened, 0: none */
 byte up_link = 0;        /* the link that is up at the transport, 0: none */
 byte live = 0;           /* links opening or open at the transport */
+byte closing_link = 0;   /* a link whose close is under way */
 byte last_up = 0;        /* the newest link that ever came up */
 byte faults = FAULTS;
 chan answers = [2] of { byte, bool };  /* (generation, succeeded) */
@@ -199,8 +200,10 @@ stale:
 inline do_close(n) {
   atomic {
     if :: opening == n -> opening = 0; live-- :: else -> skip fi;
-    if :: up_link == n -> up_link = 0; live-- :: else -> skip fi
-  }
+    if :: up_link == n -> closing_link = n :: else -> skip fi
+  };
+  /* the close completes asynchronously; the driver awaits it */
+  closing_link == 0
 }
 
 inline do_open(n) {
@@ -302,6 +305,7 @@ proctype Transport() {
   byte n;
 end_transport:
   do
+  :: atomic { closing_link != 0 -> up_link = 0; live--; closing_link = 0 }
   :: atomic { opening != 0 && up_link == 0 && nfull(answers) ->
        n = opening;
        if
@@ -338,15 +342,16 @@ inline report(g, lost, ghost_sd) {
   }
 }
 
-/* One SDK thread: reports the loss or the resume of a link that came up
-   (the newest or the one before, so late reports about retired links are
-   covered). */
+/* One SDK thread: reports the loss or the resume of any link that came up,
+   the newest or a retired one (a late callback), through the handle. */
 proctype Reporter() {
   byte g; bool lost; bool current;
 end_reporter:
   last_up > 0 && state != CLOSED;
   atomic {
-    if :: g = last_up :: last_up > 1 -> g = last_up - 1 fi;
+    /* any link that came up: the newest or an older, retired one */
+    g = last_up;
+    do :: g > 1 -> g-- :: break od;
     if :: lost = true :: lost = false fi;
     /* the loss of the link that is up is a fault: none left, no loss */
     if
