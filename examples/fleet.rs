@@ -13,7 +13,8 @@
 //! `--no-immediate` (no immediate first retry after losing a stable link),
 //! `--no-probes` (no reachability probes: attempts on the backoff schedule
 //! alone, as before the adapters probed),
-//! `--svg PATH` (default `docs/fleet-reconnect.svg`; `-` for none).
+//! `--svg PATH` (default `docs/fleet-reconnect.svg`; `-` for none),
+//! `--default-only` (the broker restart for the default jitter mode only).
 //!
 //! It measures, in this order:
 //!
@@ -70,6 +71,10 @@ struct Options {
     svg: Option<PathBuf>,
     /// Child mode: measure only the memory of the engines' event rings.
     rings_only: bool,
+    /// Child mode: measure engines on a transport that keeps no state.
+    bare_only: bool,
+    /// Run the broker restart for the default jitter mode only.
+    default_only: bool,
 }
 
 impl Options {
@@ -104,6 +109,8 @@ impl Options {
             probes: !args.iter().any(|a| a == "--no-probes"),
             svg,
             rings_only: args.iter().any(|a| a == "--rings-only"),
+            bare_only: args.iter().any(|a| a == "--bare-only"),
+            default_only: args.iter().any(|a| a == "--default-only"),
         }
     }
 }
@@ -342,6 +349,7 @@ fn measure_idle(opts: &Options) {
     });
     let spawn_time = started.elapsed();
     let rings = rings_per_engine(opts.engines);
+    let bare = bare_per_engine(opts.engines);
     let hwm = status_kib("VmHWM:");
     let rss = status_kib("VmRSS:");
     let per_engine =
@@ -363,6 +371,12 @@ fn measure_idle(opts: &Options) {
             std::mem::size_of::<Event>()
         ),
         None => println!("  event ring: not measured (the child process failed)"),
+    }
+    match bare {
+        Some(bytes) => println!(
+            "  engine alone: {bytes:.0} bytes (the same engines on a transport that keeps no state, measured in a child process); the in-memory transport's own state is the rest"
+        ),
+        None => println!("  engine alone: not measured (the child process failed)"),
     }
     println!(
         "spawn + connect all:           {:.0} ms (real time)",
@@ -453,6 +467,61 @@ fn rings_per_engine(engines: usize) -> Option<f64> {
         .output()
         .ok()?;
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+/// The engine without its transport's state: the same engines on a
+/// transport whose links are `()` and which remembers nothing, measured in
+/// a child process.
+fn bare_per_engine(engines: usize) -> Option<f64> {
+    let out = std::process::Command::new(std::env::current_exe().ok()?)
+        .args(["--bare-only", "--engines", &engines.to_string()])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+/// A transport that keeps nothing: every open succeeds with a `()` link.
+struct Bare;
+
+impl Transport for Bare {
+    type Link = ();
+    type Error = MemoryError;
+
+    fn open(
+        &self,
+        _ctx: OpenContext,
+    ) -> impl Future<Output = Result<(), MemoryError>> + Send + 'static {
+        std::future::ready(Ok(()))
+    }
+
+    fn close(&self, _link: (), _reason: Reason) -> impl Future<Output = ()> + Send + 'static {
+        std::future::ready(())
+    }
+}
+
+/// Child mode for [`bare_per_engine`]: prints bytes per connected engine.
+fn measure_bare(engines: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let before = status_kib("VmRSS:");
+    let fleet: Vec<Engine<Bare>> = rt.block_on(async {
+        let fleet: Vec<_> = (0..engines)
+            .map(|i| Engine::spawn(idle_config(i as u64 + 1), Bare))
+            .collect();
+        for engine in &fleet {
+            engine.handle().wait_for(StateKind::Connected).await;
+        }
+        fleet
+    });
+    let after = status_kib("VmHWM:");
+    println!(
+        "{:.0}",
+        after.saturating_sub(before) as f64 * 1024.0 / engines as f64
+    );
+    drop(fleet);
 }
 
 /// Child mode for [`rings_per_engine`]: prints bytes per ring.
@@ -737,6 +806,10 @@ fn main() {
         measure_rings(opts.engines);
         return;
     }
+    if opts.bare_only {
+        measure_bare(opts.engines);
+        return;
+    }
     println!(
         "fleet: {} engines, outage {} s, broker accepts {} connections/s afterwards (0: no limit)",
         opts.engines,
@@ -787,7 +860,12 @@ fn main() {
         "real"
     );
     let mut results = Vec::new();
-    for (name, jitter) in modes {
+    let modes = if opts.default_only {
+        &modes[4..]
+    } else {
+        &modes[..]
+    };
+    for &(name, jitter) in modes {
         let r = storm(&opts, name, jitter);
         let per_engine = |a: u64| a as f64 / opts.engines as f64;
         println!(
