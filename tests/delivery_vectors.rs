@@ -338,26 +338,25 @@ fn compare_state(want: &VState, got: &VState) -> Result<(), String> {
     if want.gate != got.gate {
         return differs("gate", want.gate.clone(), got.gate.clone());
     }
-    if want.queued != got.queued {
-        return differs(
+    let lists = [
+        (
             "queued",
             format!("{:?}", want.queued),
             format!("{:?}", got.queued),
-        );
-    }
-    if want.in_flight != got.in_flight {
-        return differs(
+        ),
+        (
             "in_flight",
             format!("{:?}", want.in_flight),
             format!("{:?}", got.in_flight),
-        );
-    }
-    if want.suspects != got.suspects {
-        return differs(
+        ),
+        (
             "suspects",
             format!("{:?}", want.suspects),
             format!("{:?}", got.suspects),
-        );
+        ),
+    ];
+    if let Some((key, w, g)) = lists.into_iter().find(|(_, w, g)| w != g) {
+        return differs(key, w, g);
     }
     if want.timeout_ms != got.timeout_ms {
         let ms = |t: Option<Option<u64>>| t.flatten().map_or("null".into(), |t| t.to_string());

@@ -390,6 +390,12 @@ impl Transport for Recorder {
     }
 }
 
+/// The SDK reports the link lost; with a resume grace it lingers.
+async fn lose_and_linger(handle: &Handle, link: &SdkLink) {
+    link.callbacks.lost(Transient);
+    wait_until(handle, "the link to linger", |s| s.state == BackingOff).await;
+}
+
 /// Adopts a link the test built for the prepared engine's first
 /// generation, with callbacks bound to its reporter, and waits until the
 /// engine is connected on it.
@@ -543,8 +549,7 @@ async fn a_failed_restore_replaces_the_link() {
         .unwrap();
     let (engine, handle, link) = adopt_connected(Engine::prepare(config, transport.clone())).await;
 
-    link.callbacks.lost(Transient);
-    wait_until(&handle, "the link to linger", |s| s.state == BackingOff).await;
+    lose_and_linger(&handle, &link).await;
     link.callbacks.resumed_without_session();
     connected_on(&handle, link.generation.next()).await;
     assert_eq!(*transport.restores.borrow(), [link.generation]);
@@ -565,8 +570,7 @@ async fn a_resume_counts_as_an_attempt() {
         .unwrap();
     let (engine, handle, link) = adopt_connected(Engine::prepare(config, transport.clone())).await;
 
-    link.callbacks.lost(Transient);
-    wait_until(&handle, "the link to linger", |s| s.state == BackingOff).await;
+    lose_and_linger(&handle, &link).await;
     link.callbacks.resumed();
     let resumed = connected_on(&handle, link.generation).await;
     assert_eq!(resumed.attempt, 1, "the resume was attempt 1");
