@@ -462,19 +462,20 @@ fn measure_liveness(opts: &Options) {
 /// events, measured in a child process so that the fleet's own memory does
 /// not blur it.
 fn rings_per_engine(engines: usize) -> Option<f64> {
-    let out = std::process::Command::new(std::env::current_exe().ok()?)
-        .args(["--rings-only", "--engines", &engines.to_string()])
-        .output()
-        .ok()?;
-    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    child_bytes_per_engine("--rings-only", engines)
 }
 
 /// The engine without its transport's state: the same engines on a
 /// transport whose links are `()` and which remembers nothing, measured in
 /// a child process.
 fn bare_per_engine(engines: usize) -> Option<f64> {
+    child_bytes_per_engine("--bare-only", engines)
+}
+
+/// Runs this program in a child mode and reads the bytes per engine it prints.
+fn child_bytes_per_engine(mode: &str, engines: usize) -> Option<f64> {
     let out = std::process::Command::new(std::env::current_exe().ok()?)
-        .args(["--bare-only", "--engines", &engines.to_string()])
+        .args([mode, "--engines", &engines.to_string()])
         .output()
         .ok()?;
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()

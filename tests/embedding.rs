@@ -390,6 +390,14 @@ impl Transport for Recorder {
     }
 }
 
+/// The test configuration with a 5 s resume grace, for links the SDK repairs.
+fn with_grace() -> Config {
+    builder()
+        .resume_grace(Some(Duration::from_secs(5)))
+        .build()
+        .unwrap()
+}
+
 /// The SDK reports the link lost; with a resume grace it lingers.
 async fn lose_and_linger(handle: &Handle, link: &SdkLink) {
     link.callbacks.lost(Transient);
@@ -484,10 +492,7 @@ async fn a_loss_reported_before_adopt_is_handled_after_it() {
 #[tokio::test(start_paused = true)]
 async fn a_resume_without_session_restores_the_same_link() {
     let transport = Recorder::new();
-    let config = builder()
-        .resume_grace(Some(Duration::from_secs(5)))
-        .build()
-        .unwrap();
+    let config = with_grace();
     let prepared = Engine::prepare(config, transport.clone());
     let mut events = prepared.events();
     let link = SdkLink {
@@ -543,10 +548,7 @@ async fn a_resume_without_session_restores_the_same_link() {
 async fn a_failed_restore_replaces_the_link() {
     let transport = Recorder::new();
     *transport.restore_ok.lock().unwrap() = false;
-    let config = builder()
-        .resume_grace(Some(Duration::from_secs(5)))
-        .build()
-        .unwrap();
+    let config = with_grace();
     let (engine, handle, link) = adopt_connected(Engine::prepare(config, transport.clone())).await;
 
     lose_and_linger(&handle, &link).await;
@@ -564,10 +566,7 @@ async fn a_failed_restore_replaces_the_link() {
 #[tokio::test(start_paused = true)]
 async fn a_resume_counts_as_an_attempt() {
     let transport = Recorder::new();
-    let config = builder()
-        .resume_grace(Some(Duration::from_secs(5)))
-        .build()
-        .unwrap();
+    let config = with_grace();
     let (engine, handle, link) = adopt_connected(Engine::prepare(config, transport.clone())).await;
 
     lose_and_linger(&handle, &link).await;
