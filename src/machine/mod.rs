@@ -102,7 +102,9 @@ pub struct Machine {
     next_probe: u64,
     /// The transport answered `Unsupported`: no more probes.
     probes_unsupported: bool,
-    /// The endpoints in the order tries visit them (shuffled once).
+    /// The endpoints in the order tries visit them (shuffled once). Empty
+    /// with a single endpoint, whose order is `[0]`: a one-element box
+    /// was a heap allocation per engine for nothing.
     order: Box<[u32]>,
     /// Position in `order` of the live link's endpoint, or the next try's.
     cursor: u32,
@@ -175,11 +177,15 @@ impl Machine {
     /// The endpoint of the live link, or the one the next attempt or probe
     /// targets (always 0 with one endpoint).
     pub fn endpoint(&self) -> u32 {
-        self.order[self.cursor as usize]
+        self.order.get(self.cursor as usize).copied().unwrap_or(0)
     }
     /// The order tries visit the endpoints in (shuffled once from the seed).
     pub fn endpoint_order(&self) -> &[u32] {
-        &self.order
+        if self.order.is_empty() {
+            &[0]
+        } else {
+            &self.order
+        }
     }
     /// The counters.
     pub fn stats(&self) -> MachineStats {
@@ -198,6 +204,15 @@ impl Machine {
             self.handle(now, Input::Timeout);
         }
         self.outputs.pop_front()
+    }
+
+    /// Gives the output queue's buffer back when it is drained. For hosts
+    /// that keep many machines that sit quiet for long (a 112-byte heap
+    /// chunk each); the next output allocates it again, so not for a loop.
+    pub fn release_buffers(&mut self) {
+        if self.outputs.is_empty() {
+            self.outputs = VecDeque::new();
+        }
     }
 
     /// When the machine next needs [`Input::Timeout`], if ever.
@@ -862,6 +877,10 @@ impl Machine {
 /// their own, so the backoff's draws do not depend on the endpoint count.
 fn shuffled_endpoints(n: u32, seed: u64) -> Box<[u32]> {
     const SALT: u64 = u64::from_be_bytes(*b"endpoint");
+    if n <= 1 {
+        // No allocation: an empty order stands for `[0]` (see `Machine::order`).
+        return Box::default();
+    }
     let mut order: Box<[u32]> = (0..n).collect();
     let mut rng = SplitMix64::new(seed ^ SALT);
     for i in (1..order.len()).rev() {

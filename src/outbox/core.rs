@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::machine::{FailCause, Generation};
 use crate::outbox::config::{OutboxConfig, OverflowPolicy, SubmitOptions};
+use crate::outbox::store::{Store, TimeIndex};
 
 /// The stable identity of one publish, assigned in submission order
 /// (strictly increasing per outbox, starting at 1). It stays the same
@@ -370,7 +371,7 @@ impl ActiveClock {
 /// Ids are assigned in submission order, and a message that goes back for
 /// replay always has a smaller id than every message never sent, so "replayed
 /// messages first, each group in submission order" is simply ascending id
-/// order: the queue is a `BTreeMap` keyed by id.
+/// order (see `store.rs`).
 ///
 /// ```
 /// use std::time::Instant;
@@ -397,14 +398,15 @@ impl ActiveClock {
 pub struct OutboxCore<M> {
     config: OutboxConfig,
     next_id: u64,
-    queued: BTreeMap<MessageId, Entry<M>>,
-    in_flight: BTreeMap<MessageId, (Generation, Entry<M>)>,
+    store: Store<Entry<M>>,
     /// TTL deadlines of queued messages only.
     deadlines: BTreeSet<(Instant, MessageId)>,
     /// Publish timeouts of pending messages, queued or in flight.
-    timeouts: BTreeSet<(Instant, MessageId)>,
-    /// Messages in flight, by the unblocked time of their write.
-    writes: BTreeSet<(Duration, MessageId)>,
+    timeouts: TimeIndex<Instant>,
+    /// Messages in flight, by the unblocked time of their write, in the
+    /// order written (so in time order); entries whose message is no
+    /// longer in flight with that time are skipped. The front is live.
+    writes: VecDeque<(Duration, MessageId)>,
     /// Pending messages marked suspect.
     suspects: usize,
     clock: ActiveClock,
@@ -423,11 +425,10 @@ impl<M> OutboxCore<M> {
         Self {
             config,
             next_id: 1,
-            queued: BTreeMap::new(),
-            in_flight: BTreeMap::new(),
+            store: Store::default(),
             deadlines: BTreeSet::new(),
-            timeouts: BTreeSet::new(),
-            writes: BTreeSet::new(),
+            timeouts: TimeIndex::default(),
+            writes: VecDeque::new(),
             suspects: 0,
             clock: ActiveClock::default(),
             pending_bytes: 0,
@@ -452,26 +453,23 @@ impl<M> OutboxCore<M> {
     /// The counters.
     pub fn stats(&self) -> OutboxStats {
         let mut s = self.stats;
-        s.queued = self.queued.len() as u64;
-        s.in_flight = self.in_flight.len() as u64;
+        s.queued = self.store.queued_len() as u64;
+        s.in_flight = self.store.in_flight_len() as u64;
         s.pending_bytes = self.pending_bytes as u64;
         s
     }
     /// Messages without an outcome (queued plus in flight).
     pub fn pending(&self) -> usize {
-        self.queued.len() + self.in_flight.len()
+        self.store.queued_len() + self.store.in_flight_len()
     }
     /// Whether a message is waiting to be sent and the in-flight window
     /// has room (what [`OutboxCore::next_to_send`] needs, suspects aside).
     pub fn has_sendable(&self) -> bool {
-        !self.queued.is_empty() && self.in_flight.len() < self.config.max_in_flight
+        self.store.queued_len() > 0 && self.store.in_flight_len() < self.config.max_in_flight
     }
     /// Whether the message is a suspect of a channel close (written alone).
     pub fn is_suspect(&self, id: MessageId) -> bool {
-        self.queued
-            .get(&id)
-            .or_else(|| self.in_flight.get(&id).map(|(_, e)| e))
-            .is_some_and(|e| e.suspect)
+        self.store.get(id).is_some_and(|s| s.entry.suspect)
     }
     /// Whether a message of `size` bytes would fit now without dropping anything.
     pub fn has_room_for(&self, size: usize) -> bool {
@@ -480,17 +478,17 @@ impl<M> OutboxCore<M> {
     }
     /// The generation a message is in flight on, if it is.
     pub fn in_flight_generation(&self, id: MessageId) -> Option<Generation> {
-        self.in_flight.get(&id).map(|(g, _)| *g)
+        self.store.get(id).and_then(|s| s.in_flight)
     }
     /// Whether the message is queued (not yet sent, or back for replay).
     pub fn is_queued(&self, id: MessageId) -> bool {
-        self.queued.contains_key(&id)
+        self.store.get(id).is_some_and(|s| s.in_flight.is_none())
     }
     /// When [`OutboxCore::expire`] next has work: the earliest time to live
     /// of a queued message or publish timeout of a pending one.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ttl = self.deadlines.first().map(|(t, _)| *t);
-        let timeout = self.timeouts.first().map(|(t, _)| *t);
+        let timeout = self.timeouts.first().map(|(t, _)| t);
         match (ttl, timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -501,7 +499,7 @@ impl<M> OutboxCore<M> {
     /// broker blocks publishing, or beyond the clock's range). See
     /// [`OutboxCore::confirm_overdue`].
     pub fn confirm_deadline(&self, timeout: Duration) -> Option<Instant> {
-        let (written, _) = self.writes.first()?;
+        let (written, _) = self.writes.front()?;
         self.clock.instant_of(written.saturating_add(timeout))
     }
 
@@ -511,6 +509,11 @@ impl<M> OutboxCore<M> {
     /// were reached. Drain it after every call.
     pub fn poll_resolved(&mut self) -> Option<Resolved<M>> {
         self.resolved.pop_front()
+    }
+
+    /// Whether [`OutboxCore::poll_resolved`] has something.
+    pub fn has_resolved(&self) -> bool {
+        !self.resolved.is_empty()
     }
 
     // ---- inputs --------------------------------------------------------
@@ -555,9 +558,9 @@ impl<M> OutboxCore<M> {
             self.deadlines.insert((d, id));
         }
         if let Some(t) = timeout_at {
-            self.timeouts.insert((t, id));
+            self.timeouts.insert(t, id);
         }
-        self.queued.insert(
+        self.store.push_new(
             id,
             Entry {
                 message,
@@ -569,8 +572,11 @@ impl<M> OutboxCore<M> {
                 written: Duration::ZERO,
             },
         );
-        // A zero time to live expires at once, like any due one.
-        self.expire(now);
+        // A zero time to live expires at once, like any due one (nothing
+        // else can be due: everything due expired above).
+        if deadline.is_some_and(|d| d <= now) || timeout_at.is_some_and(|t| t <= now) {
+            self.expire(now);
+        }
         Submit::Queued(id)
     }
 
@@ -587,13 +593,13 @@ impl<M> OutboxCore<M> {
         generation: Generation,
     ) -> Option<(MessageId, &M)> {
         self.expire(now);
-        if generation <= self.retired || self.in_flight.len() >= self.config.max_in_flight {
+        if generation <= self.retired || self.store.in_flight_len() >= self.config.max_in_flight {
             return None;
         }
         if self.suspects > 0 && !self.suspect_may_go(generation) {
             return None;
         }
-        let (id, mut entry) = self.queued.pop_first()?;
+        let (id, entry) = self.store.send_first(generation)?;
         if let Some(d) = entry.deadline {
             self.deadlines.remove(&(d, id));
         }
@@ -602,8 +608,7 @@ impl<M> OutboxCore<M> {
         }
         entry.sends = entry.sends.saturating_add(1);
         entry.written = self.clock.at(self.now.unwrap_or(now));
-        self.writes.insert((entry.written, id));
-        let (_, entry) = self.in_flight.entry(id).or_insert((generation, entry));
+        self.writes.push_back((entry.written, id));
         Some((id, &entry.message))
     }
 
@@ -611,18 +616,15 @@ impl<M> OutboxCore<M> {
     /// its link, and nothing follows it until it is answered.
     fn suspect_may_go(&self, generation: Generation) -> bool {
         let mut busy = false;
-        for (g, e) in self.in_flight.values() {
-            if *g == generation {
-                if e.suspect {
+        for (_, slot) in self.store.all() {
+            if slot.in_flight == Some(generation) {
+                if slot.entry.suspect {
                     return false;
                 }
                 busy = true;
             }
         }
-        let next_is_suspect = self
-            .queued
-            .first_key_value()
-            .is_some_and(|(_, e)| e.suspect);
+        let next_is_suspect = self.store.first_queued().is_some_and(|(_, e)| e.suspect);
         !(busy && next_is_suspect)
     }
 
@@ -682,10 +684,11 @@ impl<M> OutboxCore<M> {
             return ChannelClosed::Stale;
         }
         let on_link: Vec<MessageId> = self
-            .in_flight
-            .iter()
-            .filter(|(_, (g, _))| *g == generation)
-            .map(|(id, _)| *id)
+            .store
+            .in_flight_ids()
+            .into_iter()
+            .filter(|(_, g)| *g == generation)
+            .map(|(id, _)| id)
             .collect();
         if on_link.len() == 1 {
             if let Some((_, entry)) = self.remove_in_flight(id) {
@@ -723,7 +726,7 @@ impl<M> OutboxCore<M> {
         self.expire(now);
         let now = self.advance_clock(now);
         let active = self.clock.at(now);
-        let (written, id) = *self.writes.first()?;
+        let (written, id) = *self.writes.front()?;
         if active.saturating_sub(written) < timeout {
             return None;
         }
@@ -736,10 +739,11 @@ impl<M> OutboxCore<M> {
     pub fn link_lost(&mut self, generation: Generation) -> usize {
         self.retired = self.retired.max(generation);
         let lost: Vec<MessageId> = self
-            .in_flight
-            .iter()
-            .filter(|(_, (g, _))| *g <= generation)
-            .map(|(id, _)| *id)
+            .store
+            .in_flight_ids()
+            .into_iter()
+            .filter(|(_, g)| *g <= generation)
+            .map(|(id, _)| id)
             .collect();
         for id in &lost {
             if let Some((_, entry)) = self.remove_in_flight(*id) {
@@ -760,13 +764,13 @@ impl<M> OutboxCore<M> {
         let mut n = 0;
         loop {
             let ttl = self.deadlines.first().copied().filter(|(d, _)| *d <= now);
-            let timeout = self.timeouts.first().copied().filter(|(d, _)| *d <= now);
+            let timeout = self.timeouts.first().filter(|(d, _)| *d <= now);
             match (ttl, timeout) {
                 (None, None) => break,
                 (Some(t), Some(o)) if o.0 < t.0 => self.time_out(o),
                 (Some(t), _) => {
                     self.deadlines.remove(&t);
-                    if let Some(entry) = self.queued.remove(&t.1) {
+                    if let Some(entry) = self.store.remove_queued(t.1) {
                         self.resolve(t.1, entry, Err(PublishError::Expired));
                     }
                 }
@@ -778,13 +782,25 @@ impl<M> OutboxCore<M> {
     }
 
     fn time_out(&mut self, (at, id): (Instant, MessageId)) {
-        self.timeouts.remove(&(at, id));
         let entry = self
             .take_queued(id)
             .or_else(|| self.remove_in_flight(id).map(|(_, e)| e));
-        if let Some(entry) = entry {
-            self.resolve(id, entry, Err(PublishError::Timeout));
+        match entry {
+            // Resolving removes its timeout.
+            Some(entry) => self.resolve(id, entry, Err(PublishError::Timeout)),
+            None => self.remove_timeout(at, id),
         }
+    }
+
+    /// Drops `(at, id)` from the timeout index (its message is gone).
+    fn remove_timeout(&mut self, at: Instant, id: MessageId) {
+        let store = &self.store;
+        let pending = store.queued_len() + store.in_flight_len();
+        self.timeouts.remove(at, id, pending, |(t, id)| {
+            store
+                .get(*id)
+                .is_some_and(|s| s.entry.timeout_at == Some(*t))
+        });
     }
 
     /// Cancels message `id` if it is still queued: it resolves with
@@ -841,74 +857,87 @@ impl<M> OutboxCore<M> {
         if !s.is_balanced() {
             return fail(format!("accounting: {s:?}"));
         }
-        let bytes: usize = self
-            .queued
-            .values()
-            .map(|e| e.size)
-            .chain(self.in_flight.values().map(|(_, e)| e.size))
-            .sum();
+        if let Err(m) = self.store.check() {
+            return fail(m);
+        }
+        let bytes: usize = self.store.all().map(|(_, s)| s.entry.size).sum();
         if bytes != self.pending_bytes {
             return fail(format!("bytes {bytes} != {}", self.pending_bytes));
         }
         if self.pending() > self.config.max_messages || bytes > self.config.max_bytes {
             return fail(format!("over capacity: {s:?}"));
         }
-        if self.in_flight.len() > self.config.max_in_flight {
+        if self.store.in_flight_len() > self.config.max_in_flight {
             return fail("in-flight window exceeded".into());
         }
+        let queued_deadline = |id: &MessageId| {
+            self.store
+                .get(*id)
+                .filter(|s| s.in_flight.is_none())
+                .and_then(|s| s.entry.deadline)
+        };
         let with_ttl = self
-            .queued
-            .values()
-            .filter(|e| e.deadline.is_some())
+            .store
+            .queued()
+            .filter(|(_, e)| e.deadline.is_some())
             .count();
         if with_ttl != self.deadlines.len()
             || self
                 .deadlines
                 .iter()
-                .any(|(d, id)| self.queued.get(id).and_then(|e| e.deadline) != Some(*d))
+                .any(|(d, id)| queued_deadline(id) != Some(*d))
         {
             return fail("deadline index out of sync".into());
         }
-        let pending = || {
-            self.queued
-                .iter()
-                .chain(self.in_flight.iter().map(|(id, (_, e))| (id, e)))
-        };
-        let timeout_index: BTreeSet<(Instant, MessageId)> = pending()
-            .filter_map(|(id, e)| e.timeout_at.map(|t| (t, *id)))
+        let timeout_index: BTreeSet<(Instant, MessageId)> = self
+            .store
+            .all()
+            .filter_map(|(id, s)| s.entry.timeout_at.map(|t| (t, id)))
             .collect();
-        if timeout_index != self.timeouts {
+        let live = |(t, id): &(Instant, MessageId)| {
+            self.store
+                .get(*id)
+                .is_some_and(|s| s.entry.timeout_at == Some(*t))
+        };
+        if timeout_index != self.timeouts.live(live) || !self.timeouts.is_consistent(live) {
             return fail("timeout index out of sync".into());
         }
-        let write_index: BTreeSet<(Duration, MessageId)> = self
-            .in_flight
-            .iter()
-            .map(|(id, (_, e))| (e.written, *id))
+        let in_flight_writes: BTreeSet<(Duration, MessageId)> = self
+            .store
+            .all()
+            .filter(|(_, s)| s.in_flight.is_some())
+            .map(|(id, s)| (s.entry.written, id))
             .collect();
-        if write_index != self.writes {
+        let live_writes: BTreeSet<(Duration, MessageId)> = self
+            .writes
+            .iter()
+            .filter(|w| in_flight_writes.contains(w))
+            .copied()
+            .collect();
+        if live_writes != in_flight_writes
+            || self
+                .writes
+                .front()
+                .is_some_and(|w| !in_flight_writes.contains(w))
+            || !self.writes.iter().is_sorted_by_key(|(written, _)| *written)
+        {
             return fail("write index out of sync".into());
         }
-        if pending().filter(|(_, e)| e.suspect).count() != self.suspects {
+        if self.store.all().filter(|(_, s)| s.entry.suspect).count() != self.suspects {
             return fail("suspect count out of sync".into());
         }
         let mut suspects_on: BTreeMap<Generation, (usize, usize)> = BTreeMap::new();
-        for (g, e) in self.in_flight.values() {
-            let c = suspects_on.entry(*g).or_default();
-            c.0 += 1;
-            c.1 += usize::from(e.suspect);
+        for (_, slot) in self.store.all() {
+            if let Some(g) = slot.in_flight {
+                let c = suspects_on.entry(g).or_default();
+                c.0 += 1;
+                c.1 += usize::from(slot.entry.suspect);
+            }
         }
         if suspects_on.values().any(|(all, s)| *s > 0 && *all > 1) {
             return fail("a suspect is in flight with another message on its link".into());
         }
-        if self.queued.keys().any(|id| self.in_flight.contains_key(id)) {
-            return fail("a message is both queued and in flight".into());
-        }
-        if self
-            .queued
-            .keys()
-            .chain(self.in_flight.keys())
-            .any(|id| id.0 >= self.next_id)
-        {
+        if self.store.all().any(|(id, _)| id.0 >= self.next_id) {
             return fail("an id from the future".into());
         }
         Ok(())
@@ -947,7 +976,7 @@ impl<M> OutboxCore<M> {
         let mut count = self.pending();
         let mut bytes = self.pending_bytes;
         let mut victims = 0;
-        for entry in self.queued.values() {
+        for (_, entry) in self.store.queued() {
             if count < self.config.max_messages
                 && bytes.saturating_add(size) <= self.config.max_bytes
             {
@@ -961,10 +990,10 @@ impl<M> OutboxCore<M> {
             return false;
         }
         for _ in 0..victims {
-            if let Some((id, entry)) = self.queued.pop_first() {
-                if let Some(d) = entry.deadline {
-                    self.deadlines.remove(&(d, id));
-                }
+            let first = self.store.first_queued().map(|(id, _)| id);
+            if let Some(id) = first
+                && let Some(entry) = self.take_queued(id)
+            {
                 self.resolve(id, entry, Err(PublishError::Dropped));
             }
         }
@@ -972,23 +1001,47 @@ impl<M> OutboxCore<M> {
     }
 
     fn take_in_flight(&mut self, generation: Generation, id: MessageId) -> Option<Entry<M>> {
-        match self.in_flight.get(&id) {
-            Some((g, _)) if *g == generation => self.remove_in_flight(id).map(|(_, e)| e),
-            _ => {
-                self.stats.stale_reports = self.stats.stale_reports.saturating_add(1);
-                None
-            }
-        }
+        let Some(entry) = self.store.take_in_flight(id, generation) else {
+            self.stats.stale_reports = self.stats.stale_reports.saturating_add(1);
+            return None;
+        };
+        self.clean_writes(id);
+        Some(entry)
     }
 
     fn remove_in_flight(&mut self, id: MessageId) -> Option<(Generation, Entry<M>)> {
-        let (g, entry) = self.in_flight.remove(&id)?;
-        self.writes.remove(&(entry.written, id));
+        let (g, entry) = self.store.remove_in_flight(id)?;
+        self.clean_writes(id);
         Some((g, entry))
     }
 
+    /// Drops what is no longer in flight from the front of `writes`, and
+    /// compacts it when confirms out of order left it mostly stale.
+    fn clean_writes(&mut self, removed: MessageId) {
+        // Confirms come mostly in order: the front is usually the one
+        // just removed, known dead without a lookup.
+        if self.writes.front().is_some_and(|(_, id)| *id == removed) {
+            self.writes.pop_front();
+        }
+        let live = |store: &Store<Entry<M>>, (written, id): &(Duration, MessageId)| {
+            store
+                .get(*id)
+                .is_some_and(|s| s.in_flight.is_some() && s.entry.written == *written)
+        };
+        while let Some(front) = self.writes.front() {
+            if live(&self.store, front) {
+                break;
+            }
+            self.writes.pop_front();
+        }
+        if self.writes.len() > 2 * self.store.in_flight_len() + 64 {
+            let store = &self.store;
+            self.writes.retain(|w| live(store, w));
+        }
+    }
+
     fn take_queued(&mut self, id: MessageId) -> Option<Entry<M>> {
-        let entry = self.queued.remove(&id)?;
+        let entry = self.store.remove_queued(id)?;
         if let Some(d) = entry.deadline {
             self.deadlines.remove(&(d, id));
         }
@@ -1000,7 +1053,7 @@ impl<M> OutboxCore<M> {
         if let Some(d) = entry.deadline {
             self.deadlines.insert((d, id));
         }
-        self.queued.insert(id, entry);
+        self.store.requeue(id, entry);
         // Its time to live may have passed while it was in flight.
         if let Some(now) = self.now {
             self.expire(now);
@@ -1008,19 +1061,11 @@ impl<M> OutboxCore<M> {
     }
 
     fn resolve_all(&mut self, error: impl Fn() -> PublishError) {
-        let in_flight = std::mem::take(&mut self.in_flight);
-        let queued = std::mem::take(&mut self.queued);
         self.deadlines.clear();
         self.writes.clear();
-        // In submission order: the in-flight messages are older on the whole,
-        // but a merge keeps the outcome order strictly by id.
-        let mut all: Vec<(MessageId, Entry<M>)> = in_flight
-            .into_iter()
-            .map(|(id, (_, e))| (id, e))
-            .chain(queued)
-            .collect();
-        all.sort_by_key(|(id, _)| *id);
-        for (id, entry) in all {
+        self.timeouts.clear();
+        // In submission order.
+        for (id, entry) in self.store.drain_sorted() {
             self.resolve(id, entry, Err(error()));
         }
     }
@@ -1028,7 +1073,7 @@ impl<M> OutboxCore<M> {
     fn resolve(&mut self, id: MessageId, entry: Entry<M>, outcome: Outcome) {
         self.pending_bytes -= entry.size;
         if let Some(t) = entry.timeout_at {
-            self.timeouts.remove(&(t, id));
+            self.remove_timeout(t, id);
         }
         if entry.suspect {
             self.suspects -= 1;

@@ -39,6 +39,7 @@ pub(crate) mod flush;
 mod publisher;
 #[cfg(feature = "tokio")]
 pub(crate) mod shared;
+mod store;
 
 #[cfg(all(test, loom))]
 mod loom_tests;

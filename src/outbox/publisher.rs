@@ -9,18 +9,18 @@ use std::time::{Duration, Instant};
 
 use futures::future::{Fuse, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::machine::{ErrorKind, FailCause, Generation, StateKind};
 use crate::outbox::config::{OutboxConfig, OverflowPolicy, SubmitOptions};
 use crate::outbox::core::{
-    MessageId, OutboxCore, OutboxStats, Outcome, PublishError, SharedError, Submit,
+    MessageId, OutboxCore, OutboxStats, Outcome, PublishError, Resolved, Submit,
 };
 use crate::outbox::deliver::{Deliver, DeliveryError};
 use crate::outbox::flush::{FlushStep, Next, Plan, View};
 use crate::outbox::shared::Shared;
-use crate::runtime::{CurrentLink, Engine, Event, Handle, Snapshot};
+use crate::runtime::{CurrentLink, Engine, Handle, Snapshot};
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -32,37 +32,44 @@ struct Entry<M> {
     tx: oneshot::Sender<Outcome>,
 }
 
-/// What the mutex protects: the core, plus the engine's events, read under
-/// the same lock so that every observer applies engine states in order.
+/// What the mutex protects: the core, and the engine state last applied
+/// to it, so that every observer applies engine states in order and an
+/// unchanged state costs one atomic load.
 struct Guarded<M> {
     core: OutboxCore<Entry<M>>,
-    events: broadcast::Receiver<Event>,
-    last_error: Option<SharedError>,
+    seen: Option<StateKind>,
+    /// The buffer outcomes are moved to before they are sent.
+    spare: Vec<Resolved<Entry<M>>>,
 }
 
 impl<M> Guarded<M> {
-    /// Applies the engine's state to the gate: `Failed` fails everything
-    /// with `GaveUp`, `Closing`/`Closed` with `ShutDown`, anything else
-    /// reopens a gate the engine's failure had closed.
-    fn observe(&mut self, snapshot: &Snapshot) {
-        // Confirm deadlines do not run while the broker blocks publishing.
-        self.core
-            .set_blocked(now(), snapshot.state == StateKind::Blocked);
-        loop {
-            match self.events.try_recv() {
-                Ok(Event::AttemptFailed { error, .. }) => self.last_error = Some(error),
-                Ok(Event::GaveUp {
-                    error: Some(error), ..
-                }) => self.last_error = Some(error),
-                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
-                Err(_) => break,
-            }
+    /// Applies the engine's state to the gate when it changed: `Failed`
+    /// fails everything with `GaveUp`, `Closing`/`Closed` with `ShutDown`,
+    /// anything else reopens a gate the engine's failure had closed.
+    fn observe(&mut self, handle: &Handle) {
+        let state = handle.state();
+        if self.seen == Some(state) {
+            return;
         }
-        match snapshot.state {
+        let mut cause = None;
+        if state == StateKind::Failed {
+            // The cause is in the full snapshot, which may lag the atomic
+            // state by a moment: look again at the next lock.
+            let snapshot = handle.snapshot();
+            if snapshot.state != StateKind::Failed {
+                return;
+            }
+            cause = Some(snapshot.failure.unwrap_or(FailCause::RetriesExhausted));
+        }
+        self.seen = Some(state);
+        // Confirm deadlines do not run while the broker blocks publishing.
+        self.core.set_blocked(now(), state == StateKind::Blocked);
+        match state {
             StateKind::Failed => {
-                if matches!(self.core.gate(), crate::outbox::Gate::Open) {
-                    let cause = snapshot.failure.unwrap_or(FailCause::RetriesExhausted);
-                    self.core.give_up(cause, self.last_error.clone());
+                if let Some(cause) = cause
+                    && matches!(self.core.gate(), crate::outbox::Gate::Open)
+                {
+                    self.core.give_up(cause, handle.failure_error());
                 }
             }
             StateKind::Closing | StateKind::Closed => self.core.shutdown(),
@@ -83,19 +90,31 @@ impl<M> Hub<M> {
     /// Runs `f` on the core under the lock (after applying the engine's
     /// latest state), then hands the outcomes it produced to their receipts.
     fn with_core<R>(&self, f: impl FnOnce(&mut OutboxCore<Entry<M>>) -> R) -> R {
-        let (r, done) = {
+        let (r, mut done) = {
             let mut g = self.shared.lock();
-            g.observe(&self.handle.snapshot());
+            g.observe(&self.handle);
             let r = f(&mut g.core);
-            let done: Vec<_> = std::iter::from_fn(|| g.core.poll_resolved()).collect();
+            let mut done = Vec::new();
+            if g.core.has_resolved() {
+                // A buffer kept for this, so that a batch allocates nothing.
+                done = std::mem::take(&mut g.spare);
+                done.extend(std::iter::from_fn(|| g.core.poll_resolved()));
+            }
             (r, done)
         };
-        if !done.is_empty() {
-            for resolved in done {
-                // The receiver may be gone: the caller dropped the receipt.
-                let _ = resolved.message.tx.send(resolved.outcome);
-            }
-            self.room.notify_waiters();
+        if done.is_empty() {
+            return r;
+        }
+        // Outside the lock: a woken caller may publish again at once, and
+        // must not find the lock held and park on it.
+        for resolved in done.drain(..) {
+            // The receiver may be gone: the caller dropped the receipt.
+            let _ = resolved.message.tx.send(resolved.outcome);
+        }
+        self.room.notify_waiters();
+        let mut g = self.shared.lock();
+        if g.spare.capacity() < done.capacity() {
+            g.spare = done;
         }
         r
     }
@@ -173,6 +192,8 @@ impl fmt::Debug for Receipt {
 /// stop it, so publishes already submitted still reach their outcome.
 pub struct Publisher<T: Deliver> {
     hub: Arc<Hub<T::Message>>,
+    /// What every receipt holds of the hub, made once.
+    cancel: Weak<dyn Cancel>,
     config: OutboxConfig,
     task: Arc<StdMutex<Option<JoinHandle<()>>>>,
 }
@@ -181,6 +202,7 @@ impl<T: Deliver> Clone for Publisher<T> {
     fn clone(&self) -> Self {
         Self {
             hub: self.hub.clone(),
+            cancel: self.cancel.clone(),
             config: self.config,
             task: self.task.clone(),
         }
@@ -217,8 +239,8 @@ impl<T: Deliver> Publisher<T> {
     ) -> Self {
         let guarded = Guarded {
             core: OutboxCore::new(config),
-            events: handle.events(),
-            last_error: None,
+            seen: None,
+            spare: Vec::new(),
         };
         let hub = Arc::new(Hub {
             shared: Shared::new(guarded),
@@ -233,7 +255,9 @@ impl<T: Deliver> Publisher<T> {
             links,
         };
         let task = tokio::spawn(flusher.run());
+        let cancel: Arc<dyn Cancel> = hub.clone();
         Self {
+            cancel: Arc::downgrade(&cancel),
             hub,
             config,
             task: Arc::new(StdMutex::new(Some(task))),
@@ -268,14 +292,20 @@ impl<T: Deliver> Publisher<T> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let (mut pending, rx) = self.prepare(message, options);
+        let (pending, rx) = self.prepare(message, options);
         let mut rx = Some(rx);
+        // Most publishes find room at once: one clock read, nothing to
+        // register for.
+        let mut pending = match self.submit(pending, &mut rx, started.into_std()) {
+            Ok(receipt) => return receipt,
+            Err(back) => back,
+        };
         loop {
             let mut notified = pin!(self.hub.room.notified());
             // Register before looking, so no freed room goes unnoticed.
             notified.as_mut().enable();
             pending = remaining_timeout(pending, timeout, started);
-            match self.submit(pending, &mut rx) {
+            match self.submit(pending, &mut rx, now()) {
                 Ok(receipt) => return receipt,
                 Err(back) => pending = back,
             }
@@ -284,7 +314,7 @@ impl<T: Deliver> Publisher<T> {
                     if tokio::time::timeout_at(d, notified).await.is_err() {
                         let (entry, options) = remaining_timeout(pending, timeout, started);
                         let options = options.overflow(OverflowPolicy::RejectNew);
-                        match self.submit((entry, options), &mut rx) {
+                        match self.submit((entry, options), &mut rx, now()) {
                             Ok(receipt) => return receipt,
                             // RejectNew never answers `Full`.
                             Err(back) => pending = back,
@@ -306,7 +336,7 @@ impl<T: Deliver> Publisher<T> {
         };
         let (pending, rx) = self.prepare(message, options);
         let mut rx = Some(rx);
-        match self.submit(pending, &mut rx) {
+        match self.submit(pending, &mut rx, now()) {
             Ok(receipt) => receipt,
             // Unreachable (neither policy answers `Full`), but resolve rather than hang.
             Err((entry, _)) => {
@@ -382,17 +412,16 @@ impl<T: Deliver> Publisher<T> {
         ((entry, options.size_bytes(size)), rx)
     }
 
-    /// One attempt to submit; hands the entry back when the outbox is full
-    /// under `Wait`.
+    /// One attempt to submit at `at`; hands the entry back when the
+    /// outbox is full under `Wait`.
     #[allow(clippy::type_complexity)]
     fn submit(
         &self,
         (entry, options): (Entry<T::Message>, SubmitOptions),
         rx: &mut Option<oneshot::Receiver<Outcome>>,
+        at: Instant,
     ) -> Result<Receipt, (Entry<T::Message>, SubmitOptions)> {
-        let answer = self
-            .hub
-            .with_core(|core| core.submit(now(), entry, options));
+        let answer = self.hub.with_core(|core| core.submit(at, entry, options));
         let id = match answer {
             Submit::Full(entry) => return Err((entry, options)),
             Submit::Queued(id) => {
@@ -401,12 +430,11 @@ impl<T: Deliver> Publisher<T> {
             }
             Submit::Resolved(id) => id,
         };
-        let hub: Arc<dyn Cancel> = self.hub.clone();
         Ok(Receipt {
             id,
             // Taken once: a submit that answers anything but `Full` ends the attempt.
             rx: rx.take().unwrap_or_else(|| oneshot::channel().1),
-            hub: Arc::downgrade(&hub),
+            hub: self.cancel.clone(),
         })
     }
 }
@@ -460,35 +488,33 @@ async fn send_one<T: Deliver>(
 
 type AnswerResult = (Generation, MessageId, Result<(), DeliveryError>);
 
-/// One awaited confirm, with its message's id and link.
-struct Answer<C> {
+/// One awaited confirm, with its message's id and link (a `map`, so that
+/// the confirm lives in the set's node without a box of its own).
+fn answer<C: Future<Output = Result<(), DeliveryError>>>(
     generation: Generation,
     id: MessageId,
-    confirm: Pin<Box<C>>,
+    confirm: C,
+) -> impl Future<Output = AnswerResult> {
+    confirm.map(move |r| (generation, id, r))
 }
 
-impl<C: Future<Output = Result<(), DeliveryError>>> Future for Answer<C> {
-    type Output = AnswerResult;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (generation, id) = (self.generation, self.id);
-        self.confirm.as_mut().poll(cx).map(|r| (generation, id, r))
+/// The next confirm that already arrived, without waiting.
+fn ready_one<F: Future<Output = AnswerResult>>(
+    confirms: &mut FuturesUnordered<F>,
+) -> Option<AnswerResult> {
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    match confirms.poll_next_unpin(&mut cx) {
+        Poll::Ready(Some(answer)) => Some(answer),
+        _ => None,
     }
 }
 
-type Confirms<C> = FuturesUnordered<Answer<C>>;
-
 /// The confirms that already arrived, without waiting for more.
-fn ready<C: Future<Output = Result<(), DeliveryError>>>(
-    confirms: &mut Confirms<C>,
+fn ready<F: Future<Output = AnswerResult>>(
+    confirms: &mut FuturesUnordered<F>,
 ) -> Vec<AnswerResult> {
-    let waker = futures::task::noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    std::iter::from_fn(|| match confirms.poll_next_unpin(&mut cx) {
-        Poll::Ready(Some(answer)) => Some(answer),
-        _ => None,
-    })
-    .collect()
+    std::iter::from_fn(|| ready_one(confirms)).collect()
 }
 
 impl<T: Deliver> Flusher<T> {
@@ -497,21 +523,32 @@ impl<T: Deliver> Flusher<T> {
         let _end = EndGuard(hub.clone());
         let mut step = FlushStep::new();
         let mut link: Option<CurrentLink<T::Link>> = None;
+        let mut snapshot = *self.snapshots.borrow_and_update();
+        // `changed()` marks a value seen: after it fires, borrow again.
+        let (mut links_changed, mut snapshot_changed) = (true, false);
         let mut confirm_timeout = None;
-        let mut confirms: Confirms<T::Confirm> = FuturesUnordered::new();
+        let mut confirms = FuturesUnordered::new();
         let mut sending = pin!(Fuse::terminated());
         loop {
-            let current = self.links.borrow_and_update().clone();
-            let snapshot = *self.snapshots.borrow_and_update();
-            if current.as_ref().map(|l| l.generation) != link.as_ref().map(|l| l.generation) {
-                // What is under way on the old link can only be stale now.
-                confirms = FuturesUnordered::new();
-                sending.set(Fuse::terminated());
-                let heartbeat = current
-                    .as_ref()
-                    .and_then(|l| self.deliver.heartbeat(&l.link));
-                confirm_timeout = self.config.confirm_timeout().resolve(heartbeat);
-                link = current;
+            // Borrowed only when changed: a borrow takes the channel's lock.
+            if std::mem::take(&mut links_changed) || !matches!(self.links.has_changed(), Ok(false))
+            {
+                let current = self.links.borrow_and_update().clone();
+                if current.as_ref().map(|l| l.generation) != link.as_ref().map(|l| l.generation) {
+                    // What is under way on the old link can only be stale now.
+                    confirms = FuturesUnordered::new();
+                    sending.set(Fuse::terminated());
+                    let heartbeat = current
+                        .as_ref()
+                        .and_then(|l| self.deliver.heartbeat(&l.link));
+                    confirm_timeout = self.config.confirm_timeout().resolve(heartbeat);
+                    link = current;
+                }
+            }
+            if std::mem::take(&mut snapshot_changed)
+                || !matches!(self.snapshots.has_changed(), Ok(false))
+            {
+                snapshot = *self.snapshots.borrow_and_update();
             }
             let view = View {
                 link: link.as_ref().map(|l| l.generation),
@@ -521,71 +558,101 @@ impl<T: Deliver> Flusher<T> {
                 outages: hub.handle.outages(),
             };
             let plan = hub.with_core(|core| step.plan(core, now(), &view, |e| e.message.clone()));
-            let (expire_at, overdue_at) = match plan {
+            let next = match plan {
                 Plan::Finish => break,
                 Plan::Write {
                     generation,
                     id,
                     message,
                 } => {
+                    // Yields now and then: a broker that is always ready
+                    // must not keep the flush task from ever yielding.
+                    tokio::task::coop::consume_budget().await;
                     // The step writes only to the link it was shown.
                     if let Some(l) = link.as_ref().filter(|l| l.generation == generation) {
                         let deliver = self.deliver.clone();
                         let write = send_one(deliver, generation, l.link.clone(), message, id);
                         sending.set(write.fuse());
+                        // A write that is done at once is handled at once,
+                        // without a round of the `select!` below.
+                        match poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await {
+                            Poll::Ready((generation, id, Ok(confirm))) => {
+                                if step.wrote(generation) {
+                                    confirms.push(answer(generation, id, confirm));
+                                }
+                                Next::Continue
+                            }
+                            Poll::Ready((generation, id, Err(error))) => hub.with_core(|core| {
+                                step.write_failed(core, generation, id, error, || {
+                                    ready(&mut confirms)
+                                })
+                            }),
+                            Poll::Pending => Next::Continue,
+                        }
                     } else {
                         let error = DeliveryError::NotWritten;
                         hub.with_core(|core| {
                             step.write_failed(core, generation, id, error, Vec::new)
-                        });
+                        })
                     }
-                    // Take the next one as soon as this write is done.
-                    continue;
                 }
                 Plan::Wait {
                     expire_at,
                     overdue_at,
-                } => (expire_at, overdue_at),
-            };
-            let next = tokio::select! {
-                biased;
-                changed = self.links.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    Next::Continue
-                }
-                changed = self.snapshots.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    Next::Continue
-                }
-                (generation, id, result) = &mut sending => match result {
-                    Ok(confirm) => {
-                        if step.wrote(generation) {
-                            confirms.push(Answer { generation, id, confirm: Box::pin(confirm) });
+                } => tokio::select! {
+                    biased;
+                    changed = self.links.changed() => {
+                        if changed.is_err() {
+                            break;
                         }
+                        links_changed = true;
                         Next::Continue
                     }
-                    Err(error) => hub.with_core(|core| {
-                        step.write_failed(core, generation, id, error, || ready(&mut confirms))
-                    }),
+                    changed = self.snapshots.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        snapshot_changed = true;
+                        Next::Continue
+                    }
+                    (generation, id, result) = &mut sending => match result {
+                        Ok(confirm) => {
+                            if step.wrote(generation) {
+                                confirms.push(answer(generation, id, confirm));
+                            }
+                            Next::Continue
+                        }
+                        Err(error) => hub.with_core(|core| {
+                            step.write_failed(core, generation, id, error, || ready(&mut confirms))
+                        }),
+                    },
+                    Some(first) = confirms.next(), if !confirms.is_empty() => {
+                        // Every answer that already arrived, under one lock.
+                        hub.with_core(|core| {
+                            let mut next = Next::Continue;
+                            let mut answer = Some(first);
+                            while let Some((generation, id, result)) = answer {
+                                next = step.answer(core, generation, id, result, || {
+                                    ready(&mut confirms)
+                                });
+                                if next == Next::ChannelReset {
+                                    break;
+                                }
+                                answer = ready_one(&mut confirms);
+                            }
+                            next
+                        })
+                    }
+                    () = poll_fn(|cx| hub.shared.poll_work(cx)) => Next::Continue,
+                    () = sleep_until(expire_at), if expire_at.is_some() => {
+                        hub.with_core(|core| core.expire(now()));
+                        Next::Continue
+                    }
+                    () = sleep_until(overdue_at), if overdue_at.is_some() => {
+                        hub.with_core(|core| step.overdue(core, now()));
+                        Next::Continue
+                    }
                 },
-                Some((generation, id, result)) = confirms.next(), if !confirms.is_empty() => {
-                    hub.with_core(|core| {
-                        step.answer(core, generation, id, result, || ready(&mut confirms))
-                    })
-                }
-                () = poll_fn(|cx| hub.shared.poll_work(cx)) => Next::Continue,
-                () = sleep_until(expire_at), if expire_at.is_some() => {
-                    hub.with_core(|core| core.expire(now()));
-                    Next::Continue
-                }
-                () = sleep_until(overdue_at), if overdue_at.is_some() => {
-                    hub.with_core(|core| step.overdue(core, now()));
-                    Next::Continue
-                }
             };
             if next == Next::ChannelReset {
                 sending.set(Fuse::terminated());

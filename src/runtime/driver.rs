@@ -61,7 +61,10 @@ pub(crate) struct Driver<T: Transport> {
 /// Everything the driver does around the machine: the transport, the
 /// handle's shared state, the watch channels, events and counters.
 struct Io<T: Transport> {
-    transport: Arc<T>,
+    /// Inline, not in an `Arc`: nothing shares it, and the `Arc` was a
+    /// heap allocation of its own per engine (a 32-byte chunk for a
+    /// transport that keeps no state).
+    transport: T,
     handle: Handle,
     snapshot_tx: watch::Sender<Snapshot>,
     links_tx: watch::Sender<Option<CurrentLink<T::Link>>>,
@@ -107,7 +110,7 @@ impl<T: Transport> Driver<T> {
         links_tx: watch::Sender<Option<CurrentLink<T::Link>>>,
     ) -> Self {
         let io = Io {
-            transport: Arc::new(transport),
+            transport,
             handle: Handle { inner },
             snapshot_tx,
             links_tx,
@@ -133,41 +136,49 @@ impl<T: Transport> Driver<T> {
     /// Runs until the engine is closed. `adopted` is the application's own
     /// first link ([`crate::runtime::Prepared::adopt`]); without one the
     /// engine starts by opening its first link.
-    pub(crate) async fn run(mut self, adopted: Option<T::Link>) {
-        match adopted {
-            Some(link) => {
-                let generation = self.step.machine().generation();
-                self.io.link = Some((generation, link.clone()));
-                self.io
-                    .links_tx
-                    .send_replace(Some(CurrentLink { generation, link }));
-                self.feed(Input::Adopt { generation }).await;
-            }
-            None => self.feed(Input::Start).await,
-        }
-        while self.step.machine().kind() != StateKind::Closed {
-            let deadline = self.step.machine().poll_timeout();
-            match self.wait(deadline).await {
-                Wake::Work => self.take_work().await,
-                Wake::Timer => {
-                    // Activity first: the liveness check must see it.
-                    self.take_work().await;
-                    self.feed(Input::Timeout).await;
+    ///
+    /// Not an `async fn`: one stores its arguments twice in its future (the
+    /// argument, and the local the body moves it into; rust-lang/rust#62958),
+    /// which put the whole `Driver` (744 bytes) twice into every engine's
+    /// task. The `async move` block uses the captured `self` in place.
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    pub(crate) fn run(mut self, adopted: Option<T::Link>) -> impl Future<Output = ()> + Send {
+        async move {
+            match adopted {
+                Some(link) => {
+                    let generation = self.step.machine().generation();
+                    self.io.link = Some((generation, link.clone()));
+                    self.io
+                        .links_tx
+                        .send_replace(Some(CurrentLink { generation, link }));
+                    self.feed(Input::Adopt { generation }).await;
                 }
-                Wake::Opened(result) => self.opened(result).await,
-                Wake::Probed(probe, result) => {
-                    self.io.probing = None;
-                    tracing::debug!(probe, ?result, "probe answered");
-                    // A probe that panicked is a transport bug: stop probing.
-                    let outcome = result.unwrap_or(ProbeOutcome::Unsupported);
-                    self.feed(Input::Probed { probe, outcome }).await;
+                None => self.feed(Input::Start).await,
+            }
+            while self.step.machine().kind() != StateKind::Closed {
+                let deadline = self.step.machine().poll_timeout();
+                match self.wait(deadline).await {
+                    Wake::Work => self.take_work().await,
+                    Wake::Timer => {
+                        // Activity first: the liveness check must see it.
+                        self.take_work().await;
+                        self.feed(Input::Timeout).await;
+                    }
+                    Wake::Opened(result) => self.opened(result).await,
+                    Wake::Probed(probe, result) => {
+                        self.io.probing = None;
+                        tracing::debug!(probe, ?result, "probe answered");
+                        // A probe that panicked is a transport bug: stop probing.
+                        let outcome = result.unwrap_or(ProbeOutcome::Unsupported);
+                        self.feed(Input::Probed { probe, outcome }).await;
+                    }
                 }
             }
+            self.io.drop_probe();
+            self.io.drop_restore();
+            self.io.links_tx.send_replace(None);
+            tracing::debug!("driver stopped");
         }
-        self.io.drop_probe();
-        self.io.drop_restore();
-        self.io.links_tx.send_replace(None);
-        tracing::debug!("driver stopped");
     }
 
     async fn wait(&mut self, deadline: Option<Instant>) -> Wake<T> {
@@ -310,7 +321,11 @@ impl<T: Transport> Driver<T> {
             }
             Output::Close { generation, reason } => {
                 let timeout = self.step.machine().config().close_timeout();
-                io.close(generation, reason, timeout).await;
+                // Boxed: a future is as large as its largest await, and the
+                // close's (two timeouts, each with a 112-byte `Sleep`) made
+                // every idle engine's task about 240 bytes larger. A close
+                // is rare; one short-lived allocation then is cheaper.
+                Box::pin(io.close(generation, reason, timeout)).await;
             }
             Output::Restore { generation } => io.restore(generation),
             Output::Probe { probe, endpoint } => {
@@ -340,6 +355,11 @@ impl<T: Transport> Effects for Io<T> {
     /// handle reads (so stale reports are rejected at once) and the watched
     /// snapshot's value, without notifying watchers yet.
     fn publish(&mut self, machine: &Machine) {
+        if machine.kind() == StateKind::Failed {
+            // Before the state: a publisher that sees `Failed` finds the
+            // error (a connect timeout's is set again when it is reported).
+            *crate::runtime::handle::lock(&self.handle.inner.failure_error) = self.give_up_error();
+        }
         self.handle
             .inner
             .shared
@@ -426,7 +446,7 @@ impl<T: Transport> Effects for Io<T> {
                 cause, attempts, ..
             } => {
                 tracing::error!(%cause, attempts, "gave up reconnecting");
-                let error = self.loss_error.clone().or_else(|| self.last_error.clone());
+                let error = self.give_up_error();
                 self.emit(Event::GaveUp {
                     cause,
                     attempts,
@@ -577,6 +597,11 @@ impl<T: Transport> Io<T> {
     fn emit(&mut self, event: Event) {
         self.handle.inner.emit(event);
     }
+
+    /// The error a give-up is blamed on: the loss's, else the last attempt's.
+    fn give_up_error(&self) -> Option<SharedError> {
+        self.loss_error.clone().or_else(|| self.last_error.clone())
+    }
 }
 
 /// Makes sure a spawned driver's future is `Send`.
@@ -610,4 +635,33 @@ pub(crate) fn channels<L>(generation: Generation) -> Channels<L> {
         snapshot_rx,
         links_tx,
     }
+}
+
+/// The sizes of the driver's futures, for `footprint.rs`.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn future_sizes<T: Transport>(
+    mut d: Driver<T>,
+    link: T::Link,
+) -> Vec<(&'static str, usize)> {
+    use std::mem::size_of_val;
+    let g = d.step.machine().generation();
+    let mut v = vec![
+        ("Driver", std::mem::size_of::<Driver<T>>()),
+        ("  Step", std::mem::size_of::<Step>()),
+        ("  Io", std::mem::size_of::<Io<T>>()),
+    ];
+    let size = size_of_val(&d.wait(None));
+    v.push(("wait()", size));
+    let size = size_of_val(&d.take_work());
+    v.push(("take_work()", size));
+    let size = size_of_val(&d.feed(Input::Start));
+    v.push(("feed()", size));
+    let size = size_of_val(&d.execute(Output::Restore { generation: g }));
+    v.push(("execute()", size));
+    let size = size_of_val(&d.io.close(g, Reason::Shutdown, std::time::Duration::ZERO));
+    v.push(("Io::close()", size));
+    let size = size_of_val(&d.opened(Ok(Ok(link))));
+    v.push(("opened()", size));
+    v.push(("run()", size_of_val(&d.run(None))));
+    v
 }

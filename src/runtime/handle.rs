@@ -93,6 +93,10 @@ pub(crate) struct Inner {
     /// The error of the latest loss reported with one, for the event of
     /// that loss (taken by the driver).
     pub(crate) loss_error: Mutex<Option<(Generation, SharedError)>>,
+    /// The error the engine gave up with, set before its snapshot says
+    /// `Failed`: what a publisher fails its messages with, without
+    /// subscribing to the events.
+    pub(crate) failure_error: Mutex<Option<SharedError>>,
 }
 
 /// Locks, ignoring poisoning: the slot holds plain data.
@@ -239,6 +243,11 @@ impl Handle {
             .events
             .get_or_init(|| broadcast::channel(EVENT_CAPACITY).0)
             .subscribe()
+    }
+
+    /// The error behind the latest give-up (see `Inner::failure_error`).
+    pub(crate) fn failure_error(&self) -> Option<SharedError> {
+        lock(&self.inner.failure_error).clone()
     }
 
     /// Times an up link went down (`Stats::outages`), in one load.

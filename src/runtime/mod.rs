@@ -26,6 +26,9 @@ mod transport;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
+#[cfg(all(test, not(loom)))]
+mod footprint;
+
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -73,6 +76,7 @@ impl<T: Transport> Engine<T> {
             events: std::sync::OnceLock::new(),
             counters: DriverCounters::default(),
             loss_error: std::sync::Mutex::new(None),
+            failure_error: std::sync::Mutex::new(None),
         });
         Prepared::new(machine, transport, Handle { inner }, channels)
     }

@@ -186,6 +186,9 @@ impl Shared {
 
     /// Any thread: records a report. O(1), lock-free, never allocates, never
     /// blocks; wakes the driver at most once per batch.
+    // Inlined so that each `Handle::report_*` merges its own event in
+    // place (a constant), without matching on it at run time.
+    #[inline]
     pub(crate) fn report(&self, generation: Generation, event: LinkEvent) -> Report {
         self.counters.reports.fetch_add(1, Ordering::Relaxed);
         let (current, _) = self.snapshot();

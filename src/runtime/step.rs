@@ -108,7 +108,14 @@ impl Step {
     /// Hands a round's buffer back for reuse.
     pub(crate) fn recycle(&mut self, mut actions: Vec<Output>) {
         actions.clear();
-        self.actions = actions;
+        // Kept while reconnecting (attempts and probes come round after
+        // round); dropped once a link is up, as most engines then stay idle
+        // for long and the buffer is a 112-byte heap chunk each.
+        if !self.machine.kind().is_link_up() {
+            self.actions = actions;
+        } else {
+            self.machine.release_buffers();
+        }
     }
 
     /// Report first, act second: the round's reports are out and watchers
