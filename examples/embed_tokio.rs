@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use redial::backoff::{Backoff, Jitter};
 use redial::machine::{Config, ErrorKind, Reason, StateKind};
-use redial::runtime::{Classify, Engine, Handle, OpenContext, Report, Transport};
+use redial::runtime::{Engine, Handle, OpenContext, Report, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -43,17 +43,19 @@ struct EchoLink {
 
 impl Transport for EchoTransport {
     type Link = EchoLink;
-    type Error = EchoError;
+    // redial classifies a bare I/O error by its kind (a refused or
+    // unreachable peer is transient; see `Classify for io::Error`).
+    type Error = io::Error;
 
     fn open(
         &self,
         ctx: OpenContext,
-    ) -> impl Future<Output = Result<EchoLink, EchoError>> + Send + 'static {
+    ) -> impl Future<Output = Result<EchoLink, io::Error>> + Send + 'static {
         let addr = self.addr;
         async move {
             // Cancel-safe: if the driver aborts here (connect timeout,
             // shutdown), the half-made socket is simply dropped.
-            let stream = TcpStream::connect(addr).await.map_err(EchoError)?;
+            let stream = TcpStream::connect(addr).await?;
             let (mut read, write) = stream.into_split();
             let (echoed_tx, echoed) = watch::channel(0);
             let reporter = ctx.reporter;
@@ -87,27 +89,6 @@ impl Transport for EchoTransport {
         link.reader.abort();
         async move {
             let _ = link.writer.lock().await.shutdown().await;
-        }
-    }
-}
-
-/// Why an open failed. A refused or unreachable peer is worth retrying.
-#[derive(Debug)]
-struct EchoError(io::Error);
-
-impl std::fmt::Display for EchoError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "connect failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for EchoError {}
-
-impl Classify for EchoError {
-    fn kind(&self) -> ErrorKind {
-        match self.0.kind() {
-            io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput => ErrorKind::Permanent,
-            _ => ErrorKind::Transient,
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct ReadmeDoctests;
 pub struct ClustersDoctests;
 
 #[cfg(feature = "tokio")]
+mod chain;
+#[cfg(feature = "tokio")]
 pub(crate) mod loom;
 #[cfg(feature = "tokio")]
 pub mod runtime;

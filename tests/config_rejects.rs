@@ -230,7 +230,7 @@ mod amqp {
         ));
         assert!(matches!(
             AmqpTransport::new(AmqpConfig::cluster([node(5681), "not a uri".into()])),
-            Err(AmqpError::InvalidUri(_))
+            Err(AmqpError::InvalidUri { .. })
         ));
     }
 

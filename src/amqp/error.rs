@@ -1,5 +1,9 @@
 //! The AMQP adapter's typed errors and their classification.
 
+use std::sync::Arc;
+
+use lapin::uri::AMQPUri;
+
 use crate::machine::{ErrorKind, Generation};
 use crate::runtime::Classify;
 
@@ -22,30 +26,61 @@ pub mod codes {
 }
 
 /// Why opening a link, or an operation on it, failed.
+///
+/// Each message describes this layer only; the underlying error (lapin's,
+/// the TLS stack's) is [`std::error::Error::source`], so that a report
+/// (`anyhow`'s `{:#}`, `tracing`'s error fields) prints it once.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum AmqpError {
-    /// The URI does not parse (permanent).
-    #[error("invalid AMQP URI: {0}")]
-    InvalidUri(String),
+    /// A URI does not parse (permanent).
+    #[error("invalid AMQP URI {uri}: {reason}")]
+    InvalidUri {
+        /// The URI, its password replaced by `***`.
+        uri: String,
+        /// What the parser said (it gives no more structure than text).
+        reason: String,
+    },
     /// The configuration cannot work (permanent).
-    #[error("invalid AMQP configuration: {0}")]
+    #[error("invalid AMQP configuration")]
     Config(#[from] crate::amqp::AmqpConfigError),
-    /// The broker refused the credentials: `ACCESS_REFUSED` (403) (permanent).
-    #[error("access refused by the broker: {0}")]
-    AccessRefused(String),
+    /// The broker refused the credentials: `ACCESS_REFUSED` (403), or the
+    /// client-side authentication failed before the broker answered
+    /// (permanent).
+    #[error("access refused to user {user:?} ({mechanism}): {text}")]
+    AccessRefused {
+        /// The user name the link authenticated as.
+        user: String,
+        /// The SASL mechanism it used.
+        mechanism: lapin::uri::SASLMechanism,
+        /// The broker's reply text (or the authentication's own message).
+        text: String,
+    },
     /// The vhost is unknown or not allowed: `NOT_ALLOWED` (530) (permanent).
-    #[error("vhost not allowed: {0}")]
-    NotAllowed(String),
-    /// The TLS handshake failed: a certificate, a protocol mismatch (permanent).
-    #[error("TLS failure: {0}")]
-    Tls(String),
+    #[error("vhost {vhost:?} not allowed: {text}")]
+    NotAllowed {
+        /// The vhost the link asked for.
+        vhost: String,
+        /// The broker's reply text.
+        text: String,
+    },
+    /// The TLS handshake failed: a certificate, a protocol mismatch
+    /// (permanent). The TLS stack's error is the source, shared so that the
+    /// error stays `Clone`.
+    #[error("the TLS handshake with {host} failed")]
+    Tls {
+        /// The host the link connected to.
+        host: String,
+        /// What the TLS stack said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     /// The connection failed or was lost (transient).
-    #[error("AMQP connection failed: {0}")]
+    #[error("the AMQP connection failed")]
     Connection(#[source] lapin::Error),
     /// Replaying a topology entry failed on a new link; `permanent` follows
     /// the replay policy ([`crate::amqp::ReplayPolicy`]).
-    #[error("topology replay failed at entry {index} ({entry}): {source}")]
+    #[error("topology replay failed at entry {index} ({entry})")]
     Topology {
         /// The entry's position in the log.
         index: usize,
@@ -59,7 +94,7 @@ pub enum AmqpError {
     },
     /// The broker closed a channel over an operation (a soft error): the
     /// connection stays up and the channel is reopened.
-    #[error("channel error: {0}")]
+    #[error("the broker closed the channel")]
     Channel(#[source] lapin::Error),
     /// The engine asked for an endpoint the configuration does not have:
     /// its `Config::endpoints` is larger than the URI list (permanent; the
@@ -77,39 +112,58 @@ impl AmqpError {
     /// The broker's reply code, when the broker gave one.
     pub fn reply_code(&self) -> Option<u16> {
         match self {
-            AmqpError::AccessRefused(_) => Some(codes::ACCESS_REFUSED),
-            AmqpError::NotAllowed(_) => Some(codes::NOT_ALLOWED),
+            AmqpError::AccessRefused { .. } => Some(codes::ACCESS_REFUSED),
+            AmqpError::NotAllowed { .. } => Some(codes::NOT_ALLOWED),
             AmqpError::Connection(e) | AmqpError::Channel(e) => reply_code(e),
             AmqpError::Topology { source, .. } => reply_code(source),
             _ => None,
         }
     }
 
-    /// Classifies an error from opening a connection.
-    pub(crate) fn from_connect(error: lapin::Error) -> Self {
+    /// Classifies an error from opening a connection to `uri`.
+    pub(crate) fn from_connect(error: lapin::Error, uri: &AMQPUri) -> Self {
+        let access_refused = |text: &str| AmqpError::AccessRefused {
+            user: uri.authority.userinfo.username.clone(),
+            mechanism: uri.query.auth_mechanism.unwrap_or_default(),
+            text: text.to_owned(),
+        };
         match error.kind() {
             lapin::ErrorKind::ProtocolError(e) => match e.get_id() {
-                codes::ACCESS_REFUSED => AmqpError::AccessRefused(e.get_message().to_string()),
-                codes::NOT_ALLOWED => AmqpError::NotAllowed(e.get_message().to_string()),
+                codes::ACCESS_REFUSED => access_refused(e.get_message().as_str()),
+                codes::NOT_ALLOWED => AmqpError::NotAllowed {
+                    vhost: uri.vhost.clone(),
+                    text: e.get_message().to_string(),
+                },
                 _ => AmqpError::Connection(error),
             },
-            lapin::ErrorKind::AuthProviderError(message) => {
-                AmqpError::AccessRefused(message.clone())
-            }
+            lapin::ErrorKind::AuthProviderError(message) => access_refused(message),
             _ => AmqpError::Connection(error),
         }
+    }
+}
+
+/// Whether a connection-level lapin error is a refusal that retrying
+/// cannot heal (credentials, vhost): the monitor's view of
+/// [`AmqpError::from_connect`] without building the error.
+pub(crate) fn is_refusal(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => {
+            matches!(e.get_id(), codes::ACCESS_REFUSED | codes::NOT_ALLOWED)
+        }
+        lapin::ErrorKind::AuthProviderError(_) => true,
+        _ => false,
     }
 }
 
 impl Classify for AmqpError {
     fn kind(&self) -> ErrorKind {
         match self {
-            AmqpError::InvalidUri(_)
+            AmqpError::InvalidUri { .. }
             | AmqpError::Config(_)
-            | AmqpError::AccessRefused(_)
-            | AmqpError::NotAllowed(_)
+            | AmqpError::AccessRefused { .. }
+            | AmqpError::NotAllowed { .. }
             | AmqpError::NoSuchEndpoint { .. }
-            | AmqpError::Tls(_) => ErrorKind::Permanent,
+            | AmqpError::Tls { .. } => ErrorKind::Permanent,
             AmqpError::Topology { permanent, .. } if *permanent => ErrorKind::Permanent,
             AmqpError::Connection(e) => match e.kind() {
                 lapin::ErrorKind::InvalidProtocolVersion(_) => ErrorKind::Permanent,
@@ -160,6 +214,6 @@ pub enum AckError {
     #[error("the delivery was already acknowledged or its channel is closed")]
     Unusable,
     /// The broker or the connection failed while acknowledging.
-    #[error("acknowledging failed: {0}")]
+    #[error("acknowledging the delivery failed")]
     Failed(#[source] lapin::Error),
 }

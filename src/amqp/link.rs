@@ -17,7 +17,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::task::AbortHandle;
 
 use crate::amqp::consume::{ConsumeState, ForwardEnd, forward};
-use crate::amqp::error::{AmqpError, is_connection_error};
+use crate::amqp::error::{AmqpError, is_connection_error, is_refusal};
 use crate::amqp::probe::{Probe, ProbeKit};
 use crate::amqp::topology::{Entry, Key, Log};
 use crate::amqp::{ReplayError, ReplayPolicy, Shared};
@@ -282,7 +282,11 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
                             | std::io::ErrorKind::TimedOut
                             | std::io::ErrorKind::BrokenPipe
                     ) {
-                        tls_probe.set_tls_failure(e.to_string());
+                        // Kept whole for `AmqpError::Tls`; lapin's copy is
+                        // replaced by it below.
+                        let kind = e.kind();
+                        tls_probe.set_tls_failure(e);
+                        return Err(lapin::Error::from(std::io::Error::from(kind)));
                     }
                     Err(lapin::Error::from(e))
                 }
@@ -292,6 +296,8 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
     // The connect timeout bounds the handshake (TCP, TLS, AMQP, channels);
     // the replay below has its own, per-answer budget.
     let handshake_deadline = tokio::time::Instant::now() + config.connect_timeout;
+    // What a refusal names (user, vhost, host): the connector takes `uri`.
+    let target = uri.clone();
     let connection = tokio::time::timeout_at(
         handshake_deadline,
         Connection::connector(uri, runtime, connector, properties),
@@ -299,8 +305,11 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
     .await
     .map_err(|_| timed_out("AMQP handshake", config.connect_timeout))?
     .map_err(|e| match probe.tls_failure() {
-        Some(message) => AmqpError::Tls(message),
-        None => AmqpError::from_connect(e),
+        Some(source) => AmqpError::Tls {
+            host: target.authority.host.clone(),
+            source,
+        },
+        None => AmqpError::from_connect(e, &target),
     })?;
 
     // Connection-level events: errors, blocked, unblocked. lapin only sends
@@ -336,7 +345,7 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
     })
     .await
     .map_err(|_| timed_out("opening the channels", config.connect_timeout))?
-    .map_err(AmqpError::from_connect)?;
+    .map_err(|e| AmqpError::from_connect(e, &target))?;
     let link = AmqpLink {
         inner: Arc::new(LinkInner {
             generation,
@@ -392,11 +401,10 @@ async fn monitor(mut events: impl futures::Stream<Item = lapin::Event> + Unpin, 
         match event {
             lapin::Event::Error(e) => {
                 if is_connection_error(&e) {
-                    let kind = match AmqpError::from_connect(e.clone()) {
-                        AmqpError::AccessRefused(_) | AmqpError::NotAllowed(_) => {
-                            ErrorKind::Permanent
-                        }
-                        _ => ErrorKind::Transient,
+                    let kind = if is_refusal(&e) {
+                        ErrorKind::Permanent
+                    } else {
+                        ErrorKind::Transient
                     };
                     probe.lost(kind, &e);
                 } else {

@@ -92,8 +92,13 @@ use link::Role;
 use topology::{Entry, Log};
 
 /// A topology entry that failed on replay, as reported by
-/// [`AmqpTransport::replay_errors`].
-#[derive(Debug, Clone)]
+/// [`AmqpTransport::replay_errors`]. The broker's answer is its
+/// [`source`](std::error::Error::source).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "topology replay failed on link {generation} at entry {index} ({entry}); policy {policy:?}"
+)]
+#[non_exhaustive]
 pub struct ReplayError {
     /// The link it failed on.
     pub generation: Generation,
@@ -102,6 +107,7 @@ pub struct ReplayError {
     /// What the entry declares.
     pub entry: String,
     /// The broker's answer.
+    #[source]
     pub error: lapin::Error,
     /// What the replay did about it.
     pub policy: ReplayPolicy,
@@ -143,7 +149,10 @@ impl AmqpTransport {
             .uris
             .iter()
             .map(|uri| {
-                let mut uri: AMQPUri = uri.parse().map_err(AmqpError::InvalidUri)?;
+                let mut uri: AMQPUri = uri.parse().map_err(|reason| AmqpError::InvalidUri {
+                    uri: crate::redact::uri(uri),
+                    reason,
+                })?;
                 uri.query.heartbeat = Some(config.heartbeat.proposal());
                 if let Some(f) = config.frame_max {
                     uri.query.frame_max = Some(f);
@@ -509,11 +518,11 @@ impl Shared {
             return;
         }
         if let Err(e) = link.inner.channel(Role::Consume).await {
-            tracing::warn!(generation = link.generation().0, %e, "consumer channel reopen failed");
+            tracing::warn!(generation = link.generation().0, error = %crate::chain::Chain(&e), "consumer channel reopen failed");
             return;
         }
         if let Err(e) = link::replay_consumers(self, &link, &log).await {
-            tracing::warn!(generation = link.generation().0, %e, "consumer restart failed");
+            tracing::warn!(generation = link.generation().0, error = %crate::chain::Chain(&e), "consumer restart failed");
         }
     }
 }

@@ -47,7 +47,7 @@ pub(crate) struct Probe {
     /// writes go through a [`FrameGuard`].
     plaintext: AtomicBool,
     /// Set by the connector when the TLS handshake failed (a permanent error).
-    tls_failure: std::sync::Mutex<Option<String>>,
+    tls_failure: std::sync::Mutex<Option<Arc<std::io::Error>>>,
     read_waker: AtomicWaker,
     write_waker: AtomicWaker,
     kill_notify: tokio::sync::Notify,
@@ -124,11 +124,11 @@ impl Probe {
         self.plaintext.store(yes, Ordering::Release);
     }
 
-    pub(crate) fn set_tls_failure(&self, message: String) {
-        *self.tls_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    pub(crate) fn set_tls_failure(&self, error: std::io::Error) {
+        *self.tls_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(error));
     }
 
-    pub(crate) fn tls_failure(&self) -> Option<String> {
+    pub(crate) fn tls_failure(&self) -> Option<Arc<std::io::Error>> {
         self.tls_failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::mqtt::error::PublishError;
+use crate::mqtt::error::LinkPublishError;
 use crate::mqtt::link::MqttLink;
 use crate::mqtt::message::{MqttConfirm, MqttMessage};
 use crate::mqtt::transport::MqttTransport;
@@ -28,9 +28,9 @@ impl Future for DeliverConfirm {
     }
 }
 
-fn to_delivery(error: PublishError) -> DeliveryError {
+fn to_delivery(error: LinkPublishError) -> DeliveryError {
     match error {
-        PublishError::LinkLost => DeliveryError::LinkLost,
+        LinkPublishError::LinkLost => DeliveryError::LinkLost,
         other => DeliveryError::Rejected(other.to_string()),
     }
 }

@@ -6,6 +6,9 @@ use crate::machine::ErrorKind;
 use crate::runtime::Classify;
 
 /// Why opening a link failed.
+///
+/// Each message describes this layer only; rumqttc's error is the
+/// [`source`](std::error::Error::source), so that a report prints it once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MqttError {
@@ -17,10 +20,10 @@ pub enum MqttError {
     },
     /// TLS could not be set up (bad CA or client certificate, the server's
     /// certificate did not verify, an invalid server name).
-    #[error("TLS setup failed: {0}")]
+    #[error("TLS setup failed")]
     Tls(#[source] ConnectionError),
     /// TCP, I/O, a timeout or a protocol error while connecting.
-    #[error("connecting failed: {0}")]
+    #[error("connecting to the broker failed")]
     Connect(#[source] ConnectionError),
     /// The broker refused to restore some recorded subscriptions (SUBACK
     /// failure); the link was not handed out.
@@ -148,10 +151,16 @@ pub enum SubscribeError {
     },
 }
 
-/// Why a publish could not be handed to the link.
+/// Why [`MqttLink::publish`](crate::mqtt::MqttLink::publish) could not hand
+/// a publish to its link.
+///
+/// Not [`crate::outbox::PublishError`], the outcome of a publish through
+/// the outbox: this is one link's raw hand-off, which the outbox translates
+/// (`LinkLost` is replayed on the next link, the others end the publish as
+/// [`crate::outbox::PublishError::Rejected`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum PublishError {
+pub enum LinkPublishError {
     /// The link is dead or closed: publish again on the next link.
     #[error("the link is lost")]
     LinkLost,

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::machine::Generation;
-use crate::mqtt::error::{PublishError, is_ping_timeout, link_error_kind};
+use crate::mqtt::error::{LinkPublishError, is_ping_timeout, link_error_kind};
 use crate::mqtt::inbound::{Ack, Counters, InboundError, InboundTx, Item};
 use crate::mqtt::message::{Message, MqttConfirm, MqttMessage};
 use crate::runtime::LinkReporter;
@@ -366,20 +366,20 @@ impl MqttLink {
     ///
     /// This is the raw per-link call; applications publish through the
     /// outbox, which replays what a dead link did not confirm.
-    pub async fn publish(&self, message: &MqttMessage) -> Result<MqttConfirm, PublishError> {
+    pub async fn publish(&self, message: &MqttMessage) -> Result<MqttConfirm, LinkPublishError> {
         let publish = &message.publish;
         if !rumqttc::valid_topic(&publish.topic) {
-            return Err(PublishError::InvalidTopic(publish.topic.clone()));
+            return Err(LinkPublishError::InvalidTopic(publish.topic.clone()));
         }
         let size = message.packet_size();
         if size > self.inner.max_packet_size {
-            return Err(PublishError::TooLarge {
+            return Err(LinkPublishError::TooLarge {
                 size,
                 max: self.inner.max_packet_size,
             });
         }
         if !self.is_alive() {
-            return Err(PublishError::LinkLost);
+            return Err(LinkPublishError::LinkLost);
         }
         let (done, rx) = oneshot::channel();
         self.inner
@@ -389,7 +389,7 @@ impl MqttLink {
                 done,
             })
             .await
-            .map_err(|_| PublishError::LinkLost)?;
+            .map_err(|_| LinkPublishError::LinkLost)?;
         Ok(MqttConfirm { rx })
     }
 

@@ -9,7 +9,7 @@ use rumqttc::{Publish, QoS};
 use tokio::sync::oneshot;
 
 use crate::machine::Generation;
-use crate::mqtt::error::PublishError;
+use crate::mqtt::error::LinkPublishError;
 
 /// A message to publish: topic, payload, QoS and retain flag.
 ///
@@ -91,11 +91,11 @@ pub struct MqttConfirm {
 }
 
 impl Future for MqttConfirm {
-    type Output = Result<(), PublishError>;
+    type Output = Result<(), LinkPublishError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.rx)
             .poll(cx)
-            .map(|r| r.map_err(|_| PublishError::LinkLost))
+            .map(|r| r.map_err(|_| LinkPublishError::LinkLost))
     }
 }

@@ -63,7 +63,7 @@ mod transport;
 
 pub use config::{MqttConfig, MqttConfigError, RestorePolicy};
 pub use deliver::DeliverConfirm;
-pub use error::{MqttError, PublishError, SubscribeError};
+pub use error::{LinkPublishError, MqttError, SubscribeError};
 pub use inbound::{InboundError, Messages};
 pub use link::MqttLink;
 pub use message::{Message, MqttConfirm, MqttMessage};

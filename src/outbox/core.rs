@@ -76,7 +76,9 @@ pub enum PublishError {
     GaveUp {
         /// Why the engine gave up.
         cause: FailCause,
-        /// The last transport error, when one was known.
+        /// The last transport error, when one was known (also the
+        /// [`source`](std::error::Error::source)).
+        #[source]
         error: Option<SharedError>,
     },
 }

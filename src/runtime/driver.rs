@@ -12,6 +12,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::chain::Chain;
 use crate::machine::{
     ErrorKind, Generation, Input, Machine, Output, ProbeOutcome, Reason, State, StateKind,
 };
@@ -245,7 +246,7 @@ impl<T: Transport> Driver<T> {
             }
             Ok(Err(error)) => {
                 let kind = error.kind();
-                tracing::warn!(generation = generation.0, attempt, endpoint, ?kind, %error, "attempt failed");
+                tracing::warn!(generation = generation.0, attempt, endpoint, ?kind, error = %Chain(&error), "attempt failed");
                 (Arc::new(error) as SharedError, kind)
             }
             Err(join) => {
@@ -511,7 +512,7 @@ impl<T: Transport> Io<T> {
         let reporter = self.handle.reporter(generation);
         let task = tokio::spawn(async move {
             if let Err(error) = restore.await {
-                tracing::warn!(generation = generation.0, %error, "restore failed");
+                tracing::warn!(generation = generation.0, error = %Chain(&error), "restore failed");
                 reporter.lost_because(error.kind(), Arc::new(error));
             }
         });

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+use crate::chain::Chain;
 use crate::machine::{Generation, Machine};
 use crate::runtime::Engine;
 use crate::runtime::driver::{Channels, ConnectTimedOut, Driver};
@@ -155,7 +156,7 @@ impl<T: Transport> Prepared<T> {
         match opened {
             Ok(link) => Ok(self.adopt(link)),
             Err(error) => {
-                tracing::warn!(%error, "the first connect failed");
+                tracing::warn!(error = %Chain(&error), "the first connect failed");
                 let error = Arc::new(error);
                 inner.emit(Event::AttemptFailed {
                     generation,

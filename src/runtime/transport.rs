@@ -24,6 +24,48 @@ pub trait Classify {
     fn kind(&self) -> ErrorKind;
 }
 
+/// The classification of a bare I/O error, so that a transport over a
+/// plain socket can use `std::io::Error` as its `Transport::Error`.
+///
+/// Permanent only where the same open would fail the same way every time:
+/// * `PermissionDenied`: the OS refused (a privileged port, a file or a
+///   socket the process may not use).
+/// * `InvalidInput`: a bad address or argument in the configuration.
+/// * `InvalidData`: the peer answered something unparsable; TLS stacks
+///   (rustls, native-tls) report a failed certificate verification this
+///   way, and a plain-text client on a TLS port ends here too.
+/// * `Unsupported`: the platform or peer cannot do what was asked.
+///
+/// Everything else is transient, including kinds this list does not know
+/// (`ErrorKind` grows): the network failing (`ConnectionRefused`,
+/// `ConnectionReset`, `ConnectionAborted`, `NotConnected`, `BrokenPipe`,
+/// `TimedOut`, `UnexpectedEof`, `HostUnreachable`, `NetworkUnreachable`,
+/// `NetworkDown`), the call being cut short (`WouldBlock`, `Interrupted`),
+/// local resources that free up (`AddrInUse`, `AddrNotAvailable`: usually
+/// no free ephemeral port; `OutOfMemory`, `ResourceBusy`), `NotFound` (a
+/// Unix socket whose broker has not created it yet) and `Other`. A wrong
+/// "transient" costs retries on the backoff schedule; a wrong "permanent"
+/// stops the engine until a human restarts it, so transient is the default.
+///
+/// `io::Error` has an inherent `kind()` too: call this one as
+/// `Classify::kind(&error)` outside generic code.
+impl Classify for std::io::Error {
+    fn kind(&self) -> ErrorKind {
+        io_kind(self.kind())
+    }
+}
+
+/// [`Classify`] for an [`std::io::ErrorKind`] (see the impl for `io::Error`).
+fn io_kind(kind: std::io::ErrorKind) -> ErrorKind {
+    use std::io::ErrorKind as Io;
+    match kind {
+        Io::PermissionDenied | Io::InvalidInput | Io::InvalidData | Io::Unsupported => {
+            ErrorKind::Permanent
+        }
+        _ => ErrorKind::Transient,
+    }
+}
+
 /// Everything an adapter needs to open one link.
 #[derive(Debug, Clone)]
 pub struct OpenContext {
@@ -104,5 +146,49 @@ pub trait Transport: Send + Sync + 'static {
     fn probe(&self, endpoint: usize) -> impl Future<Output = ProbeOutcome> + Send + 'static {
         let _ = endpoint;
         std::future::ready(ProbeOutcome::Unsupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::Classify;
+    use crate::machine::ErrorKind;
+
+    #[test]
+    fn io_errors_classify_by_kind() {
+        use io::ErrorKind as Io;
+        let table = [
+            (Io::ConnectionRefused, ErrorKind::Transient),
+            (Io::ConnectionReset, ErrorKind::Transient),
+            (Io::ConnectionAborted, ErrorKind::Transient),
+            (Io::NotConnected, ErrorKind::Transient),
+            (Io::BrokenPipe, ErrorKind::Transient),
+            (Io::TimedOut, ErrorKind::Transient),
+            (Io::UnexpectedEof, ErrorKind::Transient),
+            (Io::WouldBlock, ErrorKind::Transient),
+            (Io::Interrupted, ErrorKind::Transient),
+            (Io::HostUnreachable, ErrorKind::Transient),
+            (Io::NetworkUnreachable, ErrorKind::Transient),
+            (Io::NetworkDown, ErrorKind::Transient),
+            (Io::AddrInUse, ErrorKind::Transient),
+            (Io::AddrNotAvailable, ErrorKind::Transient),
+            (Io::OutOfMemory, ErrorKind::Transient),
+            (Io::ResourceBusy, ErrorKind::Transient),
+            (Io::NotFound, ErrorKind::Transient),
+            (Io::Other, ErrorKind::Transient),
+            (Io::PermissionDenied, ErrorKind::Permanent),
+            (Io::InvalidInput, ErrorKind::Permanent),
+            (Io::InvalidData, ErrorKind::Permanent),
+            (Io::Unsupported, ErrorKind::Permanent),
+        ];
+        for (kind, expected) in table {
+            assert_eq!(io::Error::from(kind).kind(), kind);
+            assert_eq!(Classify::kind(&io::Error::from(kind)), expected, "{kind:?}");
+            // A wrapped error (what a TLS stack returns) keeps its kind's class.
+            let wrapped = io::Error::new(kind, "wrapped");
+            assert_eq!(Classify::kind(&wrapped), expected, "{kind:?} wrapped");
+        }
     }
 }
