@@ -23,12 +23,17 @@
 //!   flaps and fires late callbacks on command.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+// docs.rs (package.metadata.docs.rs) builds with `--cfg docsrs` on nightly:
+// every feature-gated item then carries an "Available on crate feature" badge.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub mod amqp;
 pub mod backoff;
 pub mod machine;
 #[cfg(feature = "mqtt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mqtt")))]
 pub mod mqtt;
 pub mod outbox;
 #[cfg(any(feature = "amqp", feature = "mqtt"))]
@@ -52,6 +57,8 @@ mod chain;
 #[cfg(feature = "tokio")]
 pub(crate) mod loom;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod runtime;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod testing;
