@@ -192,12 +192,15 @@ fn delta(a: Stats, b: Stats) -> Stats {
         connects: b.connects - a.connects,
         resumes: b.resumes - a.resumes,
         probes: b.probes - a.probes,
+        losses: b.losses - a.losses,
         outages: b.outages - a.outages,
         reports: b.reports - a.reports,
         stale_reports: b.stale_reports - a.stale_reports,
         coalesced_reports: b.coalesced_reports - a.coalesced_reports,
         wakeups: b.wakeups - a.wakeups,
         last_recovery: b.last_recovery,
+        recovery_time: b.recovery_time,
+        outage_length: b.outage_length,
         disconnected_total: b.disconnected_total - a.disconnected_total,
     }
 }

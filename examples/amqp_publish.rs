@@ -61,9 +61,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     from,
                     to,
                     generation,
+                    lost,
                     reason,
                     ..
-                } => println!("[{t:7.3}s] state {from} -> {to} (link {generation}, {reason:?})"),
+                } => match lost {
+                    // The link the change took down, not the next one's.
+                    Some(lost) => {
+                        println!("[{t:7.3}s] state {from} -> {to} (link {lost} down, {reason:?})")
+                    }
+                    None => {
+                        println!("[{t:7.3}s] state {from} -> {to} (link {generation}, {reason:?})")
+                    }
+                },
                 Event::AttemptFailed {
                     generation, error, ..
                 } => println!("[{t:7.3}s] attempt for link {generation} failed: {error}"),
@@ -118,6 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .delete_queue(queue.as_str(), QueueDeleteOptions::default())
         .await;
     publisher.shutdown(Duration::from_secs(5)).await;
+    engine.shutdown().await;
     if confirmed == count {
         Ok(())
     } else {

@@ -51,9 +51,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     from,
                     to,
                     generation,
+                    lost,
                     reason,
                     ..
-                } => println!("[{t:7.3}s] state {from} -> {to} (link {generation}, {reason:?})"),
+                } => match lost {
+                    // The link the change took down, not the next one's.
+                    Some(lost) => {
+                        println!("[{t:7.3}s] state {from} -> {to} (link {lost} down, {reason:?})")
+                    }
+                    None => {
+                        println!("[{t:7.3}s] state {from} -> {to} (link {generation}, {reason:?})")
+                    }
+                },
                 Event::AttemptFailed {
                     generation, error, ..
                 } => println!("[{t:7.3}s] attempt for link {generation} failed: {error}"),

@@ -222,7 +222,7 @@ async fn connect_once_returns_the_first_failure_and_starts_nothing() {
     control.plan([Plan::Fail(ErrorKind::Permanent)]);
     let prepared = Engine::prepare(config(), transport);
     let handle = prepared.handle();
-    let mut events = prepared.events();
+    let mut events = prepared.handle().events();
     let result = prepared.connect_once().await;
     assert!(matches!(
         &result,
@@ -494,7 +494,7 @@ async fn a_resume_without_session_restores_the_same_link() {
     let transport = Recorder::new();
     let config = with_grace();
     let prepared = Engine::prepare(config, transport.clone());
-    let mut events = prepared.events();
+    let mut events = prepared.handle().events();
     let link = SdkLink {
         generation: prepared.generation(),
         callbacks: prepared.reporter(),
@@ -591,7 +591,7 @@ async fn gave_up_counts_the_attempts_of_the_outage() {
     let control = transport.control();
     let config = builder().max_attempts(Some(2)).build().unwrap();
     let prepared = Engine::prepare(config, transport);
-    let mut events = prepared.events();
+    let mut events = prepared.handle().events();
     let engine = prepared.connect_once().await.expect("first connect");
     let handle = engine.handle();
     connected_on(&handle, Generation(1)).await;

@@ -58,6 +58,7 @@ async fn counters_follow_a_scripted_outage() {
     wait_until(&rig.handle, |s| s.state == StateKind::BackingOff).await;
     let down = Stats {
         attempts: 2,
+        losses: 1,
         outages: 1,
         ..storm
     };
@@ -71,14 +72,21 @@ async fn counters_follow_a_scripted_outage() {
     connected_on(&rig.handle, Generation(4)).await;
     let mut schedule = Schedule::default_policy();
     let recovery = schedule.next() + schedule.next() + ms(500);
+    let now = rig.handle.stats();
+    // One recovery, and it was an outage (no resume): in both histograms.
+    for histogram in [now.recovery_time, now.outage_length] {
+        assert_eq!((histogram.count(), histogram.sum()), (1, recovery));
+    }
     let recovered = Stats {
         attempts: 4,
         connects: 2,
         last_recovery: Some(recovery),
+        recovery_time: now.recovery_time,
+        outage_length: now.outage_length,
         disconnected_total: recovery,
         ..down
     };
-    assert_eq!(rig.handle.stats(), recovered);
+    assert_eq!(now, recovered);
 
     // Stale reports are dropped at the handle, without waking the driver.
     assert_eq!(
@@ -102,17 +110,22 @@ async fn counters_follow_a_scripted_outage() {
     );
     rig.handle.reconnect_now().unwrap();
     connected_on(&rig.handle, Generation(5)).await;
+    let now = rig.handle.stats();
+    assert_eq!(now.outage_length.count(), 2);
     let reconnected = Stats {
         attempts: 5,
         connects: 3,
+        losses: 2,
         outages: 2,
+        recovery_time: now.recovery_time,
+        outage_length: now.outage_length,
         reports: 6,
         stale_reports: 3,
         wakeups: 2,
         last_recovery: Some(Duration::ZERO),
         ..stale
     };
-    assert_eq!(rig.handle.stats(), reconnected);
+    assert_eq!(now, reconnected);
 }
 
 /// Our own graceful shutdown is not an outage (nothing to recover from; the

@@ -25,7 +25,9 @@
 //!     Ok(confirmed) => println!("confirmed on link {}", confirmed.generation),
 //!     Err(error) => println!("not delivered: {error}"),
 //! }
+//! // Drains this publisher; the engine, which others may share, runs on.
 //! publisher.shutdown(Duration::from_secs(5)).await;
+//! engine.shutdown().await;
 //! # }
 //! ```
 

@@ -20,7 +20,7 @@ use crate::outbox::core::{
 use crate::outbox::deliver::{Deliver, DeliveryError};
 use crate::outbox::flush::{FlushStep, Next, Plan, View};
 use crate::outbox::shared::Shared;
-use crate::runtime::{CurrentLink, Engine, Handle, Snapshot};
+use crate::runtime::{CurrentLink, Engine, Handle, Owner, Snapshot};
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -141,6 +141,9 @@ impl<M: Send + Sync> Cancel for Hub<M> {
 pub struct Receipt {
     id: MessageId,
     rx: oneshot::Receiver<Outcome>,
+    /// The outcome [`Receipt::try_result`] took, for a later await (the
+    /// channel gives it only once).
+    taken: Option<Outcome>,
     hub: Weak<dyn Cancel>,
 }
 
@@ -156,12 +159,30 @@ impl Receipt {
     pub fn cancel(&self) -> bool {
         self.hub.upgrade().is_some_and(|hub| hub.cancel(self.id))
     }
+
+    /// The outcome if the message has reached it, without waiting: `None`
+    /// while it is pending. Awaiting the receipt afterwards still yields
+    /// the outcome.
+    pub fn try_result(&mut self) -> Option<Outcome> {
+        if self.taken.is_none() {
+            self.taken = match self.rx.try_recv() {
+                Ok(outcome) => Some(outcome),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                // Only reachable if the outbox itself was torn down.
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(PublishError::ShutDown)),
+            };
+        }
+        self.taken.clone()
+    }
 }
 
 impl Future for Receipt {
     type Output = Outcome;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        if let Some(outcome) = self.taken.take() {
+            return Poll::Ready(outcome);
+        }
         Pin::new(&mut self.rx)
             .poll(cx)
             // Only reachable if the outbox itself was torn down.
@@ -190,8 +211,15 @@ impl fmt::Debug for Receipt {
 /// The flush task runs until the engine shuts down or
 /// [`Publisher::shutdown`] is called; dropping every `Publisher` does not
 /// stop it, so publishes already submitted still reach their outcome.
+///
+/// A publisher made with [`Publisher::new`] is one of the engine's owners:
+/// the engine keeps running while it or any clone of it exists, even once
+/// the [`Engine`] is dropped, and shuts down when the last owner goes (see
+/// [`Engine`]). [`Publisher::shutdown`] ends this publisher only.
 pub struct Publisher<T: Deliver> {
     hub: Arc<Hub<T::Message>>,
+    /// Keeps the engine running (`None` from [`Publisher::from_parts`]).
+    _owner: Option<Owner>,
     /// What every receipt holds of the hub, made once.
     cancel: Weak<dyn Cancel>,
     config: OutboxConfig,
@@ -202,6 +230,7 @@ impl<T: Deliver> Clone for Publisher<T> {
     fn clone(&self) -> Self {
         Self {
             hub: self.hub.clone(),
+            _owner: self._owner.clone(),
             cancel: self.cancel.clone(),
             config: self.config,
             task: self.task.clone(),
@@ -224,10 +253,13 @@ impl<T: Deliver> Publisher<T> {
     /// # Panics
     /// When called outside a tokio runtime, as `tokio::spawn` does.
     pub fn new(engine: &Engine<T>, deliver: T, config: OutboxConfig) -> Self {
-        Self::from_parts(engine.handle(), engine.links(), deliver, config)
+        let mut publisher = Self::from_parts(engine.handle(), engine.links(), deliver, config);
+        publisher._owner = Some(engine.owner());
+        publisher
     }
 
-    /// Like [`Publisher::new`], from an engine's handle and links.
+    /// Like [`Publisher::new`], from an engine's handle and links; such a
+    /// publisher does not keep the engine running (a handle only observes).
     ///
     /// # Panics
     /// When called outside a tokio runtime.
@@ -258,6 +290,7 @@ impl<T: Deliver> Publisher<T> {
         let cancel: Arc<dyn Cancel> = hub.clone();
         Self {
             cancel: Arc::downgrade(&cancel),
+            _owner: None,
             hub,
             config,
             task: Arc::new(StdMutex::new(Some(task))),
@@ -344,6 +377,7 @@ impl<T: Deliver> Publisher<T> {
                 Receipt {
                     id: MessageId(0),
                     rx: rx.take().unwrap_or_else(|| oneshot::channel().1),
+                    taken: None,
                     hub: Weak::<Hub<T::Message>>::new(),
                 }
             }
@@ -360,11 +394,13 @@ impl<T: Deliver> Publisher<T> {
         &self.hub.handle
     }
 
-    /// Shuts down gracefully: stops taking messages (new ones resolve with
-    /// `ShutDown`), keeps flushing and waits for outstanding confirms up to
-    /// `drain_timeout`, resolves whatever is left with `ShutDown`, then
-    /// shuts the engine down. Returns the final counters. A second call
-    /// returns once the first is done.
+    /// Shuts this publisher down gracefully: stops taking messages (new
+    /// ones resolve with `ShutDown`), keeps flushing and waits for
+    /// outstanding confirms up to `drain_timeout`, resolves whatever is
+    /// left with `ShutDown`, and ends its flush task. The engine, which
+    /// other publishers may share, keeps running: shut it down with
+    /// [`Engine::shutdown`] (or drop its last owner). Returns the final
+    /// counters. A second call returns once the first is done.
     pub async fn shutdown(&self, drain_timeout: Duration) -> OutboxStats {
         self.hub.with_core(|core| core.close());
         // A drain timeout beyond the clock's range waits until drained.
@@ -386,7 +422,6 @@ impl<T: Deliver> Publisher<T> {
         }
         self.hub.with_core(|core| core.shutdown());
         self.hub.shared.notify();
-        self.hub.handle.shutdown().await;
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task {
             let _ = task.await;
@@ -434,6 +469,7 @@ impl<T: Deliver> Publisher<T> {
             id,
             // Taken once: a submit that answers anything but `Full` ends the attempt.
             rx: rx.take().unwrap_or_else(|| oneshot::channel().1),
+            taken: None,
             hub: self.cancel.clone(),
         })
     }
@@ -555,7 +591,7 @@ impl<T: Deliver> Flusher<T> {
                 confirm_timeout,
                 state: snapshot.state,
                 generation: snapshot.generation,
-                outages: hub.handle.outages(),
+                outages: hub.handle.losses(),
             };
             let plan = hub.with_core(|core| step.plan(core, now(), &view, |e| e.message.clone()));
             let next = match plan {
@@ -658,7 +694,7 @@ impl<T: Deliver> Flusher<T> {
                 sending.set(Fuse::terminated());
                 confirms = FuturesUnordered::new();
             }
-            if let Some(generation) = step.report(|| hub.handle.outages()) {
+            if let Some(generation) = step.report(|| hub.handle.losses()) {
                 // Dead, half-open or confirming nothing: have the engine
                 // replace it (a no-op when it already reported its death).
                 hub.handle.report_lost(generation, ErrorKind::Transient);

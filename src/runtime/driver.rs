@@ -75,6 +75,9 @@ struct Io<T: Transport> {
     /// The restore of a link that resumed without its session.
     restoring: Option<(Generation, JoinHandle<()>)>,
     down_since: Option<DownSince>,
+    /// A lost link that may still resume (within the resume grace): its
+    /// loss is an outage only if the grace ends without a resume.
+    lingering: bool,
     last_error: Option<SharedError>,
     /// The error a loss being fed was reported with, for its event.
     loss_error: Option<SharedError>,
@@ -123,6 +126,7 @@ impl<T: Transport> Driver<T> {
                 at: now(),
                 outage: false,
             }),
+            lingering: false,
             last_error: None,
             loss_error: None,
             last_reason: None,
@@ -215,6 +219,9 @@ impl<T: Transport> Driver<T> {
     /// Takes the user's commands and the links' reports and feeds them.
     async fn take_work(&mut self) {
         let work = Work::take(&self.io.handle.inner.shared);
+        let counters = &self.io.handle.inner.counters;
+        // Read after the take: includes every request whose command was taken.
+        let requested = counters.reconnects_requested.load(Ordering::SeqCst);
         for input in work.inputs() {
             if let Input::LinkLost { generation, .. } = input {
                 let slot = crate::runtime::handle::lock(&self.io.handle.inner.loss_error).take();
@@ -223,6 +230,14 @@ impl<T: Transport> Driver<T> {
             self.feed(input).await;
             self.io.loss_error = None;
         }
+        // After the state those requests led to was published (see
+        // `Handle::reconnects_settled`).
+        self.io
+            .handle
+            .inner
+            .counters
+            .reconnects_taken
+            .store(requested, Ordering::SeqCst);
     }
 
     async fn opened(&mut self, result: Result<OpenResult<T>, tokio::task::JoinError>) {
@@ -395,8 +410,25 @@ impl<T: Transport> Effects for Io<T> {
                 reason,
                 ..
             } => {
-                tracing::info!(generation = generation.0, from = %from, to = %to, ?reason, "state changed");
-                self.account(from, to, reason);
+                // The link this change took down; still held, as the close
+                // runs after the round's reports.
+                let lost = (from.is_link_up() && !to.is_link_up())
+                    .then(|| self.link.as_ref().map(|(g, _)| *g))
+                    .flatten();
+                match lost {
+                    Some(lost) => tracing::info!(
+                        generation = generation.0,
+                        lost = lost.0,
+                        from = %from,
+                        to = %to,
+                        ?reason,
+                        "state changed"
+                    ),
+                    None => {
+                        tracing::info!(generation = generation.0, from = %from, to = %to, ?reason, "state changed")
+                    }
+                }
+                self.account(from, to, reason, generation, lost);
                 if reason == Reason::ConnectTimeout
                     && let Some(opening) = &self.opening
                 {
@@ -432,6 +464,7 @@ impl<T: Transport> Effects for Io<T> {
                     from,
                     to,
                     generation,
+                    lost,
                     reason,
                     error,
                 });
@@ -559,12 +592,33 @@ impl<T: Transport> Io<T> {
         }
     }
 
-    fn account(&mut self, from: StateKind, to: StateKind, reason: Reason) {
+    /// Counts a state change (see `Stats` for what each counter means).
+    fn account(
+        &mut self,
+        from: StateKind,
+        to: StateKind,
+        reason: Reason,
+        generation: Generation,
+        lost: Option<Generation>,
+    ) {
         let counters = &self.handle.inner.counters;
         let t = now();
-        // Our own shutdown is not an outage.
-        if from.is_link_up() && !to.is_link_up() && !to.is_shutting_down() {
+        // A lingering link's grace ends: resumed, or an outage after all.
+        if from == StateKind::BackingOff
+            && std::mem::take(&mut self.lingering)
+            && reason != Reason::LinkResumed
+        {
             counters.outages.fetch_add(1, Ordering::Relaxed);
+        }
+        // Our own shutdown is not a loss.
+        if from.is_link_up() && !to.is_link_up() && !to.is_shutting_down() {
+            counters.losses.fetch_add(1, Ordering::Relaxed);
+            // A retired link moved the generation on; a lingering one did not.
+            if lost == Some(generation) && to == StateKind::BackingOff {
+                self.lingering = true;
+            } else {
+                counters.outages.fetch_add(1, Ordering::Relaxed);
+            }
             self.down_since = Some(DownSince {
                 at: t,
                 outage: true,
@@ -573,20 +627,26 @@ impl<T: Transport> Io<T> {
         if to.is_link_up() && !from.is_link_up() {
             // A later give-up must not blame an error from before this link.
             self.last_error = None;
-            let counter = if reason == Reason::LinkResumed {
+            let resumed = reason == Reason::LinkResumed;
+            let counter = if resumed {
                 &counters.resumes
             } else {
                 &counters.connects
             };
             counter.fetch_add(1, Ordering::Relaxed);
             if let Some(down) = self.down_since.take() {
-                let ms = u64::try_from(t.saturating_duration_since(down.at).as_millis())
-                    .unwrap_or(u64::MAX);
+                let down_for = t.saturating_duration_since(down.at);
+                let ms = u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX);
                 // The first connect is not a recovery.
                 if down.outage {
                     counters
                         .last_recovery_ms_plus_one
                         .store(ms.saturating_add(1), Ordering::Relaxed);
+                    let histograms = counters.histograms.get_or_init(Box::default);
+                    histograms.recovery_time.record(down_for);
+                    if !resumed {
+                        histograms.outage_length.record(down_for);
+                    }
                 }
                 counters
                     .disconnected_total_ms

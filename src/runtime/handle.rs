@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 use crate::machine::{ErrorKind, FailCause, Generation, Reason, StateKind};
-use crate::runtime::events::{Event, SharedError};
+use crate::runtime::events::{Event, EventStream, SharedError};
+use crate::runtime::histogram::{AtomicHistogram, Histogram};
 use crate::runtime::shared::{LinkEvent, Report, Shared};
 
 /// What the driver last published about the engine.
@@ -30,19 +31,30 @@ pub struct Snapshot {
 }
 
 /// Counters, readable at any time from the handle.
+///
+/// Every loss of an up link ends in exactly one of `resumes` (the transport
+/// restored it by itself) or `outages` (it was replaced, or the engine gave
+/// up or shut down without it), so `losses` is `resumes + outages`, plus
+/// one while a lost link may still resume (within the resume grace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
     /// Links the driver asked the transport to open.
     pub attempts: u64,
-    /// Links that came up: opens that succeeded, and an adopted first link
-    /// (resumes are counted in `resumes`).
+    /// New links that came up: opens that succeeded, and an adopted first
+    /// link. Resumes are not counted here.
     pub connects: u64,
     /// Lost links the transport restored by itself (accepted resumes).
     pub resumes: u64,
     /// Reachability probes sent while backing off (see
     /// [`crate::runtime::Transport::probe`]); not counted in `attempts`.
     pub probes: u64,
-    /// Times an up link went down.
+    /// Times an up link went down, for any reason but the engine's own
+    /// shutdown (losses, liveness, a blocked link replaced, a reconnect
+    /// the user asked for), blips that later resumed included.
+    pub losses: u64,
+    /// Losses that were not undone by a resume: counted when the lost
+    /// link is closed (at once without a resume grace, when the grace
+    /// ends otherwise). A blip the transport resumed is not an outage.
     pub outages: u64,
     /// Reports received from links and callbacks, in total.
     pub reports: u64,
@@ -53,10 +65,25 @@ pub struct Stats {
     pub coalesced_reports: u64,
     /// Times a report woke the driver.
     pub wakeups: u64,
-    /// Duration of the last completed outage (loss to reconnected).
+    /// How long the last recovered loss lasted (loss to a link up again,
+    /// resumed or new); the first connect is not a recovery.
     pub last_recovery: Option<Duration>,
+    /// Every recovered loss: from the loss to a link up again (resumed or
+    /// new). Blips and outages alike.
+    pub recovery_time: Histogram,
+    /// Every outage that ended with a new link: from the loss to the new
+    /// link up (a resumed blip is not counted here).
+    pub outage_length: Histogram,
     /// Time spent without a link, in total (including the first connect).
     pub disconnected_total: Duration,
+}
+
+/// The histograms, made by the driver at the first recovery: an engine
+/// that never lost its link does not carry them.
+#[derive(Debug, Default)]
+pub(crate) struct Histograms {
+    pub(crate) recovery_time: AtomicHistogram,
+    pub(crate) outage_length: AtomicHistogram,
 }
 
 /// The driver's counters, shared with the handle.
@@ -66,11 +93,18 @@ pub(crate) struct DriverCounters {
     pub(crate) connects: AtomicU64,
     pub(crate) resumes: AtomicU64,
     pub(crate) probes: AtomicU64,
+    pub(crate) losses: AtomicU64,
     pub(crate) outages: AtomicU64,
     pub(crate) machine_stale: AtomicU64,
     /// Milliseconds + 1, so that 0 means "none yet".
     pub(crate) last_recovery_ms_plus_one: AtomicU64,
     pub(crate) disconnected_total_ms: AtomicU64,
+    pub(crate) histograms: OnceLock<Box<Histograms>>,
+    /// `reconnect_now` calls, and how many of them the driver has taken:
+    /// a waiter that finds the engine `Failed` with one not yet taken
+    /// keeps waiting, as the engine is about to leave `Failed`.
+    pub(crate) reconnects_requested: AtomicU64,
+    pub(crate) reconnects_taken: AtomicU64,
 }
 
 /// Why a request was refused.
@@ -82,9 +116,39 @@ pub enum EngineError {
     ShuttingDown,
 }
 
+/// Why a wait for a state ended without it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The engine gave up (it stays `Failed` until
+    /// [`Handle::reconnect_now`] or a shutdown): waiting longer cannot help.
+    #[error("the engine gave up: {cause}")]
+    Failed {
+        /// Why it gave up.
+        cause: FailCause,
+        /// The transport error it gave up on, when one caused it (a
+        /// permanent error at the first connect, say).
+        #[source]
+        error: Option<SharedError>,
+    },
+    /// The engine is shutting down or shut down.
+    #[error("the engine is shut down")]
+    ShutDown,
+    /// The state was not reached in time.
+    #[error("the engine did not reach the state within {after:?} (it is {})", last.state)]
+    TimedOut {
+        /// The timeout.
+        after: Duration,
+        /// The engine's snapshot when the time ran out.
+        last: Snapshot,
+    },
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) shared: Shared,
+    /// The engine's owners (see `owner.rs`): the `Engine` and its publishers.
+    pub(crate) owners: std::sync::atomic::AtomicUsize,
     pub(crate) snapshot: watch::Receiver<Snapshot>,
     /// The event ring, made by the first subscriber: an engine nobody
     /// listens to does not carry 1024 slots (57 KB) for nothing.
@@ -233,11 +297,19 @@ impl Handle {
         self.inner.snapshot.clone()
     }
 
-    /// Every event from now on. The channel holds the last 1024 events; a
-    /// reader that falls further behind gets `RecvError::Lagged(n)` telling
-    /// how many it missed, never a silent gap. The first call allocates the
-    /// ring; events before it are not kept (see
-    /// [`crate::runtime::Engine::spawn_with_events`] for all of them).
+    /// Every event from now on, as a [`futures::Stream`]. Events before
+    /// the call are not kept: subscribe before the engine starts
+    /// ([`crate::runtime::Prepared::events`]) to see every one.
+    pub fn event_stream(&self) -> EventStream {
+        EventStream::new(self.events())
+    }
+
+    /// Every event from now on, as tokio's broadcast receiver (see
+    /// [`Handle::event_stream`] for a `Stream`). The channel holds the last
+    /// 1024 events; a reader that falls further behind gets
+    /// `RecvError::Lagged(n)` telling how many it missed, never a silent
+    /// gap. The first call allocates the ring; events before it are not
+    /// kept (see [`crate::runtime::Prepared::events`] for all of them).
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.inner
             .events
@@ -250,9 +322,9 @@ impl Handle {
         lock(&self.inner.failure_error).clone()
     }
 
-    /// Times an up link went down (`Stats::outages`), in one load.
-    pub(crate) fn outages(&self) -> u64 {
-        self.inner.counters.outages.load(Ordering::Relaxed)
+    /// Times an up link went down (`Stats::losses`), in one load.
+    pub(crate) fn losses(&self) -> u64 {
+        self.inner.counters.losses.load(Ordering::Relaxed)
     }
 
     /// Counters.
@@ -260,11 +332,13 @@ impl Handle {
         let c = &self.inner.counters;
         let r = &self.inner.shared.counters;
         let last = c.last_recovery_ms_plus_one.load(Ordering::Relaxed);
+        let histograms = c.histograms.get();
         Stats {
             attempts: c.attempts.load(Ordering::Relaxed),
             connects: c.connects.load(Ordering::Relaxed),
             resumes: c.resumes.load(Ordering::Relaxed),
             probes: c.probes.load(Ordering::Relaxed),
+            losses: c.losses.load(Ordering::Relaxed),
             outages: c.outages.load(Ordering::Relaxed),
             reports: r.reports.load(Ordering::Relaxed),
             stale_reports: r
@@ -274,6 +348,12 @@ impl Handle {
             coalesced_reports: r.coalesced.load(Ordering::Relaxed),
             wakeups: r.wakeups.load(Ordering::Relaxed),
             last_recovery: (last > 0).then(|| Duration::from_millis(last - 1)),
+            recovery_time: histograms
+                .map(|h| h.recovery_time.snapshot())
+                .unwrap_or_default(),
+            outage_length: histograms
+                .map(|h| h.outage_length.snapshot())
+                .unwrap_or_default(),
             disconnected_total: Duration::from_millis(
                 c.disconnected_total_ms.load(Ordering::Relaxed),
             ),
@@ -286,6 +366,12 @@ impl Handle {
         if self.state().is_shutting_down() {
             return Err(EngineError::ShuttingDown);
         }
+        // Counted before the command is sent: a waiter that sees `Failed`
+        // and this request not yet taken knows `Failed` is about to end.
+        self.inner
+            .counters
+            .reconnects_requested
+            .fetch_add(1, Ordering::SeqCst);
         self.inner.shared.command(true, false);
         Ok(())
     }
@@ -299,11 +385,124 @@ impl Handle {
         let _ = rx.wait_for(|s| s.state == StateKind::Closed).await;
     }
 
-    /// Waits until the engine reaches `state` (or the driver stops).
+    /// Waits without limit until the engine reaches `state`; returns the
+    /// current snapshot at once if the driver has stopped. Never returns
+    /// while the engine is `Failed` and `state` is another one: prefer
+    /// [`Handle::wait_for_timeout`] or [`Handle::wait_connected`], which
+    /// return an error then.
     pub async fn wait_for(&self, state: StateKind) -> Snapshot {
         let mut rx = self.inner.snapshot.clone();
         let result = rx.wait_for(|s| s.state == state).await.map(|s| *s);
         result.unwrap_or_else(|_| *rx.borrow())
+    }
+
+    /// Waits until a link is up (connected or blocked), for at most
+    /// `timeout` (`Duration::MAX`: without limit), and returns its
+    /// generation. The first-connect story: spawn, then
+    /// `handle.wait_connected(timeout).await?`.
+    ///
+    /// # Errors
+    /// At once when the engine is `Failed` ([`WaitError::Failed`], with the
+    /// error it gave up on) or shutting down ([`WaitError::ShutDown`]);
+    /// [`WaitError::TimedOut`] when the time runs out.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<Generation, WaitError> {
+        self.wait_until(timeout, StateKind::is_link_up)
+            .await
+            .map(|s| s.generation)
+    }
+
+    /// Waits until the engine reaches `state`, for at most `timeout`
+    /// (`Duration::MAX`: without limit).
+    ///
+    /// # Errors
+    /// At once when `state` can no longer be reached without the user
+    /// acting: the engine is `Failed` ([`WaitError::Failed`]; `Closing` and
+    /// `Closed` can still be reached from there) or shutting down
+    /// ([`WaitError::ShutDown`]; unless `state` is `Closing` or `Closed`).
+    /// [`WaitError::TimedOut`] when the time runs out.
+    pub async fn wait_for_timeout(
+        &self,
+        state: StateKind,
+        timeout: Duration,
+    ) -> Result<Snapshot, WaitError> {
+        self.wait_until(timeout, |s| s == state).await
+    }
+
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        reached: impl Fn(StateKind) -> bool,
+    ) -> Result<Snapshot, WaitError> {
+        let wait = async {
+            let mut rx = self.inner.snapshot.clone();
+            loop {
+                // The reconnect requests are read before the snapshot (see
+                // `dead_end`).
+                let settled = self.reconnects_settled();
+                let snapshot = *rx.borrow_and_update();
+                if reached(snapshot.state) {
+                    return Ok(snapshot);
+                }
+                if let Some(error) = self.dead_end(&snapshot, settled, &reached) {
+                    return Err(error);
+                }
+                if rx.changed().await.is_err() {
+                    // The driver is gone: the engine is closed.
+                    let last = *rx.borrow();
+                    return if reached(last.state) {
+                        Ok(last)
+                    } else {
+                        Err(WaitError::ShutDown)
+                    };
+                }
+            }
+        };
+        // A timeout beyond the clock's range waits without limit.
+        match tokio::time::Instant::now().checked_add(timeout) {
+            Some(deadline) => tokio::time::timeout_at(deadline, wait)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(WaitError::TimedOut {
+                        after: timeout,
+                        last: self.snapshot(),
+                    })
+                }),
+            None => wait.await,
+        }
+    }
+
+    /// Whether every `reconnect_now` so far was taken by the driver and no
+    /// request is pending. Read before the snapshot: the driver stores
+    /// what it took only after it published the state the request led to,
+    /// so a `Failed` snapshot read after a settled check is not one a
+    /// request made before the wait is about to end.
+    fn reconnects_settled(&self) -> bool {
+        let c = &self.inner.counters;
+        let requested = c.reconnects_requested.load(Ordering::SeqCst);
+        let taken = c.reconnects_taken.load(Ordering::SeqCst);
+        taken >= requested && !self.inner.shared.reconnect_pending()
+    }
+
+    /// The error that ends a wait for a state `snapshot` cannot reach.
+    fn dead_end(
+        &self,
+        snapshot: &Snapshot,
+        reconnects_settled: bool,
+        reached: impl Fn(StateKind) -> bool,
+    ) -> Option<WaitError> {
+        let shutdown_awaited = reached(StateKind::Closing) || reached(StateKind::Closed);
+        match snapshot.state {
+            StateKind::Closing | StateKind::Closed if !shutdown_awaited => {
+                Some(WaitError::ShutDown)
+            }
+            StateKind::Failed if !shutdown_awaited && reconnects_settled => {
+                Some(WaitError::Failed {
+                    cause: snapshot.failure.unwrap_or(FailCause::RetriesExhausted),
+                    error: self.failure_error(),
+                })
+            }
+            _ => None,
+        }
     }
 }
 

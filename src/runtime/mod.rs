@@ -14,10 +14,36 @@
 //! engine.shutdown().await;
 //! # }
 //! ```
+//!
+//! A client's `connect()`: every event from the first, and the first link
+//! or an error (never a wait that hangs on an engine that gave up).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), redial::runtime::WaitError> {
+//! use std::time::Duration;
+//! use futures::StreamExt;
+//! use redial::machine::{Config, StateKind};
+//! use redial::runtime::{Engine, Event};
+//! use redial::testing::MemoryTransport;
+//!
+//! let prepared = Engine::prepare(Config::default(), MemoryTransport::new());
+//! let mut events = prepared.events(); // before the start: nothing is missed
+//! let engine = prepared.start();
+//! let generation = engine.handle().wait_connected(Duration::from_secs(30)).await?;
+//! let first = events.next().await.unwrap();
+//! assert!(matches!(first, Ok(Event::StateChanged { from: StateKind::Idle, .. })));
+//! println!("connected on link {generation}");
+//! engine.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 mod driver;
 mod events;
 mod handle;
+mod histogram;
+mod owner;
 mod prepared;
 pub(crate) mod shared;
 mod step;
@@ -35,20 +61,28 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use driver::{ConnectTimedOut, CurrentLink};
-pub use events::{Event, SharedError};
-pub use handle::{EngineError, Handle, LinkReporter, Snapshot, Stats};
+pub use events::{Event, EventStream, Lagged, SharedError};
+pub use handle::{EngineError, Handle, LinkReporter, Snapshot, Stats, WaitError};
+pub use histogram::{BUCKET_BOUNDS_MS, BUCKETS, Histogram};
 pub use prepared::{FirstConnectError, Prepared};
 pub use shared::{LinkEvent, Report};
 pub use transport::{Classify, DEFAULT_PROBE_INTERVAL, OpenContext, Transport};
 
 use crate::machine::{Config, Machine};
 use handle::{DriverCounters, Inner};
+pub(crate) use owner::Owner;
 use shared::Shared;
 
 /// A running engine: the driver task, its handle, and the current link.
+///
+/// The engine runs until [`Engine::shutdown`] (or [`Handle::shutdown`])
+/// or until its last owner is dropped: the `Engine` and every
+/// [`crate::outbox::Publisher`] made with [`crate::outbox::Publisher::new`]
+/// own it; handles only observe. Dropping the last owner asks the driver
+/// to shut down gracefully in the background.
 #[derive(Debug)]
 pub struct Engine<T: Transport> {
-    handle: Handle,
+    owner: Owner,
     links: watch::Receiver<Option<CurrentLink<T::Link>>>,
     task: JoinHandle<()>,
 }
@@ -72,6 +106,7 @@ impl<T: Transport> Engine<T> {
         let channels = driver::channels::<T::Link>(machine.generation());
         let inner = Arc::new(Inner {
             shared: Shared::new(machine.generation(), machine.kind()),
+            owners: std::sync::atomic::AtomicUsize::new(1),
             snapshot: channels.snapshot_rx.clone(),
             events: std::sync::OnceLock::new(),
             counters: DriverCounters::default(),
@@ -97,7 +132,9 @@ impl<T: Transport> Engine<T> {
 
     /// Like [`Engine::spawn`], and also returns a subscription to the
     /// engine's events taken before the driver starts, so that not even the
-    /// first attempt's events can be missed.
+    /// first attempt's events can be missed: tokio's receiver; for a
+    /// [`futures::Stream`], [`Engine::prepare`] then [`Prepared::events`]
+    /// and [`Prepared::start`].
     ///
     /// # Panics
     /// When called outside a tokio runtime, as `tokio::spawn` does.
@@ -112,7 +149,12 @@ impl<T: Transport> Engine<T> {
 
     /// A clone of the handle.
     pub fn handle(&self) -> Handle {
-        self.handle.clone()
+        self.owner.handle().clone()
+    }
+
+    /// A claim that keeps the engine running (for publishers).
+    pub(crate) fn owner(&self) -> Owner {
+        self.owner.clone()
     }
 
     /// The current link (`None` while there is none), for publishers.
@@ -120,26 +162,17 @@ impl<T: Transport> Engine<T> {
         self.links.clone()
     }
 
-    /// Shuts down gracefully and waits for the driver task to end.
+    /// Shuts down gracefully, whatever other owners remain (publishers'
+    /// messages not yet confirmed resolve with `ShutDown`), and waits for
+    /// the driver task to end.
     pub async fn shutdown(mut self) {
-        self.handle.shutdown().await;
+        self.owner.handle().shutdown().await;
         let _ = (&mut self.task).await;
     }
 
     /// Whether the driver task has ended.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
-    }
-}
-
-impl<T: Transport> Drop for Engine<T> {
-    /// Dropping the engine asks the driver to shut down gracefully in the
-    /// background (handles keep working until it has); call
-    /// [`Engine::shutdown`] to wait for it.
-    fn drop(&mut self) {
-        if !self.task.is_finished() {
-            self.handle.inner.shared.command(false, true);
-        }
     }
 }
 
@@ -214,7 +247,7 @@ mod tests {
     async fn the_error_of_a_loss_reaches_its_state_change() {
         let config = Config::builder().seed(3).build().unwrap();
         let prepared = Engine::prepare(config, MemoryTransport::new());
-        let mut events = prepared.events();
+        let mut events = prepared.handle().events();
         let engine = prepared.start();
         let handle = engine.handle();
         let first = handle.wait_for(StateKind::Connected).await.generation;

@@ -4,13 +4,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
-
 use crate::chain::Chain;
 use crate::machine::{Generation, Machine};
 use crate::runtime::Engine;
 use crate::runtime::driver::{Channels, ConnectTimedOut, Driver};
-use crate::runtime::events::Event;
+use crate::runtime::events::{Event, EventStream};
 use crate::runtime::handle::{Handle, LinkReporter};
 use crate::runtime::transport::{Classify, OpenContext, Transport};
 
@@ -184,15 +182,15 @@ impl<T: Transport> Prepared<T> {
             tracing::info_span!("redial"),
         ));
         Engine {
-            handle: self.handle,
+            owner: crate::runtime::Owner::first(self.handle),
             links,
             task,
         }
     }
 
-    /// Events from the very first, before the engine starts (a shorthand
-    /// for `handle().events()`).
-    pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.handle.events()
+    /// Every event from the very first (the first `idle -> connecting`
+    /// included), as a [`futures::Stream`]: subscribe here, then start.
+    pub fn events(&self) -> EventStream {
+        self.handle.event_stream()
     }
 }

@@ -268,6 +268,11 @@ impl Shared {
         Batch { word }
     }
 
+    /// Any thread: whether a reconnect request waits for the driver.
+    pub(crate) fn reconnect_pending(&self) -> bool {
+        self.commands.load(Ordering::SeqCst) & CMD_RECONNECT != 0
+    }
+
     /// Driver only: takes the pending commands.
     pub(crate) fn take_commands(&self) -> Commands {
         let bits = self.commands.swap(0, Ordering::AcqRel);

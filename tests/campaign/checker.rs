@@ -699,6 +699,7 @@ pub fn self_check() -> Result<(), String> {
                 from: StateKind::Connected,
                 to: StateKind::BackingOff,
                 generation: Generation(1),
+                lost: Some(Generation(1)),
                 reason: Reason::LinkLost,
                 error: None,
             },
