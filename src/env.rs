@@ -29,16 +29,22 @@ pub(crate) const DURATION: &str = "a duration such as 250ms, 30s or 1m30s";
 /// What an optional duration variable must look like.
 pub(crate) const OPTIONAL_DURATION: &str = "a duration such as 250ms, 30s or 1m30s, or off";
 
-/// A duration in `humantime` form (`250ms`, `1m30s`, `2h`), or a bare
-/// number of seconds (`5`, `0.5`), which the first `REDIAL_*` parser took.
+/// A duration in `humantime` form (`250ms`, `1m30s`, `2h`), or what the
+/// first `REDIAL_*` parser took: a bare number of seconds (`5`, `0.5`) or
+/// a decimal with one unit (`1.5s`).
 pub(crate) fn parse_duration(value: &str) -> Option<Duration> {
     let v = value.trim();
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::try_from_secs_f64(secs).ok())
-            .flatten();
+    if let Ok(d) = humantime::parse_duration(v) {
+        return Some(d);
     }
-    humantime::parse_duration(v).ok()
+    let (number, scale) = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+        .into_iter()
+        .find_map(|(unit, scale)| v.strip_suffix(unit).map(|n| (n, scale)))
+        .unwrap_or((v, 1.0));
+    let n: f64 = number.trim().parse().ok()?;
+    (n.is_finite() && n >= 0.0)
+        .then(|| Duration::try_from_secs_f64(n * scale).ok())
+        .flatten()
 }
 
 /// `off`, `none` or `0`: a setting turned off.
@@ -166,6 +172,8 @@ mod tests {
         assert_eq!(parse_duration(" 2h "), Some(Duration::from_secs(7200)));
         assert_eq!(parse_duration("0.5"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.5m"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration("-1"), None);
         assert_eq!(parse_duration("soon"), None);
