@@ -280,7 +280,10 @@ async fn amqp_raw(queue: &str, n: usize, window: usize) -> Run {
 async fn amqp_redial(queue: &str, n: usize, window: usize) -> Run {
     let config = AmqpConfig::new(amqp_uri(AMQP_ADDR)).connection_name("redial-bench");
     let transport = AmqpTransport::new(config.clone()).expect("transport");
-    let engine = Engine::spawn(config.engine_config().expect("config"), transport.clone());
+    let engine = Engine::spawn(
+        config.engine_config().build().expect("config"),
+        transport.clone(),
+    );
     engine.handle().wait_for(StateKind::Connected).await;
     let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
     let payload: Arc<[u8]> = vec![7u8; PAYLOAD].into();
@@ -613,7 +616,10 @@ async fn amqp_consume_redial(queue: &str, n: usize) -> Consumed {
         .connection_name("redial-bench-consume")
         .prefetch(CONSUME_PREFETCH);
     let transport = AmqpTransport::new(config.clone()).expect("transport");
-    let engine = Engine::spawn(config.engine_config().expect("config"), transport.clone());
+    let engine = Engine::spawn(
+        config.engine_config().build().expect("config"),
+        transport.clone(),
+    );
     tokio::time::timeout(
         Duration::from_secs(10),
         engine.handle().wait_for(StateKind::Connected),
@@ -1095,13 +1101,13 @@ impl Recovery {
 }
 
 fn recovery_backoff() -> Backoff {
-    Backoff::new(
-        Duration::from_secs(1),
-        2.0,
-        Duration::from_secs(60),
-        Jitter::None,
-    )
-    .expect("backoff")
+    Backoff::builder()
+        .initial(Duration::from_secs(1))
+        .multiplier(2.0)
+        .max(Duration::from_secs(60))
+        .jitter(Jitter::None)
+        .build()
+        .expect("backoff")
 }
 
 async fn amqp_recovery(runs: usize) {
@@ -1128,11 +1134,15 @@ async fn amqp_recovery(runs: usize) {
 
         let config = AmqpConfig::new(uri)
             .heartbeat(Heartbeat::secs(heartbeat.as_secs() as u16))
-            .backoff(recovery_backoff())
-            .stable_period(Duration::from_millis(500))
             .connect_timeout(Duration::from_secs(5));
         let transport = AmqpTransport::new(config.clone()).expect("transport");
-        let engine = Engine::spawn(config.engine_config().expect("config"), transport.clone());
+        let engine_config = config
+            .engine_config()
+            .backoff(recovery_backoff())
+            .stable_period(Duration::from_millis(500))
+            .build()
+            .expect("config");
+        let engine = Engine::spawn(engine_config, transport.clone());
         let handle = engine.handle();
         let mut events = handle.events();
         handle.wait_for(StateKind::Connected).await;

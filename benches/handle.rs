@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
         let engine = Engine::spawn(
             Config::builder()
                 .seed(1)
-                .liveness_timeout(None)
+                .no_liveness_timeout()
                 .build()
                 .expect("config"),
             MemoryTransport::new(),
@@ -131,18 +131,18 @@ fn live_storms() {
         .build()
         .expect("runtime");
     // Reconnect within a millisecond so that rounds stay short.
-    let backoff = Backoff::new(
-        Duration::from_millis(1),
-        1.0,
-        Duration::from_millis(1),
-        Jitter::None,
-    )
-    .expect("backoff");
+    let backoff = Backoff::builder()
+        .initial(Duration::from_millis(1))
+        .multiplier(1.0)
+        .max(Duration::from_millis(1))
+        .jitter(Jitter::None)
+        .build()
+        .expect("backoff");
     let config = Config::builder()
         .seed(1)
         .backoff(backoff)
         .stable_period(Duration::from_millis(1))
-        .liveness_timeout(None)
+        .no_liveness_timeout()
         .build()
         .expect("config");
     let engine = rt.block_on(async {

@@ -145,7 +145,7 @@ fn connected_handle(rt: &tokio::runtime::Runtime) -> (Engine<MemoryTransport>, H
         let engine = Engine::spawn(
             Config::builder()
                 .seed(1)
-                .liveness_timeout(None)
+                .no_liveness_timeout()
                 .build()
                 .expect("config"),
             MemoryTransport::new(),
@@ -243,7 +243,7 @@ fn run(name: &str, n: u64) {
             let (engine, publisher) = rt.block_on(async {
                 let config = Config::builder()
                     .seed(1)
-                    .liveness_timeout(None)
+                    .no_liveness_timeout()
                     .build()
                     .expect("config");
                 let engine = Engine::spawn(config, NullBroker);

@@ -81,7 +81,7 @@ fn publisher_benches(c: &mut Criterion) {
     let (engine, publisher) = rt.block_on(async {
         let config = Config::builder()
             .seed(1)
-            .liveness_timeout(None)
+            .no_liveness_timeout()
             .build()
             .expect("config");
         let engine = Engine::spawn(config, NullBroker);

@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
 
-    let engine = Engine::spawn(config.engine_config()?, transport.clone());
+    let engine = Engine::spawn(config.engine_config().build()?, transport.clone());
     let mut events = engine.handle().events();
     tokio::spawn(async move {
         let started = Instant::now();

@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let config = AmqpConfig::new(URI).prefetch(prefetch);
     let transport = AmqpTransport::new(config.clone())?;
-    let engine = Engine::spawn(config.engine_config()?, transport.clone());
+    let engine = Engine::spawn(config.engine_config().build()?, transport.clone());
     engine.handle().wait_for(StateKind::Connected).await;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body = vec![b'x'; bytes];

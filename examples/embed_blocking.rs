@@ -74,17 +74,17 @@ fn main() -> ExitCode {
     };
     let config = Config::builder()
         .backoff(
-            Backoff::new(
-                Duration::from_millis(20),
-                2.0,
-                Duration::from_millis(500),
-                Jitter::Full,
-            )
-            .expect("valid backoff"),
+            Backoff::builder()
+                .initial(Duration::from_millis(20))
+                .multiplier(2.0)
+                .max(Duration::from_millis(500))
+                .jitter(Jitter::Full)
+                .build()
+                .expect("valid backoff"),
         )
         .connect_timeout(Duration::from_secs(2))
         // Heartbeats every 50 ms: dead after 300 ms of silence.
-        .liveness_timeout(Some(Duration::from_millis(300)))
+        .liveness_timeout(Duration::from_millis(300))
         .build()
         .expect("valid config");
     let connect_timeout = config.connect_timeout().expect("set above");

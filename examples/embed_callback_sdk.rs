@@ -373,21 +373,21 @@ const PATIENCE: Duration = Duration::from_secs(10);
 fn config(first_generation: Generation) -> Config {
     Config::builder()
         // Ride out the SDK's own reconnect: a lost link is kept this long.
-        .resume_grace(Some(GRACE))
+        .resume_grace(GRACE)
         // When the grace is over, replace the connection at once.
         .immediate_first_retry(true)
         .backoff(
-            Backoff::new(
-                Duration::from_millis(20),
-                2.0,
-                Duration::from_millis(200),
-                Jitter::Full,
-            )
-            .expect("valid backoff"),
+            Backoff::builder()
+                .initial(Duration::from_millis(20))
+                .multiplier(2.0)
+                .max(Duration::from_millis(200))
+                .jitter(Jitter::Full)
+                .build()
+                .expect("valid backoff"),
         )
         // The SDK enforces its own connect timeout and keep-alive.
-        .without_connect_timeout()
-        .liveness_timeout(None)
+        .no_connect_timeout()
+        .no_liveness_timeout()
         .never_give_up()
         .first_generation(first_generation)
         .build()

@@ -175,18 +175,18 @@ async fn main() -> io::Result<()> {
     let (addr, kill) = echo_server().await?;
     let config = Config::builder()
         .backoff(
-            Backoff::new(
-                Duration::from_millis(20),
-                2.0,
-                Duration::from_millis(500),
-                Jitter::Full,
-            )
-            .expect("valid backoff"),
+            Backoff::builder()
+                .initial(Duration::from_millis(20))
+                .multiplier(2.0)
+                .max(Duration::from_millis(500))
+                .jitter(Jitter::Full)
+                .build()
+                .expect("valid backoff"),
         )
         .connect_timeout(Duration::from_secs(2))
         // The echo protocol has no heartbeats; a real protocol sets this to
         // its heartbeat timeout and its reader calls `reporter.activity()`.
-        .liveness_timeout(None)
+        .no_liveness_timeout()
         .build()
         .expect("valid config");
     let engine = Engine::spawn(config, EchoTransport { addr });

@@ -327,7 +327,7 @@ fn cpu_time() -> Duration {
 fn idle_config(seed: u64) -> Config {
     Config::builder()
         .seed(seed)
-        .liveness_timeout(Some(Duration::from_secs(60)))
+        .liveness_timeout(Duration::from_secs(60))
         .build()
         .expect("config")
 }
@@ -577,14 +577,17 @@ fn storm(opts: &Options, name: &'static str, jitter: Jitter) -> StormResult {
         // Liveness off: it plays no part while links are down, and without
         // heartbeats it would drop the idle links after 60 s.
         let fleet = spawn_fleet(opts.engines, &broker, None, |seed| {
-            Config::builder()
+            let builder = Config::builder()
                 .seed(seed)
                 .backoff(backoff.clone())
                 .immediate_first_retry(opts.immediate_first_retry)
-                .probe_interval(opts.probes.then_some(DEFAULT_PROBE_INTERVAL))
-                .liveness_timeout(None)
-                .build()
-                .expect("config")
+                .no_liveness_timeout();
+            let builder = if opts.probes {
+                builder.probe_interval(DEFAULT_PROBE_INTERVAL)
+            } else {
+                builder.no_probe_interval()
+            };
+            builder.build().expect("config")
         });
         all_connected(&fleet).await;
         // Up for longer than the stable period (10 s), as a fleet would be.

@@ -34,7 +34,7 @@
 //! Each uses its defaults, except the heartbeat / keep-alive, set to 5 s:
 //!
 //! * **redial-amqp**: `AmqpConfig::new(uri).heartbeat(Heartbeat::secs(5))`,
-//!   `Engine::spawn(config.engine_config()?, transport)` and a `Publisher`
+//!   `Engine::spawn(config.engine_config().build()?, transport)` and a `Publisher`
 //!   with `OutboxConfig::default()`, as the quick starts do. A publish's
 //!   outcome is its receipt: a broker confirm or a typed error.
 //! * **redial-mqtt**: `MqttConfig::new(..).keep_alive(5 s)`,
@@ -604,6 +604,7 @@ async fn run_redial_amqp(cx: &Cx) -> Result<Driven, String> {
         AmqpTransport::new(config.clone()).map_err(|e| format!("redial-amqp: transport: {e}"))?;
     let engine_config = config
         .engine_config()
+        .build()
         .map_err(|e| format!("redial-amqp: engine config: {e}"))?;
     let exchange = cx.exchange.clone();
     run_redial(cx, "redial-amqp", engine_config, transport, move |id| {

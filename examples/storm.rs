@@ -60,15 +60,26 @@ fn ms(v: u64) -> Duration {
 
 /// Small delays, so that the whole run takes a few seconds.
 fn config(seed: u64, grace: Option<Duration>) -> Config {
-    Config::builder()
+    let builder = Config::builder()
         .seed(seed)
-        .backoff(Backoff::new(ms(5), 2.0, ms(40), Jitter::Proportional { fraction: 0.5 }).unwrap())
+        .backoff(
+            Backoff::builder()
+                .initial(ms(5))
+                .multiplier(2.0)
+                .max(ms(40))
+                .jitter(Jitter::Proportional { fraction: 0.5 })
+                .build()
+                .unwrap(),
+        )
         .stable_period(ms(50))
         .connect_timeout(Duration::from_secs(10))
-        .liveness_timeout(None)
-        .resume_grace(grace)
-        .build()
-        .expect("valid config")
+        .no_liveness_timeout();
+    match grace {
+        Some(grace) => builder.resume_grace(grace),
+        None => builder.no_resume_grace(),
+    }
+    .build()
+    .expect("valid config")
 }
 
 /// What the reporting threads were told, summed.

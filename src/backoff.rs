@@ -33,9 +33,31 @@ pub enum Jitter {
     },
 }
 
-/// An exponential backoff policy. Build it with [`Backoff::new`] or a preset.
+/// An exponential backoff policy. Build it with [`Backoff::builder`] or a
+/// preset.
+///
+/// ```
+/// use std::time::Duration;
+/// use redial::backoff::{Backoff, Jitter};
+///
+/// let policy = Backoff::builder()
+///     .initial(Duration::from_millis(500))
+///     .multiplier(1.5)
+///     .max(Duration::from_secs(30))
+///     .jitter(Jitter::Full)
+///     .build()?;
+/// assert_eq!(policy.base_ms(2), 750);
+/// // Change one setting of a built policy.
+/// let capped = policy.to_builder().max(Duration::from_secs(5)).build()?;
+/// assert_eq!(capped.max(), Duration::from_secs(5));
+/// # Ok::<(), redial::machine::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(try_from = "BackoffBuilder", into = "BackoffBuilder")
+)]
 pub struct Backoff {
     initial_ms: u64,
     multiplier: f64,
@@ -55,42 +77,113 @@ impl Default for Backoff {
     }
 }
 
-impl Backoff {
-    /// A validated policy: first delay `initial`, growth `multiplier` per
-    /// step, every delay capped at `max`, randomised by `jitter`.
+/// Builds a [`Backoff`]; [`BackoffBuilder::build`] checks every setting.
+/// Starts from the defaults (1 s, x2, cap 60 s, +-50 % jitter).
+///
+/// With the `serde` feature it deserializes from
+/// `{"initial": "500ms", "multiplier": 1.5, "max": "30s", "jitter": {"mode": "full"}}`
+/// (every key optional, durations in `humantime` form).
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct BackoffBuilder {
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration"))]
+    initial: Duration,
+    multiplier: f64,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration"))]
+    max: Duration,
+    jitter: Jitter,
+}
+
+impl Default for BackoffBuilder {
+    fn default() -> Self {
+        Backoff::default().to_builder()
+    }
+}
+
+impl BackoffBuilder {
+    /// The first delay (truncated to whole milliseconds; at least 1 ms).
+    pub fn initial(mut self, initial: Duration) -> Self {
+        self.initial = initial;
+        self
+    }
+    /// The growth factor per step (a finite number >= 1).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+    /// The cap on every delay (at least the first delay).
+    pub fn max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+    /// How each delay is randomised.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Checks every setting and returns the policy.
     ///
-    /// Durations are truncated to whole milliseconds.
-    pub fn new(
-        initial: Duration,
-        multiplier: f64,
-        max: Duration,
-        jitter: Jitter,
-    ) -> Result<Self, ConfigError> {
-        let initial_ms = whole_ms("backoff.initial", initial)?;
-        let max_ms = whole_ms("backoff.max", max)?;
+    /// # Errors
+    /// [`ConfigError`] naming the setting that cannot work.
+    pub fn build(self) -> Result<Backoff, ConfigError> {
+        let initial_ms = whole_ms("backoff.initial", self.initial)?;
+        let max_ms = whole_ms("backoff.max", self.max)?;
         if initial_ms > MAX_DELAY_MS || max_ms > MAX_DELAY_MS {
             return Err(ConfigError::TooLarge {
                 field: "backoff",
                 max_ms: MAX_DELAY_MS,
             });
         }
+        let multiplier = self.multiplier;
         if multiplier.is_nan() || multiplier < 1.0 || !multiplier.is_finite() {
             return Err(ConfigError::MultiplierBelowOne { multiplier });
         }
         if max_ms < initial_ms {
             return Err(ConfigError::CapBelowInitial { initial_ms, max_ms });
         }
-        if let Jitter::Proportional { fraction } = jitter
+        if let Jitter::Proportional { fraction } = self.jitter
             && !(0.0..=1.0).contains(&fraction)
         {
             return Err(ConfigError::JitterOutOfRange { fraction });
         }
-        Ok(Self {
+        Ok(Backoff {
             initial_ms,
             multiplier,
             max_ms,
-            jitter,
+            jitter: self.jitter,
         })
+    }
+}
+
+impl TryFrom<BackoffBuilder> for Backoff {
+    type Error = ConfigError;
+    fn try_from(builder: BackoffBuilder) -> Result<Self, ConfigError> {
+        builder.build()
+    }
+}
+
+impl From<Backoff> for BackoffBuilder {
+    fn from(backoff: Backoff) -> Self {
+        backoff.to_builder()
+    }
+}
+
+impl Backoff {
+    /// A builder holding the defaults.
+    pub fn builder() -> BackoffBuilder {
+        BackoffBuilder::default()
+    }
+
+    /// A builder holding this policy's settings, to change some of them.
+    pub fn to_builder(&self) -> BackoffBuilder {
+        BackoffBuilder {
+            initial: self.initial(),
+            multiplier: self.multiplier,
+            max: self.max(),
+            jitter: self.jitter,
+        }
     }
 
     /// gRPC's connection backoff: 1 s, x1.6, +-20 %, capped at 120 s.
@@ -115,7 +208,7 @@ impl Backoff {
 
     /// The same policy with another jitter mode (validated).
     pub fn with_jitter(self, jitter: Jitter) -> Result<Self, ConfigError> {
-        Self::new(self.initial(), self.multiplier, self.max(), jitter)
+        self.to_builder().jitter(jitter).build()
     }
 
     /// The first delay.
@@ -244,7 +337,13 @@ mod tests {
 
     #[test]
     fn base_grows_and_caps() {
-        let p = Backoff::new(ms(1000), 2.0, ms(60_000), Jitter::None).unwrap();
+        let p = Backoff::builder()
+            .initial(ms(1000))
+            .multiplier(2.0)
+            .max(ms(60_000))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap();
         let bases: Vec<u64> = (1..=8).map(|n| p.base_ms(n)).collect();
         assert_eq!(
             bases,
@@ -272,7 +371,13 @@ mod tests {
             Jitter::Decorrelated,
             Jitter::Proportional { fraction: 1.0 },
         ] {
-            let p = Backoff::new(ms(3), 1.7, ms(500), jitter).unwrap();
+            let p = Backoff::builder()
+                .initial(ms(3))
+                .multiplier(1.7)
+                .max(ms(500))
+                .jitter(jitter)
+                .build()
+                .unwrap();
             let mut s = BackoffState::new(&p, 42);
             for _ in 0..1000 {
                 assert!(s.next_delay_ms(&p) <= 500, "{jitter:?}");
@@ -283,27 +388,57 @@ mod tests {
     #[test]
     fn invalid_policies_are_rejected() {
         assert!(matches!(
-            Backoff::new(ms(0), 2.0, ms(10), Jitter::None),
+            Backoff::builder()
+                .initial(ms(0))
+                .multiplier(2.0)
+                .max(ms(10))
+                .jitter(Jitter::None)
+                .build(),
             Err(ConfigError::Zero { .. })
         ));
         assert!(matches!(
-            Backoff::new(ms(10), 0.5, ms(10), Jitter::None),
+            Backoff::builder()
+                .initial(ms(10))
+                .multiplier(0.5)
+                .max(ms(10))
+                .jitter(Jitter::None)
+                .build(),
             Err(ConfigError::MultiplierBelowOne { .. })
         ));
         assert!(matches!(
-            Backoff::new(ms(10), f64::NAN, ms(10), Jitter::None),
+            Backoff::builder()
+                .initial(ms(10))
+                .multiplier(f64::NAN)
+                .max(ms(10))
+                .jitter(Jitter::None)
+                .build(),
             Err(ConfigError::MultiplierBelowOne { .. })
         ));
         assert!(matches!(
-            Backoff::new(ms(10), 2.0, ms(5), Jitter::None),
+            Backoff::builder()
+                .initial(ms(10))
+                .multiplier(2.0)
+                .max(ms(5))
+                .jitter(Jitter::None)
+                .build(),
             Err(ConfigError::CapBelowInitial { .. })
         ));
         assert!(matches!(
-            Backoff::new(ms(10), 2.0, ms(50), Jitter::Proportional { fraction: 1.5 }),
+            Backoff::builder()
+                .initial(ms(10))
+                .multiplier(2.0)
+                .max(ms(50))
+                .jitter(Jitter::Proportional { fraction: 1.5 })
+                .build(),
             Err(ConfigError::JitterOutOfRange { .. })
         ));
         assert!(matches!(
-            Backoff::new(ms(10), 2.0, ms(50), Jitter::Proportional { fraction: -0.1 }),
+            Backoff::builder()
+                .initial(ms(10))
+                .multiplier(2.0)
+                .max(ms(50))
+                .jitter(Jitter::Proportional { fraction: -0.1 })
+                .build(),
             Err(ConfigError::JitterOutOfRange { .. })
         ));
     }

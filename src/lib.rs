@@ -31,6 +31,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub mod amqp;
 pub mod backoff;
+pub mod env;
 pub mod machine;
 #[cfg(feature = "mqtt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mqtt")))]
@@ -41,6 +42,10 @@ mod reach;
 #[cfg(any(feature = "amqp", feature = "mqtt"))]
 mod redact;
 pub mod rng;
+#[cfg(feature = "serde")]
+mod serde_duration;
+#[cfg(all(feature = "serde", any(feature = "amqp", feature = "mqtt")))]
+mod serde_text;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
@@ -51,6 +56,11 @@ pub struct ReadmeDoctests;
 #[cfg(all(doctest, feature = "amqp", feature = "mqtt"))]
 #[doc = include_str!("../docs/clusters.md")]
 pub struct ClustersDoctests;
+
+/// docs/configuration.md's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/configuration.md")]
+pub struct ConfigurationDoctests;
 
 #[cfg(feature = "tokio")]
 mod chain;

@@ -72,11 +72,15 @@ async fn blocked_connection_applies_backpressure_and_times_out() {
     let config = AmqpConfig::new(a::BROKER_URI)
         .connection_name(a::unique("blocked-conn"))
         .heartbeat(Heartbeat::secs(2))
-        .blocked_timeout(Some(Duration::from_secs(4)))
-        .stable_period(Duration::from_secs(1))
         .connect_timeout(Duration::from_secs(3));
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine_config = config
+        .engine_config()
+        .blocked_timeout(Duration::from_secs(4))
+        .stable_period(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let engine = Engine::spawn(engine_config, transport.clone());
     let handle = engine.handle();
     let timeline = Timeline::start(&handle);
     handle.wait_for(StateKind::Connected).await;

@@ -67,7 +67,7 @@ async fn mixed(n: usize, every: usize) {
         .heartbeat(Heartbeat::secs(5))
         .message_id_prefix(prefix.clone());
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(config.engine_config().build().unwrap(), transport.clone());
     let handle = engine.handle();
     handle.wait_for(StateKind::Connected).await;
     let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());
@@ -207,7 +207,7 @@ async fn publishes_that_vanish_replace_the_link_after_the_confirm_timeout() {
         .heartbeat(Heartbeat::secs(2))
         .message_id_prefix(prefix);
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(config.engine_config().build().unwrap(), transport.clone());
     let handle = engine.handle();
     let g1 = handle.wait_for(StateKind::Connected).await.generation;
     let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());

@@ -94,19 +94,23 @@ async fn half_open_link_is_detected_within_one_and_a_half_heartbeats() {
     let config = AmqpConfig::new(a::proxied_uri(proxy.addr()))
         .connection_name(a::unique("halfopen-conn"))
         .heartbeat(Heartbeat::secs(5))
-        .stable_period(Duration::from_secs(1))
-        .connect_timeout(Duration::from_secs(3))
-        .backoff(
-            Backoff::new(
-                Duration::from_millis(500),
-                2.0,
-                Duration::from_secs(2),
-                Jitter::None,
-            )
-            .unwrap(),
-        );
+        .connect_timeout(Duration::from_secs(3));
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine_config = config
+        .engine_config()
+        .stable_period(Duration::from_secs(1))
+        .backoff(
+            Backoff::builder()
+                .initial(Duration::from_millis(500))
+                .multiplier(2.0)
+                .max(Duration::from_secs(2))
+                .jitter(Jitter::None)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let engine = Engine::spawn(engine_config, transport.clone());
     let handle = engine.handle();
     let timeline = Timeline::start(&handle);
     handle.wait_for(StateKind::Connected).await;
@@ -200,19 +204,24 @@ async fn refused_outage_follows_the_backoff_schedule() {
     let config = AmqpConfig::new(a::proxied_uri(proxy.addr()))
         .connection_name(a::unique("outage-conn"))
         .heartbeat(Heartbeat::secs(5))
-        .probe_interval(None)
+        .connect_timeout(Duration::from_secs(3));
+    let engine_config = config
+        .engine_config()
+        .no_probe_interval()
         .stable_period(Duration::from_secs(1))
-        .connect_timeout(Duration::from_secs(3))
         .backoff(
-            Backoff::new(
-                initial,
-                multiplier,
-                cap,
-                Jitter::Proportional { fraction: 0.2 },
-            )
-            .unwrap(),
-        );
-    let (transport, engine, timeline) = a::engine_on_queue(&config, &queue).await;
+            Backoff::builder()
+                .initial(initial)
+                .multiplier(multiplier)
+                .max(cap)
+                .jitter(Jitter::Proportional { fraction: 0.2 })
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let (transport, engine, timeline) =
+        a::engine_on_queue(&config, engine_config.clone(), &queue).await;
     let handle = engine.handle();
     handle.wait_for(StateKind::Connected).await;
     let publisher = Publisher::new(&engine, transport.clone(), outbox());
@@ -269,7 +278,7 @@ async fn refused_outage_follows_the_backoff_schedule() {
     // Gap i (i >= 1) follows the schedule: base(i) = initial * 2^(i-1),
     // capped, +-20 % jitter, plus the time a refused attempt takes. The
     // first retry is immediate (the link had been stable).
-    let backoff = config.engine_config().unwrap().backoff().clone();
+    let backoff = engine_config.backoff().clone();
     for (i, gap) in gaps.iter().enumerate() {
         let base = Duration::from_millis(backoff.base_ms(i as u32 + 1));
         let (lo, hi) = (
@@ -313,10 +322,14 @@ async fn broker_side_close_is_recovered_without_loss() {
     let config = AmqpConfig::new(a::BROKER_URI)
         .connection_name(&name)
         .heartbeat(Heartbeat::secs(5))
-        .stable_period(Duration::from_secs(1))
         .connect_timeout(Duration::from_secs(3));
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine_config = config
+        .engine_config()
+        .stable_period(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let engine = Engine::spawn(engine_config, transport.clone());
     let handle = engine.handle();
     let timeline = Timeline::start(&handle);
     handle.wait_for(StateKind::Connected).await;
@@ -377,18 +390,22 @@ async fn permanent(
     // A short backoff: a retry, if any, would show within the wait below.
     let config = AmqpConfig::new(uri_for(proxy.addr()))
         .connection_name(a::unique("permanent-conn"))
-        .connect_timeout(Duration::from_secs(3))
-        .backoff(
-            Backoff::new(
-                Duration::from_millis(100),
-                2.0,
-                Duration::from_millis(200),
-                Jitter::None,
-            )
-            .unwrap(),
-        );
+        .connect_timeout(Duration::from_secs(3));
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine_config = config
+        .engine_config()
+        .backoff(
+            Backoff::builder()
+                .initial(Duration::from_millis(100))
+                .multiplier(2.0)
+                .max(Duration::from_millis(200))
+                .jitter(Jitter::None)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let engine = Engine::spawn(engine_config, transport.clone());
     let handle = engine.handle();
     let mut events = handle.events();
     // A publish submitted before the engine gives up fails with the cause.

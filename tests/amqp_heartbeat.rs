@@ -131,7 +131,7 @@ async fn heartbeat_negotiation_table_against_a_fake_broker() {
             .heartbeat(Heartbeat::secs(client))
             .connect_timeout(Duration::from_secs(3));
         let transport = AmqpTransport::new(config.clone()).unwrap();
-        let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+        let engine = Engine::spawn(config.engine_config().build().unwrap(), transport.clone());
         let handle = engine.handle();
         tokio::time::timeout(
             Duration::from_secs(5),
@@ -153,12 +153,42 @@ async fn heartbeat_negotiation_table_against_a_fake_broker() {
         assert_eq!(
             config
                 .engine_config_for(link.heartbeat())
+                .build()
                 .unwrap()
                 .liveness_timeout(),
             expected_duration
         );
         engine.shutdown().await;
     }
+}
+
+/// Finding: a URI's `?heartbeat=` was silently replaced by the default
+/// proposal (20 s). It is now what redial proposes on the wire, and what
+/// the engine's watchdog follows.
+#[tokio::test]
+async fn a_heartbeat_in_the_uri_is_proposed() {
+    let (addr, tune_ok) = fake_broker(60).await;
+    let config = AmqpConfig::new(format!("amqp://guest:guest@{addr}/%2f?heartbeat=7"))
+        .connect_timeout(Duration::from_secs(3));
+    let engine_config = config.engine_config().build().unwrap();
+    assert_eq!(
+        engine_config.liveness_timeout(),
+        Some(Duration::from_secs(7))
+    );
+    let transport = AmqpTransport::new(config).unwrap();
+    let engine = Engine::spawn(engine_config, transport.clone());
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        engine.handle().wait_for(StateKind::Connected),
+    )
+    .await
+    .expect("connected to the fake broker");
+    assert_eq!(tune_ok.await.unwrap(), 7, "tune-ok carries the URI's value");
+    assert_eq!(
+        transport.negotiated_heartbeat(),
+        Some(Some(Duration::from_secs(7)))
+    );
+    engine.shutdown().await;
 }
 
 #[tokio::test]
@@ -170,7 +200,7 @@ async fn real_broker_negotiates_the_smaller_heartbeat() {
     for (client, expected) in [(Heartbeat::secs(5), 5), (Heartbeat::Disabled, 60)] {
         let config = AmqpConfig::new(support::amqp::BROKER_URI).heartbeat(client);
         let transport = AmqpTransport::new(config.clone()).unwrap();
-        let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+        let engine = Engine::spawn(config.engine_config().build().unwrap(), transport.clone());
         engine.handle().wait_for(StateKind::Connected).await;
         assert_eq!(
             transport.negotiated_heartbeat(),

@@ -59,7 +59,7 @@ async fn a_consumer_that_acks_nothing_holds_at_most_the_default_prefetch() {
     // The default configuration: the default is what is tested.
     let config = AmqpConfig::new(a::BROKER_URI).connection_name(a::unique("prefetch-conn"));
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(config.engine_config().build().unwrap(), transport.clone());
     engine.handle().wait_for(StateKind::Connected).await;
     let mut consumer = transport
         .consume(

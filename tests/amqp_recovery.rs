@@ -29,7 +29,8 @@ async fn run(s: &Scenario) -> Figures {
     let config = AmqpConfig::new(a::proxied_uri(proxy.addr()))
         .connection_name(a::unique("recovery"))
         .heartbeat(Heartbeat::secs(recovery::HEARTBEAT.as_secs() as u16));
-    let (transport, engine, timeline) = a::engine_on_queue(&config, &queue).await;
+    let (transport, engine, timeline) =
+        a::engine_on_queue(&config, config.engine_config().build().unwrap(), &queue).await;
     let handle = engine.handle();
     handle.wait_for(StateKind::Connected).await;
     let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());

@@ -39,7 +39,8 @@ async fn sever_storm_loses_nothing_and_recovers_at_once() {
     let config = AmqpConfig::new(a::proxied_uri(proxy.addr()))
         .connection_name(&name)
         .heartbeat(Heartbeat::secs(5));
-    let (transport, engine, timeline) = a::engine_on_queue(&config, &queue).await;
+    let (transport, engine, timeline) =
+        a::engine_on_queue(&config, config.engine_config().build().unwrap(), &queue).await;
     let handle = engine.handle();
     handle.wait_for(StateKind::Connected).await;
     let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());

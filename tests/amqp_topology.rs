@@ -26,8 +26,12 @@ fn config(uri: String) -> AmqpConfig {
     AmqpConfig::new(uri)
         .connection_name(a::unique("topology-conn"))
         .heartbeat(Heartbeat::secs(5))
-        .stable_period(Duration::from_secs(1))
         .connect_timeout(Duration::from_secs(3))
+}
+
+/// The engine for `config`: a link stable after 1 s.
+fn engine_config(config: &AmqpConfig) -> redial::machine::ConfigBuilder {
+    config.engine_config().stable_period(Duration::from_secs(1))
 }
 
 /// Publishes directly (not through redial or the proxy).
@@ -107,7 +111,7 @@ async fn server_named_queue_with_binding_and_consumer_survives_a_sever() {
         .consume(&queue, "", Default::default(), FieldTable::default())
         .await
         .unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(engine_config(&config).build().unwrap(), transport.clone());
     let handle = engine.handle();
     handle.wait_for(StateKind::Connected).await;
     let first_name = queue.name();
@@ -151,7 +155,7 @@ async fn ack_of_a_delivery_from_before_a_sever_is_a_typed_error_and_the_channel_
     let proxy = support::chaos::start(a::broker_addr()).await.unwrap();
     let config = config(a::proxied_uri(proxy.addr()));
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(engine_config(&config).build().unwrap(), transport.clone());
     let handle = engine.handle();
     handle.wait_for(StateKind::Connected).await;
     let mut consumer = transport
@@ -256,7 +260,7 @@ async fn unroutable_nacked_and_rejected_publishes_are_typed_and_keep_the_connect
         .declare_queue(&queue_name, QueueDeclareOptions::default(), args)
         .await
         .unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(engine_config(&config).build().unwrap(), transport.clone());
     let handle = engine.handle();
     handle.wait_for(StateKind::Connected).await;
     let publisher = Publisher::new(&engine, transport.clone(), OutboxConfig::default());
@@ -359,17 +363,14 @@ async fn conflicting(
     )
     .await
     .unwrap();
-    let config = config(a::BROKER_URI.to_owned())
-        .replay_policy(policy)
-        .backoff(
-            redial::backoff::Backoff::new(
-                Duration::from_millis(100),
-                2.0,
-                Duration::from_millis(200),
-                redial::backoff::Jitter::None,
-            )
-            .unwrap(),
-        );
+    let config = config(a::BROKER_URI.to_owned()).replay_policy(policy);
+    let backoff = redial::backoff::Backoff::builder()
+        .initial(Duration::from_millis(100))
+        .multiplier(2.0)
+        .max(Duration::from_millis(200))
+        .jitter(redial::backoff::Jitter::None)
+        .build()
+        .unwrap();
     let transport = AmqpTransport::new(config.clone()).unwrap();
     // No link yet: both are recorded without being applied.
     transport
@@ -391,7 +392,10 @@ async fn conflicting(
         )
         .await
         .unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(
+        engine_config(&config).backoff(backoff).build().unwrap(),
+        transport.clone(),
+    );
     let _ = direct.close(200, "done".into()).await;
     (transport, engine, queue_name, after_name)
 }
@@ -496,7 +500,7 @@ async fn a_channel_error_reopens_the_consumer_channel_not_the_connection() {
     let pub_ch = direct.create_channel().await.unwrap();
     let config = config(a::BROKER_URI.to_owned());
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(engine_config(&config).build().unwrap(), transport.clone());
     let handle = engine.handle();
     handle.wait_for(StateKind::Connected).await;
     let mut consumer = transport

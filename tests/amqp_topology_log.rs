@@ -25,8 +25,12 @@ fn config(uri: String) -> AmqpConfig {
     AmqpConfig::new(uri)
         .connection_name(a::unique("topology-log-conn"))
         .heartbeat(Heartbeat::secs(5))
-        .stable_period(Duration::from_secs(1))
         .connect_timeout(Duration::from_secs(3))
+}
+
+/// The engine for `config`: a link stable after 1 s.
+fn engine_config(config: &AmqpConfig) -> redial::machine::ConfigBuilder {
+    config.engine_config().stable_period(Duration::from_secs(1))
 }
 
 /// Queues that the broker drops by itself if a test dies before its cleanup.
@@ -69,7 +73,7 @@ async fn redeclaring_a_queue_and_its_binding_keeps_one_entry_each() {
             .unwrap();
     }
     assert_eq!(transport.topology_len().await, 2, "offline");
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(engine_config(&config).build().unwrap(), transport.clone());
     engine.handle().wait_for(StateKind::Connected).await;
     for _ in 0..ROUNDS {
         let q = transport
@@ -102,7 +106,7 @@ async fn deletes_remove_entities_and_their_bindings() {
     let queue = a::unique("deletes-q");
     let config = config(a::BROKER_URI.to_owned());
     let transport = AmqpTransport::new(config.clone()).unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(engine_config(&config).build().unwrap(), transport.clone());
     engine.handle().wait_for(StateKind::Connected).await;
 
     transport
@@ -157,7 +161,7 @@ async fn deletes_remove_entities_and_their_bindings() {
         .unwrap();
     assert_eq!(transport.topology_len().await, 1, "pending");
     assert!(a::ready(&direct, &offline).await.is_some());
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(engine_config(&config).build().unwrap(), transport.clone());
     engine.handle().wait_for(StateKind::Connected).await;
     assert_eq!(
         a::ready(&direct, &offline).await,
@@ -205,7 +209,7 @@ async fn a_large_distinct_topology_reconnects_after_a_sever() {
     assert_eq!(transport.topology_len().await, 2 * QUEUES);
 
     let started = Instant::now();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(engine_config(&config).build().unwrap(), transport.clone());
     let handle = engine.handle();
     let first = connected_after(&handle, Generation(0), Duration::from_secs(120)).await;
     let first_open = started.elapsed();
@@ -255,7 +259,7 @@ async fn a_stalled_handshake_still_fails_after_the_connect_timeout() {
     let config = config(a::proxied_uri(proxy.addr())).connect_timeout(Duration::from_secs(1));
     let transport = AmqpTransport::new(config.clone()).unwrap();
     let started = Instant::now();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport);
+    let engine = Engine::spawn(engine_config(&config).build().unwrap(), transport);
     let mut events = engine.handle().events();
     let error = tokio::time::timeout(Duration::from_secs(20), async {
         loop {

@@ -73,7 +73,7 @@ impl Producer {
             .declare_queue(queue, durable(), quorum_args())
             .await
             .unwrap();
-        let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+        let engine = Engine::spawn(config.engine_config().build().unwrap(), transport.clone());
         let timeline = Timeline::start(&engine.handle());
         tokio::time::timeout(
             Duration::from_secs(30),
@@ -190,7 +190,7 @@ async fn consumer(
         )
         .await
         .unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport);
+    let engine = Engine::spawn(config.engine_config().build().unwrap(), transport);
     let seen = Arc::new(Mutex::new(HashMap::new()));
     tokio::spawn({
         let seen = seen.clone();
@@ -407,7 +407,10 @@ async fn a_fleet_spreads_over_the_nodes() {
     for _ in 0..ENGINES {
         let config = AmqpConfig::cluster(cluster.uris()).connection_name(name.clone());
         let transport = AmqpTransport::new(config.clone()).unwrap();
-        engines.push(Engine::spawn(config.engine_config().unwrap(), transport));
+        engines.push(Engine::spawn(
+            config.engine_config().build().unwrap(),
+            transport,
+        ));
     }
     let mut by_engine = [0usize; 3];
     for engine in &engines {

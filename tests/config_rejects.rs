@@ -28,7 +28,7 @@ fn machine_deadlines_saturate_at_the_latest_instant() {
     let t = far - Duration::from_millis(1);
     let config = Config::builder()
         .seed(1)
-        .blocked_timeout(Some(Duration::from_secs(600)))
+        .blocked_timeout(Duration::from_secs(600))
         .build()
         .unwrap();
     let mut m = Machine::new(config);
@@ -193,10 +193,13 @@ mod amqp {
                 ..
             })
         ));
-        let c = AmqpConfig::new("amqp://127.0.0.1").stable_period(Duration::ZERO);
+        let c = AmqpConfig::new("amqp://127.0.0.1").close_timeout(Duration::MAX);
         assert!(matches!(
             config_error(c),
-            AmqpConfigError::Engine(ConfigError::Zero { .. })
+            AmqpConfigError::Engine(ConfigError::TooLarge {
+                field: "close_timeout",
+                ..
+            })
         ));
     }
 
@@ -206,7 +209,7 @@ mod amqp {
     fn cluster_endpoints_are_checked_by_new() {
         let node = |port: u16| format!("amqp://app:pw@127.0.0.1:{port}/orders");
         let ok = AmqpConfig::cluster([node(5681), node(5682), node(5683)]);
-        assert_eq!(ok.engine_config().unwrap().endpoints(), 3);
+        assert_eq!(ok.engine_config().build().unwrap().endpoints(), 3);
         assert!(AmqpTransport::new(ok).is_ok());
         assert_eq!(
             config_error(AmqpConfig::cluster(Vec::<String>::new())),

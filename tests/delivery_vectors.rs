@@ -416,9 +416,15 @@ fn run_file(path: &Path, bless_mode: bool) -> Result<(usize, usize), String> {
     if let Some(p) = v.config.overflow {
         b = b.overflow(p.get());
     }
-    b = b.default_ttl(v.config.default_ttl_ms.map(Duration::from_millis));
-    if let Some(t) = v.config.publish_timeout_ms {
-        b = b.publish_timeout(t.map(Duration::from_millis));
+    b = match v.config.default_ttl_ms {
+        Some(t) => b.default_ttl(Duration::from_millis(t)),
+        None => b.no_default_ttl(),
+    };
+    // `null` turns the publish timeout off; absent keeps the default.
+    match v.config.publish_timeout_ms {
+        Some(Some(t)) => b = b.publish_timeout(Duration::from_millis(t)),
+        Some(None) => b = b.no_publish_timeout(),
+        None => {}
     }
     let config = b.build().map_err(|e| format!("config: {e}"))?;
     let mut core: OutboxCore<String> = OutboxCore::new(config);

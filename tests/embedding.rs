@@ -25,7 +25,7 @@ use StateKind::{BackingOff, Connected, Idle};
 /// A fixed seed, and the watchdog off: the in-memory links send no
 /// heartbeats, and these tests are about reports, not liveness.
 fn builder() -> ConfigBuilder {
-    Config::builder().seed(18).liveness_timeout(None)
+    Config::builder().seed(18).no_liveness_timeout()
 }
 
 fn config() -> Config {
@@ -393,7 +393,7 @@ impl Transport for Recorder {
 /// The test configuration with a 5 s resume grace, for links the SDK repairs.
 fn with_grace() -> Config {
     builder()
-        .resume_grace(Some(Duration::from_secs(5)))
+        .resume_grace(Duration::from_secs(5))
         .build()
         .unwrap()
 }
@@ -589,7 +589,7 @@ async fn a_resume_counts_as_an_attempt() {
 async fn gave_up_counts_the_attempts_of_the_outage() {
     let transport = MemoryTransport::new();
     let control = transport.control();
-    let config = builder().max_attempts(Some(2)).build().unwrap();
+    let config = builder().max_attempts(2).build().unwrap();
     let prepared = Engine::prepare(config, transport);
     let mut events = prepared.handle().events();
     let engine = prepared.connect_once().await.expect("first connect");

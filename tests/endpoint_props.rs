@@ -90,12 +90,13 @@ fn cluster() -> impl Strategy<Value = (u32, BTreeSet<u32>)> {
 }
 
 fn config(n: u32, seed: u64, probes: bool) -> Config {
-    Config::builder()
-        .endpoints(n as usize)
-        .seed(seed)
-        .probe_interval(probes.then(|| ms(500)))
-        .build()
-        .expect("a valid configuration")
+    let builder = Config::builder().endpoints(n as usize).seed(seed);
+    let builder = if probes {
+        builder.probe_interval(ms(500))
+    } else {
+        builder.no_probe_interval()
+    };
+    builder.build().expect("a valid configuration")
 }
 
 proptest! {

@@ -29,7 +29,7 @@ fn is_liveness_lost(e: &Event) -> bool {
 
 /// A link without heartbeats: the test reports inbound traffic itself.
 async fn silent_rig() -> Rig {
-    let cfg = builder().liveness_timeout(Some(H)).build().unwrap();
+    let cfg = builder().liveness_timeout(H).build().unwrap();
     Rig::connected(cfg, Probe::memory()).await
 }
 

@@ -26,8 +26,8 @@ use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state
 use redial::backoff::{Backoff, BackoffState, Jitter};
 use redial::machine::invariants::Checker;
 use redial::machine::{
-    Config, ErrorKind, FailCause, Generation, Input, Machine, Output, ProbeOutcome, Reason,
-    RetryBudget, State, StateKind,
+    Config, ConfigBuilder, ErrorKind, FailCause, Generation, Input, Machine, Output, ProbeOutcome,
+    Reason, RetryBudget, State, StateKind,
 };
 
 fn ms(v: u64) -> Duration {
@@ -64,40 +64,80 @@ struct Params {
 
 impl Params {
     fn config(&self) -> Config {
-        let backoff = Backoff::new(
-            ms(self.initial_ms),
-            self.multiplier,
-            ms(self.max_ms),
-            self.jitter,
-        )
-        .expect("generated policies are valid");
+        let backoff = Backoff::builder()
+            .initial(ms(self.initial_ms))
+            .multiplier(self.multiplier)
+            .max(ms(self.max_ms))
+            .jitter(self.jitter)
+            .build()
+            .expect("generated policies are valid");
         let builder = match self.connect_ms {
             Some(t) => Config::builder().connect_timeout(ms(t)),
-            None => Config::builder().without_connect_timeout(),
+            None => Config::builder().no_connect_timeout(),
         };
         builder
             .backoff(backoff)
             .immediate_first_retry(self.immediate_first_retry)
-            .retry_budget(self.budget.map(|(burst, refill_ms)| RetryBudget {
-                burst,
-                refill: ms(refill_ms),
-            }))
-            .max_attempts(self.max_attempts)
-            .max_elapsed(self.max_elapsed_ms.map(ms))
+            .opt(
+                self.budget.map(|(burst, refill_ms)| RetryBudget {
+                    burst,
+                    refill: ms(refill_ms),
+                }),
+                ConfigBuilder::retry_budget,
+                ConfigBuilder::no_retry_budget,
+            )
+            .opt(
+                self.max_attempts,
+                ConfigBuilder::max_attempts,
+                ConfigBuilder::no_max_attempts,
+            )
+            .opt(
+                self.max_elapsed_ms.map(ms),
+                ConfigBuilder::max_elapsed,
+                ConfigBuilder::no_max_elapsed,
+            )
             .stable_period(ms(self.stable_ms))
             .first_generation(Generation(self.first_generation))
-            .liveness_timeout(self.liveness_ms.map(ms))
-            .blocked_timeout(self.blocked_ms.map(ms))
+            .opt(
+                self.liveness_ms.map(ms),
+                ConfigBuilder::liveness_timeout,
+                ConfigBuilder::no_liveness_timeout,
+            )
+            .opt(
+                self.blocked_ms.map(ms),
+                ConfigBuilder::blocked_timeout,
+                ConfigBuilder::no_blocked_timeout,
+            )
             .close_timeout(ms(self.close_ms))
-            .resume_grace(self.grace_ms.map(ms))
+            .opt(
+                self.grace_ms.map(ms),
+                ConfigBuilder::resume_grace,
+                ConfigBuilder::no_resume_grace,
+            )
             .permanent_retries(self.permanent_retries)
-            .probe_interval(self.probe_ms.map(ms))
+            .opt(
+                self.probe_ms.map(ms),
+                ConfigBuilder::probe_interval,
+                ConfigBuilder::no_probe_interval,
+            )
             .endpoints(self.endpoints as usize)
             .seed(self.seed)
             .build()
             .expect("generated configurations are valid")
     }
 }
+
+/// Sets an optional setting through its plain setter or its `no_*` one.
+trait SetOpt: Sized {
+    fn opt<T>(self, value: Option<T>, set: fn(Self, T) -> Self, unset: fn(Self) -> Self) -> Self {
+        match value {
+            Some(v) => set(self, v),
+            None => unset(self),
+        }
+    }
+}
+
+impl SetOpt for ConfigBuilder {}
 
 fn jitter() -> impl Strategy<Value = Jitter> {
     prop_oneof![
@@ -1177,7 +1217,7 @@ proptest! {
         seed in any::<u64>(),
         restarts in 0..3usize,
     ) {
-        let policy = Backoff::new(ms(initial_ms), multiplier, ms(max_ms), jitter).unwrap();
+        let policy = Backoff::builder().initial(ms(initial_ms)).multiplier(multiplier).max(ms(max_ms)).jitter(jitter).build().unwrap();
         let mut state = BackoffState::new(&policy, seed);
         for _ in 0..=restarts {
             state.reset(&policy);
@@ -1211,7 +1251,13 @@ fn same_seed_same_delays() {
         Jitter::Decorrelated,
         Jitter::Proportional { fraction: 0.5 },
     ] {
-        let policy = Backoff::new(ms(100), 1.7, ms(30_000), jitter).unwrap();
+        let policy = Backoff::builder()
+            .initial(ms(100))
+            .multiplier(1.7)
+            .max(ms(30_000))
+            .jitter(jitter)
+            .build()
+            .unwrap();
         let draw = |seed| {
             let mut s = BackoffState::new(&policy, seed);
             (0..50)
@@ -1326,8 +1372,8 @@ fn fleet_spreads_first_delays() {
 fn stable_loss_gets_an_attempt_before_the_deadline() {
     let config = Config::builder()
         .seed(1)
-        .resume_grace(Some(ms(30_000)))
-        .max_elapsed(Some(ms(10_000)))
+        .resume_grace(ms(30_000))
+        .max_elapsed(ms(10_000))
         .build()
         .unwrap();
     let mut m = Machine::new(config);

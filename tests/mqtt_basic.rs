@@ -134,13 +134,13 @@ async fn a_refused_restore_fails_the_attempt_and_is_retried() {
     let cfg = MqttConfig::new("127.0.0.1", broker.addr().port(), unique("restore"))
         .keep_alive(Duration::from_secs(5));
     let engine = cfg.engine_config().backoff(
-        Backoff::new(
-            Duration::from_millis(50),
-            2.0,
-            Duration::from_millis(100),
-            Jitter::None,
-        )
-        .unwrap(),
+        Backoff::builder()
+            .initial(Duration::from_millis(50))
+            .multiplier(2.0)
+            .max(Duration::from_millis(100))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap(),
     );
     // Recorded before the engine starts, so that every open must restore it
     // (subscribed after a first connect, it would be refused at once).
@@ -182,13 +182,13 @@ async fn server_unavailable_is_retried_and_bad_credentials_are_not() {
     let unavailable = FakeBroker::start(3, 0).await;
     let cfg = MqttConfig::new("127.0.0.1", unavailable.addr().port(), unique("unavail"));
     let engine = cfg.engine_config().backoff(
-        Backoff::new(
-            Duration::from_millis(20),
-            2.0,
-            Duration::from_millis(40),
-            Jitter::None,
-        )
-        .unwrap(),
+        Backoff::builder()
+            .initial(Duration::from_millis(20))
+            .multiplier(2.0)
+            .max(Duration::from_millis(40))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap(),
     );
     let c = Client::start(cfg, engine, OutboxConfig::default());
     tokio::time::timeout(Duration::from_secs(5), async {

@@ -86,15 +86,21 @@ async fn outage_attempts_follow_the_backoff_schedule() {
 
     let initial = Duration::from_millis(500);
     let cap = Duration::from_secs(4);
-    let policy = Backoff::new(initial, 2.0, cap, Jitter::Proportional { fraction: 0.5 }).unwrap();
+    let policy = Backoff::builder()
+        .initial(initial)
+        .multiplier(2.0)
+        .max(cap)
+        .jitter(Jitter::Proportional { fraction: 0.5 })
+        .build()
+        .unwrap();
     // Probes off: this checks the schedule a transport without probes gets
     // (with them, an outage costs one attempt: `mqtt_recovery.rs`).
     let cfg = MqttConfig::new("127.0.0.1", ours.addr().port(), unique("outage"))
-        .keep_alive(Duration::from_secs(5))
-        .probe_interval(None);
+        .keep_alive(Duration::from_secs(5));
     let c = Client::start(
         cfg.clone(),
         cfg.engine_config()
+            .no_probe_interval()
             .backoff(policy.clone())
             .stable_period(Duration::from_secs(1)),
         OutboxConfig::default(),

@@ -40,13 +40,13 @@ async fn broker_restart_restores_subscriptions_before_replay() {
     let cfg = MqttConfig::new("127.0.0.1", proxy.addr().port(), unique("restart"))
         .keep_alive(Duration::from_secs(5));
     let engine = cfg.engine_config().backoff(
-        Backoff::new(
-            Duration::from_millis(200),
-            2.0,
-            Duration::from_secs(1),
-            Jitter::None,
-        )
-        .unwrap(),
+        Backoff::builder()
+            .initial(Duration::from_millis(200))
+            .multiplier(2.0)
+            .max(Duration::from_secs(1))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap(),
     );
     let mut c = Client::start(cfg, engine, OutboxConfig::default());
     c.transport
@@ -151,7 +151,13 @@ async fn wrong_credentials_fail_once_with_a_typed_error() {
     .expect("private mosquitto");
     let proxy = support::chaos::start(broker.addr()).await.unwrap();
     let max_delay = Duration::from_millis(300);
-    let policy = Backoff::new(Duration::from_millis(100), 2.0, max_delay, Jitter::None).unwrap();
+    let policy = Backoff::builder()
+        .initial(Duration::from_millis(100))
+        .multiplier(2.0)
+        .max(max_delay)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
 
     // The right password works (the broker is fine).
     let good = MqttConfig::new("127.0.0.1", proxy.addr().port(), unique("good"))

@@ -249,7 +249,7 @@ async fn sever_storm_without_a_retry_budget_waits_exactly_the_schedule() {
         return;
     }
     const SEED: u64 = 0x5eed;
-    let s = storm("no retry budget", 3, |c| c.seed(SEED).retry_budget(None)).await;
+    let s = storm("no retry budget", 3, |c| c.seed(SEED).no_retry_budget()).await;
     assert_delivery(&s, 3);
     // The engine's draws, reproduced: every loss comes before the stable
     // period, so the three losses are attempts 2, 3 and 4 of one outage.

@@ -35,12 +35,18 @@ fn reporting_does_not_allocate() {
         .build()
         .unwrap();
     // Fast reconnects, so the driver keeps working while threads report.
-    let backoff = Backoff::new(ms(1), 2.0, ms(4), Jitter::None).unwrap();
+    let backoff = Backoff::builder()
+        .initial(ms(1))
+        .multiplier(2.0)
+        .max(ms(4))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
     let config = Config::builder()
         .seed(5)
         .backoff(backoff)
         .stable_period(ms(1))
-        .liveness_timeout(None)
+        .no_liveness_timeout()
         .build()
         .unwrap();
     let engine = {

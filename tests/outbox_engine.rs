@@ -118,7 +118,7 @@ async fn s21_flush_after_a_new_link_in_order() {
 #[tokio::test(start_paused = true)]
 async fn s21_flush_after_an_internal_resume() {
     let config = machine()
-        .resume_grace(Some(Duration::from_secs(30)))
+        .resume_grace(Duration::from_secs(30))
         .build()
         .unwrap();
     let r = rig(config, OutboxConfig::default(), &[]);
@@ -184,7 +184,7 @@ async fn s25_drop_oldest_expiry_and_mid_flush_failure() {
     let config = OutboxConfig::builder()
         .max_messages(3)
         .overflow(OverflowPolicy::DropOldest)
-        .publish_timeout(None)
+        .no_publish_timeout()
         .build()
         .unwrap();
     let r = rig(
@@ -751,13 +751,13 @@ async fn dropping_a_receipt_does_not_cancel_the_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s27_threads_publish_while_the_link_flaps() {
-    let backoff = redial::backoff::Backoff::new(
-        Duration::from_millis(1),
-        2.0,
-        Duration::from_millis(5),
-        redial::backoff::Jitter::None,
-    )
-    .unwrap();
+    let backoff = redial::backoff::Backoff::builder()
+        .initial(Duration::from_millis(1))
+        .multiplier(2.0)
+        .max(Duration::from_millis(5))
+        .jitter(redial::backoff::Jitter::None)
+        .build()
+        .unwrap();
     let config = machine().backoff(backoff).build().unwrap();
     let r = rig(config, OutboxConfig::default(), &[]);
     r.handle.wait_for(StateKind::Connected).await;
@@ -890,7 +890,7 @@ async fn a_missing_confirm_replaces_the_link_within_the_confirm_timeout() {
     let control = transport.control();
     let engine = Engine::spawn(
         machine()
-            .liveness_timeout(Some(Duration::from_secs(3)))
+            .liveness_timeout(Duration::from_secs(3))
             .build()
             .unwrap(),
         transport.clone(),

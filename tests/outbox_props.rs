@@ -515,15 +515,17 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
         .max_messages(setup.max_messages)
         .max_bytes(setup.max_bytes)
         .max_in_flight(setup.window)
-        .overflow(policy(setup.policy))
-        .default_ttl(setup.default_ttl.map(|t| Duration::from_millis(t.into())))
-        .publish_timeout(
-            setup
-                .publish_timeout
-                .map(|t| Duration::from_millis(t.into())),
-        )
-        .build()
-        .unwrap();
+        .overflow(policy(setup.policy));
+    let config = match setup.default_ttl {
+        Some(t) => config.default_ttl(Duration::from_millis(t.into())),
+        None => config.no_default_ttl(),
+    };
+    let config = match setup.publish_timeout {
+        Some(t) => config.publish_timeout(Duration::from_millis(t.into())),
+        None => config.no_publish_timeout(),
+    }
+    .build()
+    .unwrap();
     let mut core: OutboxCore<u64> = OutboxCore::new(config);
     let mut model = Model {
         max_messages: setup.max_messages,

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 /// A fixed seed, and the watchdog off (in-memory links send no heartbeats).
 fn builder() -> ConfigBuilder {
-    Config::builder().seed(12).liveness_timeout(None)
+    Config::builder().seed(12).no_liveness_timeout()
 }
 
 fn config() -> Config {
@@ -106,7 +106,7 @@ async fn wait_for_timeout_times_out_and_stops_at_shutdown() {
     let transport = MemoryTransport::new();
     transport.control().set_default(Plan::Hang);
     let engine = Engine::spawn(
-        builder().without_connect_timeout().build().unwrap(),
+        builder().no_connect_timeout().build().unwrap(),
         transport,
     );
     let handle = engine.handle();
@@ -247,7 +247,7 @@ async fn loss_events_name_the_lost_link() {
 #[tokio::test(start_paused = true)]
 async fn a_resumed_blip_is_not_an_outage_and_a_real_one_is() {
     let grace = Duration::from_secs(5);
-    let config = builder().resume_grace(Some(grace)).build().unwrap();
+    let config = builder().resume_grace(grace).build().unwrap();
     let transport = MemoryTransport::new();
     let control = transport.control();
     let engine = Engine::spawn(config, transport);

@@ -140,35 +140,55 @@ async fn s23_a_fleet_disconnected_at_once_spreads_its_attempts() {
 fn s23_invalid_configs_are_rejected_with_typed_errors() {
     let j = Jitter::Proportional { fraction: 0.5 };
     assert!(matches!(
-        Backoff::new(secs(1), 0.5, secs(60), j),
+        Backoff::builder()
+            .initial(secs(1))
+            .multiplier(0.5)
+            .max(secs(60))
+            .jitter(j)
+            .build(),
         Err(ConfigError::MultiplierBelowOne { .. })
     ));
     assert!(matches!(
-        Backoff::new(secs(1), f64::NAN, secs(60), j),
+        Backoff::builder()
+            .initial(secs(1))
+            .multiplier(f64::NAN)
+            .max(secs(60))
+            .jitter(j)
+            .build(),
         Err(ConfigError::MultiplierBelowOne { .. })
     ));
     assert_eq!(
-        Backoff::new(secs(60), 2.0, secs(1), j),
+        Backoff::builder()
+            .initial(secs(60))
+            .multiplier(2.0)
+            .max(secs(1))
+            .jitter(j)
+            .build(),
         Err(ConfigError::CapBelowInitial {
             initial_ms: 60_000,
             max_ms: 1_000
         })
     );
     assert!(matches!(
-        Backoff::new(Duration::ZERO, 2.0, secs(60), j),
+        Backoff::builder()
+            .initial(Duration::ZERO)
+            .multiplier(2.0)
+            .max(secs(60))
+            .jitter(j)
+            .build(),
         Err(ConfigError::Zero { .. })
     ));
     assert!(matches!(
-        Backoff::new(
-            secs(1),
-            2.0,
-            secs(60),
-            Jitter::Proportional { fraction: 1.5 }
-        ),
+        Backoff::builder()
+            .initial(secs(1))
+            .multiplier(2.0)
+            .max(secs(60))
+            .jitter(Jitter::Proportional { fraction: 1.5 })
+            .build(),
         Err(ConfigError::JitterOutOfRange { .. })
     ));
     assert_eq!(
-        Config::builder().max_attempts(Some(0)).build(),
+        Config::builder().max_attempts(0).build(),
         Err(ConfigError::ZeroAttempts)
     );
     assert!(matches!(
@@ -223,7 +243,7 @@ async fn s24_only_one_attempt_runs_at_a_time() {
 /// in one attempt.
 #[tokio::test(start_paused = true)]
 async fn s34_exhausted_budget_fails_visibly_and_reconnect_now_recovers() {
-    let cfg = builder().max_attempts(Some(3)).build().unwrap();
+    let cfg = builder().max_attempts(3).build().unwrap();
     let mut rig = Rig::connected(cfg, Probe::memory()).await;
     tokio::time::sleep(STABLE).await;
     rig.events.clear();
@@ -424,7 +444,7 @@ async fn s38_permanent_link_loss_gives_up_without_a_stale_error() {
 async fn s40_flapping_link_backs_off_and_settles() {
     const WINDOW: u64 = 100;
     const FLAPS: u64 = 50;
-    let config = builder().retry_budget(None).build().unwrap();
+    let config = builder().no_retry_budget().build().unwrap();
     let rig = Rig::connected(config, Probe::memory()).await;
     let f = Instant::now();
     let calm = f + ms(2 * WINDOW * FLAPS);

@@ -19,13 +19,13 @@ const ENDPOINTS: usize = 3;
 
 fn cluster() -> redial::machine::ConfigBuilder {
     // A first backoff of 20 s or more: any wait would show.
-    let slow = redial::backoff::Backoff::new(
-        secs(40),
-        2.0,
-        secs(60),
-        redial::backoff::Jitter::Proportional { fraction: 0.5 },
-    )
-    .unwrap();
+    let slow = redial::backoff::Backoff::builder()
+        .initial(secs(40))
+        .multiplier(2.0)
+        .max(secs(60))
+        .jitter(redial::backoff::Jitter::Proportional { fraction: 0.5 })
+        .build()
+        .unwrap();
     builder().endpoints(ENDPOINTS).backoff(slow)
 }
 
@@ -127,7 +127,7 @@ async fn one_node_up_of_three_is_found_within_one_round() {
 #[tokio::test(start_paused = true)]
 async fn a_whole_cluster_down_backs_off_per_round_then_probes_each_node() {
     let config = cluster()
-        .probe_interval(Some(Duration::from_millis(500)))
+        .probe_interval(Duration::from_millis(500))
         .build()
         .unwrap();
     let probe = Probe::memory();

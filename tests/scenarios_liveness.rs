@@ -23,7 +23,7 @@ use tokio::time::Instant;
 const H: Duration = Duration::from_secs(60);
 
 fn liveness_config(h: Duration) -> redial::machine::Config {
-    builder().liveness_timeout(Some(h)).build().unwrap()
+    builder().liveness_timeout(h).build().unwrap()
 }
 
 fn is_liveness_lost(e: &Event) -> bool {

@@ -23,7 +23,7 @@ const PROBE: Duration = Duration::from_millis(500);
 #[tokio::test(start_paused = true)]
 async fn s44_an_outage_costs_one_refused_attempt_and_ends_within_a_probe_interval() {
     let rig = Rig::connected(
-        builder().probe_interval(Some(PROBE)).build().unwrap(),
+        builder().probe_interval(PROBE).build().unwrap(),
         Probe::memory(),
     )
     .await;
@@ -68,7 +68,7 @@ async fn s44_an_outage_costs_one_refused_attempt_and_ends_within_a_probe_interva
 /// outage follows the backoff schedule, as without probes.
 #[tokio::test(start_paused = true)]
 async fn a_transport_without_probes_gets_the_backoff_schedule() {
-    let config = builder().probe_interval(Some(PROBE)).build().unwrap();
+    let config = builder().probe_interval(PROBE).build().unwrap();
     let rig = Rig::connected(config, Probe::memory()).await;
     tokio::time::sleep(STABLE).await;
     rig.control.set_default(Plan::Fail(ErrorKind::Transient));
@@ -95,7 +95,7 @@ async fn a_transport_without_probes_gets_the_backoff_schedule() {
 /// each wait is over.
 #[tokio::test(start_paused = true)]
 async fn a_broker_that_answers_probes_but_refuses_attempts_sees_the_schedule() {
-    let config = builder().probe_interval(Some(PROBE)).build().unwrap();
+    let config = builder().probe_interval(PROBE).build().unwrap();
     let rig = Rig::connected(config, Probe::memory()).await;
     tokio::time::sleep(STABLE).await;
     rig.control.set_default(Plan::Fail(ErrorKind::Transient));
@@ -120,7 +120,7 @@ async fn a_broker_that_answers_probes_but_refuses_attempts_sees_the_schedule() {
 /// changes nothing and no attempt follows.
 #[tokio::test(start_paused = true)]
 async fn shutdown_while_probing_opens_nothing() {
-    let config = builder().probe_interval(Some(PROBE)).build().unwrap();
+    let config = builder().probe_interval(PROBE).build().unwrap();
     let rig = Rig::connected(config, Probe::memory()).await;
     tokio::time::sleep(STABLE).await;
     rig.control.set_default(Plan::Fail(ErrorKind::Transient));

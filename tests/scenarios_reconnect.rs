@@ -285,7 +285,7 @@ async fn s14_failed_deep_reconnect_clears_and_a_later_interrupt_restarts() {
 #[tokio::test(start_paused = true)]
 async fn s15_resume_just_before_the_retry_cancels_it_on_the_driver() {
     for timer_already_fired in [false, true] {
-        let cfg = builder().resume_grace(Some(secs(5))).build().unwrap();
+        let cfg = builder().resume_grace(secs(5)).build().unwrap();
         let mut rig = Rig::connected(cfg, Probe::memory()).await;
         tokio::time::sleep(STABLE).await;
         rig.events.clear();
@@ -326,7 +326,7 @@ async fn s15_resume_just_before_the_retry_cancels_it_on_the_driver() {
 /// genuine loss after a cancelled reconnect starts a new one.
 #[tokio::test(start_paused = true)]
 async fn s16_cancel_is_idempotent_and_a_later_genuine_drop_restarts_the_loop() {
-    let cfg = builder().resume_grace(Some(secs(5))).build().unwrap();
+    let cfg = builder().resume_grace(secs(5)).build().unwrap();
     let mut rig = Rig::connected(cfg, Probe::memory()).await;
     rig.events.clear();
 
@@ -377,7 +377,7 @@ async fn s16_cancel_is_idempotent_and_a_later_genuine_drop_restarts_the_loop() {
 #[tokio::test(start_paused = true)]
 async fn s17_old_link_is_closed_before_the_new_one_opens() {
     // Routes with a resume grace: the grace runs out, or the user reconnects.
-    let cfg = builder().resume_grace(Some(secs(5))).build().unwrap();
+    let cfg = builder().resume_grace(secs(5)).build().unwrap();
     let rig = Rig::connected(cfg, Probe::memory()).await;
     tokio::time::sleep(STABLE).await;
     rig.handle.report_lost(Generation(1), Transient);

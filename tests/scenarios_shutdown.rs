@@ -63,7 +63,7 @@ async fn s19_shutdown_while_backing_off_stops_everything() {
 /// was reported down.
 #[tokio::test(start_paused = true)]
 async fn s19_shutdown_while_a_lost_link_lingers_closes_it() {
-    let cfg = builder().resume_grace(Some(secs(30))).build().unwrap();
+    let cfg = builder().resume_grace(secs(30)).build().unwrap();
     let rig = Rig::connected(cfg, Probe::memory()).await;
     let Rig {
         engine,

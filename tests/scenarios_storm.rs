@@ -168,7 +168,7 @@ enum S05Order {
 /// resume too; a loss handled alone is acted on (nothing could resume it).
 #[tokio::test(start_paused = true)]
 async fn s05_stale_interrupt_after_resume_does_not_reconnect() {
-    let grace = builder().resume_grace(Some(secs(5))).build().unwrap();
+    let grace = builder().resume_grace(secs(5)).build().unwrap();
     for (cfg, order) in [
         (grace.clone(), S05Order::QueuedTogether),
         (grace, S05Order::LossHandledFirst),
@@ -380,7 +380,13 @@ async fn s43_concurrent_interrupts_from_16_threads_reconnect_once_per_outage() {
     const THREADS: usize = 16;
     const OUTAGES: u64 = 1000;
     // 1 ms fixed delays keep 1000 outages fast in real time.
-    let policy = Backoff::new(ms(1), 1.0, ms(1), Jitter::None).unwrap();
+    let policy = Backoff::builder()
+        .initial(ms(1))
+        .multiplier(1.0)
+        .max(ms(1))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
     let cfg = builder().backoff(policy).build().unwrap();
     let mut rig = Rig::spawn(cfg, Probe::memory());
     let within = Duration::from_secs(10);

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use redial::backoff::{Backoff, Jitter};
 use redial::machine::{
-    Config, ConfigError, Generation, Input, Machine, MachineStats, Output, Reason, RetryBudget,
-    StateKind,
+    Config, ConfigBuilder, ConfigError, Generation, Input, Machine, MachineStats, Output, Reason,
+    RetryBudget, StateKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -547,21 +547,49 @@ fn build_config(map: &Map<String, Value>) -> Result<Result<Config, ConfigError>,
             "immediate_first_retry" => {
                 builder.immediate_first_retry(value.as_bool().ok_or_else(|| bad(key, value))?)
             }
-            "retry_budget" => builder.retry_budget(opt(key, value, retry_budget)?),
-            "max_attempts" => builder.max_attempts(opt(key, value, small)?),
-            "max_elapsed_ms" => builder.max_elapsed(opt(key, value, millis)?),
+            "retry_budget" => builder.opt(
+                opt(key, value, retry_budget)?,
+                ConfigBuilder::retry_budget,
+                ConfigBuilder::no_retry_budget,
+            ),
+            "max_attempts" => builder.opt(
+                opt(key, value, small)?,
+                ConfigBuilder::max_attempts,
+                ConfigBuilder::no_max_attempts,
+            ),
+            "max_elapsed_ms" => builder.opt(
+                opt(key, value, millis)?,
+                ConfigBuilder::max_elapsed,
+                ConfigBuilder::no_max_elapsed,
+            ),
             "stable_period_ms" => builder.stable_period(millis(key, value)?),
             "connect_timeout_ms" => match opt(key, value, millis)? {
                 Some(timeout) => builder.connect_timeout(timeout),
-                None => builder.without_connect_timeout(),
+                None => builder.no_connect_timeout(),
             },
             "first_generation" => builder.first_generation(Generation(uint(key, value)?)),
-            "liveness_timeout_ms" => builder.liveness_timeout(opt(key, value, millis)?),
-            "blocked_timeout_ms" => builder.blocked_timeout(opt(key, value, millis)?),
+            "liveness_timeout_ms" => builder.opt(
+                opt(key, value, millis)?,
+                ConfigBuilder::liveness_timeout,
+                ConfigBuilder::no_liveness_timeout,
+            ),
+            "blocked_timeout_ms" => builder.opt(
+                opt(key, value, millis)?,
+                ConfigBuilder::blocked_timeout,
+                ConfigBuilder::no_blocked_timeout,
+            ),
             "close_timeout_ms" => builder.close_timeout(millis(key, value)?),
-            "resume_grace_ms" => builder.resume_grace(opt(key, value, millis)?),
+            "resume_grace_ms" => builder.opt(
+                opt(key, value, millis)?,
+                ConfigBuilder::resume_grace,
+                ConfigBuilder::no_resume_grace,
+            ),
             "permanent_retries" => builder.permanent_retries(small(key, value)?),
-            "probe_interval_ms" => builder.probe_interval(opt(key, value, millis)?),
+            "probe_interval_ms" => builder.opt(
+                opt(key, value, millis)?,
+                ConfigBuilder::probe_interval,
+                ConfigBuilder::no_probe_interval,
+            ),
             "endpoints" => {
                 builder.endpoints(usize::try_from(uint(key, value)?).map_err(|_| bad(key, value))?)
             }
@@ -570,6 +598,18 @@ fn build_config(map: &Map<String, Value>) -> Result<Result<Config, ConfigError>,
     }
     Ok(builder.build())
 }
+
+/// Sets an optional setting through its plain setter or its `no_*` one.
+trait SetOpt: Sized {
+    fn opt<T>(self, value: Option<T>, set: fn(Self, T) -> Self, unset: fn(Self) -> Self) -> Self {
+        match value {
+            Some(v) => set(self, v),
+            None => unset(self),
+        }
+    }
+}
+
+impl SetOpt for ConfigBuilder {}
 
 fn retry_budget(key: &str, value: &Value) -> Result<RetryBudget, String> {
     let map = value.as_object().ok_or_else(|| bad(key, value))?;
@@ -604,7 +644,12 @@ fn build_backoff(value: &Value) -> Result<Result<Backoff, ConfigError>, String> 
             other => return Err(format!("unknown backoff key {other:?}")),
         }
     }
-    Ok(Backoff::new(initial, multiplier, max, jitter))
+    Ok(Backoff::builder()
+        .initial(initial)
+        .multiplier(multiplier)
+        .max(max)
+        .jitter(jitter)
+        .build())
 }
 
 fn bad(key: &str, value: &Value) -> String {

@@ -15,7 +15,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use redial::backoff::{Backoff, Jitter};
 use redial::machine::invariants::Checker;
-use redial::machine::{Config, Generation, Input, Machine};
+use redial::machine::{Config, ConfigBuilder, Generation, Input, Machine};
 
 /// Longest sequence one run drives (keeps every execution fast).
 const MAX_OPS: usize = 1_024;
@@ -77,12 +77,12 @@ impl RawConfig {
 
     /// The raw values through the builder: `Ok` or a typed error, no panic.
     fn build_raw(&self) -> Option<Config> {
-        let backoff = Backoff::new(
-            us(self.initial_us),
-            self.multiplier,
-            us(self.max_us),
-            self.jitter(|f| f),
-        );
+        let backoff = Backoff::builder()
+            .initial(us(self.initial_us))
+            .multiplier(self.multiplier)
+            .max(us(self.max_us))
+            .jitter(self.jitter(|f| f))
+            .build();
         let backoff = match backoff {
             Ok(b) => b,
             Err(e) => {
@@ -92,21 +92,45 @@ impl RawConfig {
         };
         let builder = match self.connect_us {
             Some(t) => Config::builder().connect_timeout(us(t)),
-            None => Config::builder().without_connect_timeout(),
+            None => Config::builder().no_connect_timeout(),
         };
         let built = builder
             .backoff(backoff)
             .immediate_first_retry(self.immediate_first_retry)
-            .max_attempts(self.max_attempts)
-            .max_elapsed(self.max_elapsed_us.map(us))
+            .opt(
+                self.max_attempts,
+                ConfigBuilder::max_attempts,
+                ConfigBuilder::no_max_attempts,
+            )
+            .opt(
+                self.max_elapsed_us.map(us),
+                ConfigBuilder::max_elapsed,
+                ConfigBuilder::no_max_elapsed,
+            )
             .stable_period(us(self.stable_us))
             .first_generation(Generation(self.first_generation))
-            .liveness_timeout(self.liveness_us.map(us))
-            .blocked_timeout(self.blocked_us.map(us))
+            .opt(
+                self.liveness_us.map(us),
+                ConfigBuilder::liveness_timeout,
+                ConfigBuilder::no_liveness_timeout,
+            )
+            .opt(
+                self.blocked_us.map(us),
+                ConfigBuilder::blocked_timeout,
+                ConfigBuilder::no_blocked_timeout,
+            )
             .close_timeout(us(self.close_us))
-            .resume_grace(self.grace_us.map(us))
+            .opt(
+                self.grace_us.map(us),
+                ConfigBuilder::resume_grace,
+                ConfigBuilder::no_resume_grace,
+            )
             .permanent_retries(self.permanent_retries)
-            .probe_interval(self.probe_us.map(us))
+            .opt(
+                self.probe_us.map(us),
+                ConfigBuilder::probe_interval,
+                ConfigBuilder::no_probe_interval,
+            )
             .endpoints(usize::from(self.endpoints))
             .seed(self.seed)
             .build();
@@ -130,7 +154,12 @@ impl RawConfig {
             2.0
         };
         let fraction = |f: f64| if f.is_finite() { f.abs() % 1.0 } else { 0.5 };
-        let backoff = Backoff::new(ms(initial), multiplier, ms(max), self.jitter(fraction))
+        let backoff = Backoff::builder()
+            .initial(ms(initial))
+            .multiplier(multiplier)
+            .max(ms(max))
+            .jitter(self.jitter(fraction))
+            .build()
             .expect("mapped policy is valid");
         let liveness = self.liveness_us.map(|h| 2 + h % 30_000);
         let blocked = self
@@ -138,21 +167,45 @@ impl RawConfig {
             .map(|b| liveness.map_or(1 + b % 60_000, |h| 2 * h + b % 60_000));
         let builder = match self.connect_us {
             Some(t) => Config::builder().connect_timeout(ms(1 + t % 30_000)),
-            None => Config::builder().without_connect_timeout(),
+            None => Config::builder().no_connect_timeout(),
         };
         builder
             .backoff(backoff)
             .immediate_first_retry(self.immediate_first_retry)
-            .max_attempts(self.max_attempts.map(|a| 1 + a % 10))
-            .max_elapsed(self.max_elapsed_us.map(|e| ms(1 + e % 200_000)))
+            .opt(
+                self.max_attempts.map(|a| 1 + a % 10),
+                ConfigBuilder::max_attempts,
+                ConfigBuilder::no_max_attempts,
+            )
+            .opt(
+                self.max_elapsed_us.map(|e| ms(1 + e % 200_000)),
+                ConfigBuilder::max_elapsed,
+                ConfigBuilder::no_max_elapsed,
+            )
             .stable_period(ms(1 + self.stable_us % 30_000))
             .first_generation(Generation(1 + self.first_generation % (1 << 52)))
-            .liveness_timeout(liveness.map(ms))
-            .blocked_timeout(blocked.map(ms))
+            .opt(
+                liveness.map(ms),
+                ConfigBuilder::liveness_timeout,
+                ConfigBuilder::no_liveness_timeout,
+            )
+            .opt(
+                blocked.map(ms),
+                ConfigBuilder::blocked_timeout,
+                ConfigBuilder::no_blocked_timeout,
+            )
             .close_timeout(ms(1 + self.close_us % 10_000))
-            .resume_grace(self.grace_us.map(|g| ms(1 + g % 10_000)))
+            .opt(
+                self.grace_us.map(|g| ms(1 + g % 10_000)),
+                ConfigBuilder::resume_grace,
+                ConfigBuilder::no_resume_grace,
+            )
             .permanent_retries(self.permanent_retries % 4)
-            .probe_interval(self.probe_us.map(|p| ms(1 + p % 3_000)))
+            .opt(
+                self.probe_us.map(|p| ms(1 + p % 3_000)),
+                ConfigBuilder::probe_interval,
+                ConfigBuilder::no_probe_interval,
+            )
             .endpoints(1 + usize::from(self.endpoints % 5))
             .seed(self.seed)
             .build()
@@ -279,3 +332,15 @@ fuzz_target!(|case: Case| {
         }
     }
 });
+
+/// Sets an optional setting through its plain setter or its `no_*` one.
+trait SetOpt: Sized {
+    fn opt<T>(self, value: Option<T>, set: fn(Self, T) -> Self, unset: fn(Self) -> Self) -> Self {
+        match value {
+            Some(v) => set(self, v),
+            None => unset(self),
+        }
+    }
+}
+
+impl SetOpt for ConfigBuilder {}

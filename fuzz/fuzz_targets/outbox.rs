@@ -108,17 +108,19 @@ fuzz_target!(|input: Input| {
         .max_messages(input.max_messages.into())
         .max_bytes(input.max_bytes as usize)
         .max_in_flight(input.max_in_flight.into())
-        .overflow(input.policy.get())
-        .default_ttl(
-            input
-                .default_ttl_ms
-                .map(|t| Duration::from_millis(t.into())),
-        )
-        .publish_timeout(input.publish_timeout_ms.map(Duration::from_millis))
-        .confirm_timeout(input.confirm_timeout_ms.map_or(ConfirmTimeout::Off, |t| {
-            ConfirmTimeout::After(Duration::from_millis(t))
-        }))
-        .build();
+        .overflow(input.policy.get());
+    let raw = match input.default_ttl_ms {
+        Some(t) => raw.default_ttl(Duration::from_millis(t.into())),
+        None => raw.no_default_ttl(),
+    };
+    let raw = match input.publish_timeout_ms {
+        Some(t) => raw.publish_timeout(Duration::from_millis(t)),
+        None => raw.no_publish_timeout(),
+    }
+    .confirm_timeout(input.confirm_timeout_ms.map_or(ConfirmTimeout::Off, |t| {
+        ConfirmTimeout::After(Duration::from_millis(t))
+    }))
+    .build();
     let config = match raw {
         Ok(c) => c,
         Err(_) => OutboxConfig::builder()

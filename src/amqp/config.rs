@@ -8,9 +8,13 @@ use std::time::Duration;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
 
-use crate::backoff::{Backoff, Jitter};
-use crate::machine::{Config, ConfigError};
+pub use crate::env::EnvError;
+use crate::env::Vars;
+use crate::machine::{Config, ConfigBuilder, ConfigError};
 use crate::redact::{self, Redacted};
+
+#[cfg(feature = "serde")]
+mod raw;
 
 /// The heartbeat redial proposes to the broker in `connection.tune-ok`.
 ///
@@ -67,6 +71,33 @@ impl Default for Heartbeat {
     }
 }
 
+impl std::str::FromStr for Heartbeat {
+    type Err = &'static str;
+    /// Seconds (`20`) or a whole-second duration (`20s`, `1m`); `0` or
+    /// `off` is [`Heartbeat::Disabled`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if crate::env::is_off(s) {
+            return Ok(Heartbeat::Disabled);
+        }
+        let d = crate::env::parse_duration(s).ok_or(HEARTBEAT)?;
+        if d.subsec_nanos() != 0 {
+            return Err(HEARTBEAT);
+        }
+        let secs = u16::try_from(d.as_secs()).map_err(|_| HEARTBEAT)?;
+        Ok(Heartbeat::secs(secs))
+    }
+}
+
+impl fmt::Display for Heartbeat {
+    /// `20s`, or `off`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Heartbeat::Enabled(s) => write!(f, "{s}s"),
+            Heartbeat::Disabled => f.write_str("off"),
+        }
+    }
+}
+
 /// The negotiated heartbeat timeout in seconds (0: disabled) for a client
 /// and a server proposal: both non-zero, the smaller; one zero, the other;
 /// both zero, disabled. This is the rule lapin applies in `connection.tune`.
@@ -112,6 +143,19 @@ pub enum ReplayPolicy {
     Fail,
 }
 
+impl std::str::FromStr for ReplayPolicy {
+    type Err = &'static str;
+    /// `retry`, `skip` or `fail`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "retry" => Ok(Self::Retry),
+            "skip" => Ok(Self::Skip),
+            "fail" => Ok(Self::Fail),
+            _ => Err("retry, skip or fail"),
+        }
+    }
+}
+
 /// An [`AmqpConfig`] that cannot work, rejected by
 /// [`crate::amqp::AmqpTransport::new`] (as [`crate::amqp::AmqpError::Config`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -135,53 +179,111 @@ pub enum AmqpConfigError {
     /// A cluster configuration without any URI.
     #[error("no endpoint: a cluster needs at least one URI")]
     NoEndpoints,
-    /// The endpoints of one engine must share the scheme, the credentials
-    /// and the vhost: they are nodes of one cluster, and failing over must
-    /// not change who the client is or what it sees.
+    /// The endpoints of one engine must share the scheme, the credentials,
+    /// the vhost and the negotiated parameters in their query: they are
+    /// nodes of one cluster, and failing over must not change who the
+    /// client is, what it sees or how it detects a dead link.
     #[error(
-        "endpoint {index} differs from endpoint 0 in its {what}; the URIs of one cluster share scheme, credentials and vhost"
+        "endpoint {index} differs from endpoint 0 in its {what}; the URIs of one cluster share scheme, credentials, vhost and query parameters"
     )]
     MixedEndpoints {
         /// The endpoint's position in the list.
         index: usize,
-        /// What differs: `scheme`, `credentials` or `vhost`.
+        /// What differs: `scheme`, `credentials`, `vhost`, `heartbeat`,
+        /// `frame_max` or `channel_max`.
         what: &'static str,
+    },
+    /// A URI that does not parse (as [`AmqpConfig::validate`] reports it;
+    /// [`crate::amqp::AmqpTransport::new`] reports
+    /// [`crate::amqp::AmqpError::InvalidUri`]).
+    #[error("endpoint {index}: invalid AMQP URI: {reason}")]
+    InvalidUri {
+        /// The endpoint's position in the list.
+        index: usize,
+        /// The parser's message (it has no error type).
+        reason: String,
+    },
+    /// A URI query parameter (`?heartbeat=30`) contradicts the matching
+    /// setter: which one was meant is unknowable, so neither is picked.
+    #[error(
+        "endpoint {index}: the URI's {parameter}={in_uri} contradicts the configured {parameter} {configured}"
+    )]
+    UriConflict {
+        /// The endpoint's position in the list.
+        index: usize,
+        /// `heartbeat`, `frame_max` or `channel_max`.
+        parameter: &'static str,
+        /// The URI's value.
+        in_uri: u64,
+        /// The setter's value.
+        configured: u64,
     },
 }
 
-/// Everything the AMQP adapter needs; see the environment variables in
-/// [`AmqpConfig::from_env`].
+/// Everything the AMQP adapter needs: the adapter's own settings only; the
+/// engine's (backoff, stable period, blocked timeout, probes) are set on
+/// the [`ConfigBuilder`] that [`AmqpConfig::engine_config`] returns.
+///
+/// Setters take plain values and return the configuration (it is its own
+/// builder, checked by [`AmqpConfig::validate`] and when the transport is
+/// built). With the `serde` feature it deserializes from an object (see
+/// docs/configuration.md), checked by [`AmqpConfig::validate`]; the TLS
+/// settings are set in code. [`AmqpConfig::apply_env`] reads
+/// `{prefix}_AMQP_*` variables.
 ///
 /// Its `Debug` output shows `***` in place of the URI's password and the
 /// TLS client identity.
+///
+/// ```
+/// use std::time::Duration;
+/// use redial::amqp::{AmqpConfig, Heartbeat};
+///
+/// let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10")
+///     .connection_name("billing");
+/// // The URI's heartbeat is the proposal; the engine's watchdog follows it.
+/// assert_eq!(config.heartbeat_proposal(), Heartbeat::secs(10));
+/// let engine = config
+///     .engine_config()
+///     .stable_period(Duration::from_secs(30))
+///     .build()?;
+/// assert_eq!(engine.liveness_timeout(), Some(Duration::from_secs(10)));
+/// # Ok::<(), redial::machine::ConfigError>(())
+/// ```
 #[derive(Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "raw::RawAmqpConfig"))]
 pub struct AmqpConfig {
     /// The endpoints, at least one once validated.
     pub(crate) uris: Vec<String>,
     pub(crate) connection_name: Option<String>,
-    pub(crate) heartbeat: Heartbeat,
+    /// Set explicitly (`None`: the URIs' `heartbeat`, else the default).
+    pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) tls: OwnedTLSConfig,
+    /// Set explicitly (`None`: the URIs' `frame_max`, else the default).
     pub(crate) frame_max: Option<u32>,
+    /// Set explicitly (`None`: the URIs' `channel_max`, else the broker's).
     pub(crate) channel_max: Option<u16>,
     pub(crate) connect_timeout: Duration,
     pub(crate) close_timeout: Duration,
-    pub(crate) blocked_timeout: Option<Duration>,
-    pub(crate) backoff: Backoff,
-    pub(crate) stable_period: Duration,
     pub(crate) replay_policy: ReplayPolicy,
     pub(crate) consumer_buffer: usize,
     pub(crate) prefetch: u16,
     pub(crate) message_id_prefix: Option<String>,
-    pub(crate) probe_interval: Option<Duration>,
 }
+
+/// The URI `AmqpConfig::from_env` connects to without `{prefix}_AMQP_URI`.
+const DEFAULT_URI: &str = "amqp://127.0.0.1:5672/%2f";
 
 impl AmqpConfig {
     /// A configuration for `uri` (`amqp://user:pass@host:port/vhost`, or
     /// `amqps://` for TLS), with the defaults: heartbeat 20 s, connect
-    /// timeout 10 s, graceful close 1 s, no blocked timeout, the engine's
-    /// default backoff, replay policy [`ReplayPolicy::Retry`]. The URI's
-    /// `heartbeat`, `frame_max` and `channel_max` query parameters are
-    /// replaced by this configuration's values.
+    /// timeout 10 s, graceful close 1 s, replay policy
+    /// [`ReplayPolicy::Retry`].
+    ///
+    /// The URI's `heartbeat`, `frame_max` and `channel_max` query
+    /// parameters are respected: they are the proposals unless the
+    /// matching setter says otherwise, and a setter that contradicts the
+    /// URI is [`AmqpConfigError::UriConflict`], never a silent override.
     pub fn new(uri: impl Into<String>) -> Self {
         Self::cluster([uri.into()])
     }
@@ -201,32 +303,17 @@ impl AmqpConfig {
         Self {
             uris: uris.into_iter().map(Into::into).collect(),
             connection_name: None,
-            heartbeat: Heartbeat::DEFAULT,
+            heartbeat: None,
             tls: OwnedTLSConfig::default(),
-            frame_max: Some(DEFAULT_FRAME_MAX),
+            frame_max: None,
             channel_max: None,
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(1),
-            blocked_timeout: None,
-            backoff: Backoff::default(),
-            stable_period: Duration::from_secs(10),
             replay_policy: ReplayPolicy::Retry,
             consumer_buffer: 256,
             prefetch: DEFAULT_PREFETCH,
             message_id_prefix: None,
-            probe_interval: Some(crate::runtime::DEFAULT_PROBE_INTERVAL),
         }
-    }
-
-    /// How often the broker is probed once a backoff wait is over (default
-    /// 500 ms; `None`: attempts on the backoff schedule alone). A probe is a
-    /// TCP connect and the AMQP protocol header, answered by the broker's
-    /// `connection.start`; the attempt is made as soon as one is answered,
-    /// so the engine is back within one interval of the broker's return
-    /// without a full handshake per check.
-    pub fn probe_interval(mut self, interval: Option<Duration>) -> Self {
-        self.probe_interval = interval;
-        self
     }
 
     /// The connection name shown by the broker (`rabbitmqctl list_connections name`).
@@ -234,9 +321,9 @@ impl AmqpConfig {
         self.connection_name = Some(name.into());
         self
     }
-    /// The heartbeat proposal (default 20 s).
+    /// The heartbeat proposal (default: the URI's `heartbeat`, else 20 s).
     pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
-        self.heartbeat = heartbeat;
+        self.heartbeat = Some(heartbeat);
         self
     }
     /// TLS options for `amqps://`: a CA chain in PEM, a client identity.
@@ -246,13 +333,15 @@ impl AmqpConfig {
         self.tls = tls;
         self
     }
-    /// The largest frame redial proposes (default [`DEFAULT_FRAME_MAX`],
-    /// RabbitMQ's own default; the smaller of the two proposals wins).
+    /// The largest frame redial proposes (default: the URI's `frame_max`,
+    /// else [`DEFAULT_FRAME_MAX`], RabbitMQ's own default; the smaller of
+    /// the two proposals wins).
     pub fn frame_max(mut self, bytes: u32) -> Self {
         self.frame_max = Some(bytes);
         self
     }
-    /// The most channels redial proposes (default: the broker's).
+    /// The most channels redial proposes (default: the URI's
+    /// `channel_max`, else the broker's).
     pub fn channel_max(mut self, channels: u16) -> Self {
         self.channel_max = Some(channels);
         self
@@ -269,21 +358,6 @@ impl AmqpConfig {
     /// socket is dropped (default 1 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
-        self
-    }
-    /// Replace a link the broker keeps blocked longer than this (default: never).
-    pub fn blocked_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.blocked_timeout = timeout;
-        self
-    }
-    /// The engine's backoff policy (used by [`AmqpConfig::engine_config`]).
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-    /// How long a link must stay up before the backoff resets (default 10 s).
-    pub fn stable_period(mut self, period: Duration) -> Self {
-        self.stable_period = period;
         self
     }
     /// What a failed topology replay does (default [`ReplayPolicy::Retry`]).
@@ -322,16 +396,25 @@ impl AmqpConfig {
     pub fn uris(&self) -> &[String] {
         &self.uris
     }
-    /// The heartbeat proposal.
+    /// The heartbeat proposal: the one set, else the first URI's
+    /// `heartbeat`, else [`Heartbeat::DEFAULT`].
     pub fn heartbeat_proposal(&self) -> Heartbeat {
         self.heartbeat
+            .or_else(|| {
+                let uri: AMQPUri = self.uri().parse().ok()?;
+                uri.query.heartbeat.map(Heartbeat::secs)
+            })
+            .unwrap_or(Heartbeat::DEFAULT)
     }
     /// The replay policy.
     pub fn policy(&self) -> ReplayPolicy {
         self.replay_policy
     }
 
-    /// The engine configuration recommended for this AMQP configuration:
+    /// The engine configuration recommended for this AMQP configuration, as
+    /// a builder to set the engine's own settings on (backoff, stable
+    /// period, blocked timeout; the same shape as
+    /// [`MqttConfig::engine_config`](crate::mqtt::MqttConfig::engine_config)):
     /// * `liveness_timeout` = the heartbeat proposal, an upper bound of the
     ///   negotiated timeout H (the negotiated value is never larger when
     ///   redial proposes one). Any inbound byte counts as activity, so the
@@ -348,20 +431,64 @@ impl AmqpConfig {
     ///   the engine's timeout is only a backstop that a large topology
     ///   replay cannot run into. An engine configured by hand needs the
     ///   same room.
-    /// * `blocked_timeout`, `stable_period` and the backoff as configured;
-    ///   the first retry after a stable link is immediate.
+    /// * `probe_interval` = [`crate::runtime::DEFAULT_PROBE_INTERVAL`]: a
+    ///   probe is a TCP connect and the AMQP protocol header, answered by
+    ///   the broker's `connection.start`, so the engine is back within one
+    ///   interval of the broker's return without a full handshake per check
+    ///   (`no_probe_interval()` turns them off).
+    /// * `endpoints` = the number of URIs; `close_timeout` = twice the
+    ///   adapter's, at least 1 s.
     ///
-    /// # Errors
-    /// The engine's own validation, e.g. a blocked timeout below twice the
-    /// liveness timeout (S29, 001's rule).
-    pub fn engine_config(&self) -> Result<Config, ConfigError> {
-        self.engine_config_for(self.heartbeat.as_duration())
+    /// A blocked timeout set on the builder must be at least twice the
+    /// liveness timeout (`build` checks it).
+    pub fn engine_config(&self) -> ConfigBuilder {
+        self.engine_config_for(self.heartbeat_proposal().as_duration())
     }
 
-    /// Checks what the engine configuration does not: TLS settings need
-    /// `amqps://`, the consumer buffer fits a channel; and every duration
-    /// and the backoff, as the engine would.
-    pub(crate) fn check(&self, uris: &[AMQPUri]) -> Result<(), AmqpConfigError> {
+    /// [`AmqpConfig::engine_config`] with the liveness timeout set to a
+    /// known negotiated heartbeat timeout (`None`: disabled).
+    pub fn engine_config_for(&self, heartbeat: Option<Duration>) -> ConfigBuilder {
+        let builder = Config::builder()
+            .connect_timeout(self.connect_timeout.saturating_add(REPLAY_ALLOWANCE))
+            .probe_interval(crate::runtime::DEFAULT_PROBE_INTERVAL)
+            .endpoints(self.uris.len().max(1))
+            .close_timeout(
+                self.close_timeout
+                    .saturating_mul(2)
+                    .max(Duration::from_secs(1)),
+            );
+        match heartbeat {
+            Some(h) => builder.liveness_timeout(h),
+            None => builder.no_liveness_timeout(),
+        }
+    }
+
+    /// Checks every setting without connecting: the URIs parse, agree with
+    /// each other and with the setters, TLS settings have `amqps://`, and
+    /// the engine configuration [`AmqpConfig::engine_config`] builds.
+    /// [`crate::amqp::AmqpTransport::new`] runs the same checks.
+    ///
+    /// # Errors
+    /// The [`AmqpConfigError`] of the first setting that cannot work.
+    pub fn validate(&self) -> Result<(), AmqpConfigError> {
+        let mut uris = self
+            .uris
+            .iter()
+            .enumerate()
+            .map(|(index, uri)| {
+                uri.parse::<AMQPUri>()
+                    .map_err(|reason| AmqpConfigError::InvalidUri { index, reason })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.check(&mut uris)
+    }
+
+    /// Sets the negotiated parameters on the parsed URIs (the URIs' own
+    /// values unless a setter chose one, which they must not contradict),
+    /// then checks what the engine configuration does not: TLS settings
+    /// need `amqps://`, the consumer buffer fits a channel; and every
+    /// duration, as the engine would.
+    pub(crate) fn check(&self, uris: &mut [AMQPUri]) -> Result<(), AmqpConfigError> {
         let Some(first) = uris.first() else {
             return Err(AmqpConfigError::NoEndpoints);
         };
@@ -380,6 +507,19 @@ impl AmqpConfig {
         if first.scheme == AMQPScheme::AMQP && self.tls != OwnedTLSConfig::default() {
             return Err(AmqpConfigError::TlsWithoutAmqps);
         }
+        let heartbeat = self.heartbeat.map(Heartbeat::proposal);
+        let heartbeat = resolve(uris, "heartbeat", heartbeat, |q| &mut q.heartbeat)?
+            .unwrap_or(Heartbeat::DEFAULT.proposal());
+        let frame_max = resolve(uris, "frame_max", self.frame_max, |q| &mut q.frame_max)?
+            .unwrap_or(DEFAULT_FRAME_MAX);
+        let channel_max = resolve(uris, "channel_max", self.channel_max, |q| {
+            &mut q.channel_max
+        })?;
+        for uri in uris.iter_mut() {
+            uri.query.heartbeat = Some(heartbeat);
+            uri.query.frame_max = Some(frame_max);
+            uri.query.channel_max = channel_max;
+        }
         let max = tokio::sync::Semaphore::MAX_PERMITS;
         if self.consumer_buffer > max {
             return Err(AmqpConfigError::ConsumerBuffer {
@@ -387,130 +527,132 @@ impl AmqpConfig {
                 max,
             });
         }
-        // Without a liveness timeout: the blocked-vs-heartbeat rule is
-        // `engine_config`'s to report, against the heartbeat in use.
-        self.engine_config_for(None)?;
+        self.engine_config().build()?;
         Ok(())
     }
 
-    /// [`AmqpConfig::engine_config`] with the liveness timeout set to a
-    /// known negotiated heartbeat timeout (`None`: disabled).
+    /// A configuration read from the environment with the prefix `REDIAL`
+    /// (`REDIAL_AMQP_URI`, `REDIAL_AMQP_HEARTBEAT`, ...; see
+    /// [`AmqpConfig::apply_env`]), connecting to
+    /// `amqp://127.0.0.1:5672/%2f` when `REDIAL_AMQP_URI` is unset. The
+    /// engine's variables (`REDIAL_BACKOFF_*`, `REDIAL_BLOCKED_TIMEOUT`,
+    /// `REDIAL_STABLE_PERIOD`, ...) are read by
+    /// [`ConfigBuilder::apply_env`]:
+    /// `config.engine_config().apply_env("REDIAL")?.build()?`.
     ///
     /// # Errors
-    /// As [`AmqpConfig::engine_config`].
-    pub fn engine_config_for(&self, heartbeat: Option<Duration>) -> Result<Config, ConfigError> {
-        Config::builder()
-            .backoff(self.backoff.clone())
-            .connect_timeout(self.connect_timeout.saturating_add(REPLAY_ALLOWANCE))
-            .liveness_timeout(heartbeat)
-            .blocked_timeout(self.blocked_timeout)
-            .stable_period(self.stable_period)
-            .probe_interval(self.probe_interval)
-            .endpoints(self.uris.len().max(1))
-            .close_timeout(
-                self.close_timeout
-                    .saturating_mul(2)
-                    .max(Duration::from_secs(1)),
-            )
-            .build()
-    }
-
-    /// A configuration read from the environment, for deployments that tune
-    /// these per site (the seeds' operators did):
-    ///
-    /// | variable | meaning | default |
-    /// |----------|---------|---------|
-    /// | `REDIAL_AMQP_URI` | broker URI (`amqp://` or `amqps://`) | `amqp://127.0.0.1:5672/%2f` |
-    /// | `REDIAL_AMQP_HEARTBEAT` | heartbeat proposal in seconds; `0` proposes none | `20` |
-    /// | `REDIAL_AMQP_CONNECTION_NAME` | connection name | none |
-    /// | `REDIAL_AMQP_CONNECT_TIMEOUT` | handshake timeout, and per replay answer | `10s` |
-    /// | `REDIAL_BLOCKED_TIMEOUT` | replace a link blocked this long; `0` or `off`: never | off |
-    /// | `REDIAL_BACKOFF_INITIAL` | first backoff delay | `1s` |
-    /// | `REDIAL_BACKOFF_MAX` | backoff cap | `60s` |
-    /// | `REDIAL_BACKOFF_MULTIPLIER` | growth per step | `2` |
-    /// | `REDIAL_BACKOFF_JITTER` | proportional jitter fraction in `[0, 1]` | `0.5` |
-    /// | `REDIAL_STABLE_PERIOD` | uptime after which the backoff resets | `10s` |
-    ///
-    /// Durations are a number with a unit (`250ms`, `5s`, `2m`); a bare
-    /// number is seconds. Unset variables keep the defaults.
-    ///
-    /// # Errors
-    /// [`EnvError`] names the variable that does not parse or validate.
+    /// [`EnvError`] names the variable that does not parse.
     pub fn from_env() -> Result<Self, EnvError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::new(DEFAULT_URI).apply_env("REDIAL")
     }
 
-    /// [`AmqpConfig::from_env`] over any lookup (testable without touching
+    /// Overrides settings from the process environment, `{prefix}_AMQP_*`
+    /// variables, for deployments that tune these per site:
+    ///
+    /// | variable | meaning |
+    /// |----------|---------|
+    /// | `{prefix}_AMQP_URI` | broker URI (`amqp://` or `amqps://`), replacing the endpoints |
+    /// | `{prefix}_AMQP_HEARTBEAT` | heartbeat proposal: seconds or a duration (`20`, `20s`); `0` or `off` proposes none |
+    /// | `{prefix}_AMQP_CONNECTION_NAME` | connection name |
+    /// | `{prefix}_AMQP_CONNECT_TIMEOUT` | handshake timeout, and per replay answer |
+    /// | `{prefix}_AMQP_CLOSE_TIMEOUT` | graceful close |
+    /// | `{prefix}_AMQP_FRAME_MAX` | frame size proposal, bytes |
+    /// | `{prefix}_AMQP_CHANNEL_MAX` | channel count proposal |
+    /// | `{prefix}_AMQP_PREFETCH` | per-consumer prefetch |
+    /// | `{prefix}_AMQP_CONSUMER_BUFFER` | deliveries a consumer stream buffers |
+    /// | `{prefix}_AMQP_REPLAY_POLICY` | `retry`, `skip` or `fail` |
+    ///
+    /// Durations are in `humantime` form (`250ms`, `1m30s`); a bare number
+    /// is seconds. Unset or empty variables change nothing; the values are
+    /// checked by [`AmqpConfig::validate`] and the transport.
+    ///
+    /// # Errors
+    /// [`EnvError`] names the variable that does not parse.
+    pub fn apply_env(self, prefix: &str) -> Result<Self, EnvError> {
+        self.apply_env_with(prefix, crate::env::process)
+    }
+
+    /// [`AmqpConfig::apply_env`] over any lookup (testable without touching
     /// the process environment).
     ///
     /// # Errors
-    /// As [`AmqpConfig::from_env`].
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
-        let get = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
-        let uri = get("REDIAL_AMQP_URI").unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());
-        let mut config = AmqpConfig::new(uri);
-        if let Some(v) = get("REDIAL_AMQP_HEARTBEAT") {
-            let secs: u16 = v
-                .trim()
-                .parse()
-                .map_err(|_| EnvError::new("REDIAL_AMQP_HEARTBEAT", &v, "seconds, 0..=65535"))?;
-            config.heartbeat = Heartbeat::secs(secs);
+    /// As [`AmqpConfig::apply_env`].
+    pub fn apply_env_with(
+        mut self,
+        prefix: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, EnvError> {
+        let vars = Vars::new(prefix, &lookup);
+        if let Some(uri) = vars.string("AMQP_URI") {
+            self.uris = vec![uri];
         }
-        if let Some(v) = get("REDIAL_AMQP_CONNECTION_NAME") {
-            config.connection_name = Some(v);
+        if let Some(h) = vars.with("AMQP_HEARTBEAT", HEARTBEAT, |v| v.parse().ok())? {
+            self.heartbeat = Some(h);
         }
-        if let Some(v) = get("REDIAL_AMQP_CONNECT_TIMEOUT") {
-            config.connect_timeout = duration("REDIAL_AMQP_CONNECT_TIMEOUT", &v)?;
+        if let Some(name) = vars.string("AMQP_CONNECTION_NAME") {
+            self.connection_name = Some(name);
         }
-        if let Some(v) = get("REDIAL_BLOCKED_TIMEOUT") {
-            let t = v.trim();
-            config.blocked_timeout = if t == "0" || t.eq_ignore_ascii_case("off") {
-                None
-            } else {
-                Some(duration("REDIAL_BLOCKED_TIMEOUT", &v)?)
-            };
+        if let Some(d) = vars.duration("AMQP_CONNECT_TIMEOUT")? {
+            self.connect_timeout = d;
         }
-        if let Some(v) = get("REDIAL_STABLE_PERIOD") {
-            config.stable_period = duration("REDIAL_STABLE_PERIOD", &v)?;
+        if let Some(d) = vars.duration("AMQP_CLOSE_TIMEOUT")? {
+            self.close_timeout = d;
         }
-        let defaults = Backoff::default();
-        let initial = get("REDIAL_BACKOFF_INITIAL")
-            .map(|v| duration("REDIAL_BACKOFF_INITIAL", &v))
-            .transpose()?
-            .unwrap_or(defaults.initial());
-        let max = get("REDIAL_BACKOFF_MAX")
-            .map(|v| duration("REDIAL_BACKOFF_MAX", &v))
-            .transpose()?
-            .unwrap_or(defaults.max());
-        let multiplier = get("REDIAL_BACKOFF_MULTIPLIER")
-            .map(|v| {
-                v.trim()
-                    .parse::<f64>()
-                    .map_err(|_| EnvError::new("REDIAL_BACKOFF_MULTIPLIER", &v, "a number >= 1"))
-            })
-            .transpose()?
-            .unwrap_or(defaults.multiplier());
-        let jitter = get("REDIAL_BACKOFF_JITTER")
-            .map(|v| {
-                v.trim()
-                    .parse::<f64>()
-                    .map(|fraction| Jitter::Proportional { fraction })
-                    .map_err(|_| EnvError::new("REDIAL_BACKOFF_JITTER", &v, "a fraction in [0, 1]"))
-            })
-            .transpose()?
-            .unwrap_or(defaults.jitter());
-        config.backoff = Backoff::new(initial, multiplier, max, jitter).map_err(|e| EnvError {
-            variable: "REDIAL_BACKOFF_*",
-            value: String::new(),
-            expected: e.to_string(),
-        })?;
-        // Reject what the engine would reject, naming the variables.
-        config.engine_config().map_err(|e| EnvError {
-            variable: "REDIAL_*",
-            value: String::new(),
-            expected: e.to_string(),
-        })?;
-        Ok(config)
+        if let Some(v) = vars.parse("AMQP_FRAME_MAX", "a whole number of bytes")? {
+            self.frame_max = Some(v);
+        }
+        if let Some(v) = vars.parse("AMQP_CHANNEL_MAX", "a whole number, 0..=65535")? {
+            self.channel_max = Some(v);
+        }
+        if let Some(v) = vars.parse("AMQP_PREFETCH", "a whole number, 0..=65535")? {
+            self.prefetch = v;
+        }
+        if let Some(v) = vars.parse::<usize>("AMQP_CONSUMER_BUFFER", "a whole number")? {
+            self.consumer_buffer = v.max(1);
+        }
+        if let Some(v) = vars.with("AMQP_REPLAY_POLICY", "retry, skip or fail", |v| {
+            v.parse().ok()
+        })? {
+            self.replay_policy = v;
+        }
+        Ok(self)
+    }
+}
+
+/// What a heartbeat variable must look like.
+const HEARTBEAT: &str = "seconds or a whole-second duration up to 65535s (20, 20s), or off";
+
+/// The value of one negotiated parameter: the setter's, which no URI may
+/// contradict; else the URIs', which must agree; else none.
+fn resolve<T: Copy + PartialEq + Into<u64>>(
+    uris: &mut [AMQPUri],
+    parameter: &'static str,
+    configured: Option<T>,
+    field: impl Fn(&mut lapin::uri::AMQPQueryString) -> &mut Option<T>,
+) -> Result<Option<T>, AmqpConfigError> {
+    let in_uris: Vec<Option<T>> = uris.iter_mut().map(|u| *field(&mut u.query)).collect();
+    if let Some(configured) = configured {
+        let conflict = in_uris
+            .iter()
+            .enumerate()
+            .find_map(|(index, v)| v.filter(|v| *v != configured).map(|v| (index, v)));
+        return match conflict {
+            Some((index, in_uri)) => Err(AmqpConfigError::UriConflict {
+                index,
+                parameter,
+                in_uri: in_uri.into(),
+                configured: configured.into(),
+            }),
+            None => Ok(Some(configured)),
+        };
+    }
+    let first = in_uris.first().copied().flatten();
+    match in_uris.iter().position(|v| *v != first) {
+        Some(index) => Err(AmqpConfigError::MixedEndpoints {
+            index,
+            what: parameter,
+        }),
+        None => Ok(first),
     }
 }
 
@@ -533,56 +675,11 @@ impl fmt::Debug for AmqpConfig {
             .field("channel_max", &self.channel_max)
             .field("connect_timeout", &self.connect_timeout)
             .field("close_timeout", &self.close_timeout)
-            .field("blocked_timeout", &self.blocked_timeout)
-            .field("backoff", &self.backoff)
-            .field("stable_period", &self.stable_period)
             .field("replay_policy", &self.replay_policy)
             .field("consumer_buffer", &self.consumer_buffer)
             .field("message_id_prefix", &self.message_id_prefix)
             .finish()
     }
-}
-
-/// An environment variable that does not parse or validate.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{variable}={value:?}: expected {expected}")]
-pub struct EnvError {
-    /// The variable.
-    pub variable: &'static str,
-    /// Its value.
-    pub value: String,
-    /// What was expected.
-    pub expected: String,
-}
-
-impl EnvError {
-    fn new(variable: &'static str, value: &str, expected: &str) -> Self {
-        Self {
-            variable,
-            value: value.to_owned(),
-            expected: expected.to_owned(),
-        }
-    }
-}
-
-/// `250ms`, `5s`, `1.5s`, `2m`, or a bare number of seconds.
-fn duration(variable: &'static str, value: &str) -> Result<Duration, EnvError> {
-    let bad = || EnvError::new(variable, value, "a duration such as 250ms, 5s or 2m");
-    let v = value.trim();
-    let (number, scale) = if let Some(n) = v.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (v, 1.0)
-    };
-    let n: f64 = number.trim().parse().map_err(|_| bad())?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(bad());
-    }
-    Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -619,20 +716,29 @@ mod tests {
     #[test]
     fn engine_config_follows_the_heartbeat() {
         let c = AmqpConfig::new("amqp://x").heartbeat(Heartbeat::secs(5));
-        let e = c.engine_config().unwrap();
+        let e = c.engine_config().build().unwrap();
         assert_eq!(e.liveness_timeout(), Some(Duration::from_secs(5)));
         assert_eq!(
             e.connect_timeout(),
             Some(Duration::from_secs(10) + REPLAY_ALLOWANCE)
         );
+        assert_eq!(
+            e.probe_interval(),
+            Some(crate::runtime::DEFAULT_PROBE_INTERVAL)
+        );
         let off = AmqpConfig::new("amqp://x").heartbeat(Heartbeat::Disabled);
-        assert_eq!(off.engine_config().unwrap().liveness_timeout(), None);
+        assert_eq!(
+            off.engine_config().build().unwrap().liveness_timeout(),
+            None
+        );
         // 001's rule: a blocked timeout below 2 x H is rejected.
         let bad = AmqpConfig::new("amqp://x")
             .heartbeat(Heartbeat::secs(60))
-            .blocked_timeout(Some(Duration::from_secs(90)));
+            .engine_config()
+            .blocked_timeout(Duration::from_secs(90))
+            .build();
         assert!(matches!(
-            bad.engine_config(),
+            bad,
             Err(ConfigError::BlockedTimeoutTooShort { .. })
         ));
     }
@@ -646,51 +752,119 @@ mod tests {
     }
 
     #[test]
-    fn from_env_reads_every_documented_variable() {
-        let c = AmqpConfig::from_lookup(env(&[
-            ("REDIAL_AMQP_URI", "amqp://u:p@10.0.0.1:5673/v"),
-            ("REDIAL_AMQP_HEARTBEAT", "7"),
-            ("REDIAL_AMQP_CONNECTION_NAME", "svc"),
-            ("REDIAL_AMQP_CONNECT_TIMEOUT", "2500ms"),
-            ("REDIAL_BLOCKED_TIMEOUT", "1m"),
-            ("REDIAL_BACKOFF_INITIAL", "0.5"),
-            ("REDIAL_BACKOFF_MAX", "30s"),
-            ("REDIAL_BACKOFF_MULTIPLIER", "1.5"),
-            ("REDIAL_BACKOFF_JITTER", "0.2"),
-            ("REDIAL_STABLE_PERIOD", "3s"),
-        ]))
-        .unwrap();
+    fn apply_env_reads_every_documented_variable() {
+        let c = AmqpConfig::new("amqp://unused")
+            .apply_env_with(
+                "REDIAL",
+                env(&[
+                    ("REDIAL_AMQP_URI", "amqp://u:p@10.0.0.1:5673/v"),
+                    ("REDIAL_AMQP_HEARTBEAT", "7"),
+                    ("REDIAL_AMQP_CONNECTION_NAME", "svc"),
+                    ("REDIAL_AMQP_CONNECT_TIMEOUT", "2500ms"),
+                    ("REDIAL_AMQP_CLOSE_TIMEOUT", "1m30s"),
+                    ("REDIAL_AMQP_FRAME_MAX", "65536"),
+                    ("REDIAL_AMQP_CHANNEL_MAX", "64"),
+                    ("REDIAL_AMQP_PREFETCH", "10"),
+                    ("REDIAL_AMQP_CONSUMER_BUFFER", "32"),
+                    ("REDIAL_AMQP_REPLAY_POLICY", "skip"),
+                ]),
+            )
+            .unwrap();
         assert_eq!(c.uri(), "amqp://u:p@10.0.0.1:5673/v");
-        assert_eq!(c.heartbeat, Heartbeat::secs(7));
+        assert_eq!(c.heartbeat_proposal(), Heartbeat::secs(7));
         assert_eq!(c.connection_name.as_deref(), Some("svc"));
         assert_eq!(c.connect_timeout, Duration::from_millis(2500));
-        assert_eq!(c.blocked_timeout, Some(Duration::from_secs(60)));
-        assert_eq!(c.backoff.initial(), Duration::from_millis(500));
-        assert_eq!(c.backoff.max(), Duration::from_secs(30));
-        assert_eq!(c.backoff.multiplier(), 1.5);
-        assert_eq!(c.backoff.jitter(), Jitter::Proportional { fraction: 0.2 });
-        assert_eq!(c.stable_period, Duration::from_secs(3));
-        let e = c.engine_config().unwrap();
+        assert_eq!(c.close_timeout, Duration::from_secs(90));
+        assert_eq!(c.frame_max, Some(65_536));
+        assert_eq!(c.channel_max, Some(64));
+        assert_eq!(c.prefetch, 10);
+        assert_eq!(c.consumer_buffer, 32);
+        assert_eq!(c.replay_policy, ReplayPolicy::Skip);
+        let e = c.engine_config().build().unwrap();
         assert_eq!(e.liveness_timeout(), Some(Duration::from_secs(7)));
-        assert_eq!(e.blocked_timeout(), Some(Duration::from_secs(60)));
     }
 
     #[test]
-    fn from_env_defaults_and_errors() {
-        let c = AmqpConfig::from_lookup(env(&[])).unwrap();
+    fn apply_env_defaults_and_errors() {
+        let c = AmqpConfig::new(DEFAULT_URI)
+            .apply_env_with("REDIAL", env(&[]))
+            .unwrap();
         assert_eq!(c.uri(), "amqp://127.0.0.1:5672/%2f");
-        assert_eq!(c.heartbeat, Heartbeat::DEFAULT);
+        assert_eq!(c.heartbeat_proposal(), Heartbeat::DEFAULT);
+        let with =
+            |pairs: &[(&str, &str)]| AmqpConfig::new("amqp://x").apply_env_with("APP", env(pairs));
         assert_eq!(
-            AmqpConfig::from_lookup(env(&[("REDIAL_AMQP_HEARTBEAT", "0")]))
+            with(&[("APP_AMQP_HEARTBEAT", "0")])
                 .unwrap()
-                .heartbeat,
+                .heartbeat_proposal(),
             Heartbeat::Disabled
         );
-        let e = AmqpConfig::from_lookup(env(&[("REDIAL_AMQP_HEARTBEAT", "soon")])).unwrap_err();
-        assert_eq!(e.variable, "REDIAL_AMQP_HEARTBEAT");
-        let e = AmqpConfig::from_lookup(env(&[("REDIAL_BACKOFF_INITIAL", "-1s")])).unwrap_err();
-        assert_eq!(e.variable, "REDIAL_BACKOFF_INITIAL");
-        let e = AmqpConfig::from_lookup(env(&[("REDIAL_BLOCKED_TIMEOUT", "10s")])).unwrap_err();
-        assert_eq!(e.variable, "REDIAL_*");
+        assert_eq!(
+            with(&[("APP_AMQP_HEARTBEAT", "1m")])
+                .unwrap()
+                .heartbeat_proposal(),
+            Heartbeat::secs(60)
+        );
+        let e = with(&[("APP_AMQP_HEARTBEAT", "soon")]).unwrap_err();
+        assert_eq!(e.variable, "APP_AMQP_HEARTBEAT");
+        let e = with(&[("APP_AMQP_HEARTBEAT", "1.5s")]).unwrap_err();
+        assert_eq!(e.variable, "APP_AMQP_HEARTBEAT");
+        let e = with(&[("APP_AMQP_CONNECT_TIMEOUT", "-1s")]).unwrap_err();
+        assert_eq!(e.variable, "APP_AMQP_CONNECT_TIMEOUT");
+        let e = with(&[("APP_AMQP_REPLAY_POLICY", "ignore")]).unwrap_err();
+        assert_eq!(e.variable, "APP_AMQP_REPLAY_POLICY");
+        // Another prefix's variables are not read.
+        assert_eq!(
+            with(&[("REDIAL_AMQP_HEARTBEAT", "0")])
+                .unwrap()
+                .heartbeat_proposal(),
+            Heartbeat::DEFAULT
+        );
+    }
+
+    fn checked(config: &AmqpConfig) -> Result<Vec<AMQPUri>, AmqpConfigError> {
+        let mut uris: Vec<AMQPUri> = config.uris.iter().map(|u| u.parse().unwrap()).collect();
+        config.check(&mut uris)?;
+        Ok(uris)
+    }
+
+    /// Finding: `?heartbeat=` in a URI was silently replaced by the default.
+    #[test]
+    fn uri_parameters_are_respected_or_a_conflict() {
+        let uri = "amqp://127.0.0.1/%2f?heartbeat=7&frame_max=8192&channel_max=9";
+        let c = AmqpConfig::new(uri);
+        assert_eq!(c.heartbeat_proposal(), Heartbeat::secs(7));
+        let q = &checked(&c).unwrap()[0].query;
+        assert_eq!(
+            (q.heartbeat, q.frame_max, q.channel_max),
+            (Some(7), Some(8192), Some(9))
+        );
+        // Agreeing with the URI is fine; contradicting it is an error.
+        assert!(checked(&c.clone().heartbeat(Heartbeat::secs(7))).is_ok());
+        assert_eq!(
+            checked(&c.clone().heartbeat(Heartbeat::secs(30))).unwrap_err(),
+            AmqpConfigError::UriConflict {
+                index: 0,
+                parameter: "heartbeat",
+                in_uri: 7,
+                configured: 30
+            }
+        );
+        // Without query parameters, the setters and the defaults apply.
+        let q =
+            &checked(&AmqpConfig::new("amqp://h").heartbeat(Heartbeat::Disabled)).unwrap()[0].query;
+        assert_eq!(
+            (q.heartbeat, q.frame_max, q.channel_max),
+            (Some(0), Some(DEFAULT_FRAME_MAX), None)
+        );
+        // The nodes of a cluster agree on them.
+        let mixed = AmqpConfig::cluster(["amqp://a/%2f?heartbeat=7", "amqp://b/%2f"]);
+        assert_eq!(
+            checked(&mixed).unwrap_err(),
+            AmqpConfigError::MixedEndpoints {
+                index: 1,
+                what: "heartbeat"
+            }
+        );
     }
 }

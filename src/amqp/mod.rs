@@ -44,7 +44,7 @@
 //!     .heartbeat(Heartbeat::secs(10));
 //! let transport = AmqpTransport::new(config.clone())?;
 //! let q = transport.declare_queue("jobs", Default::default(), Default::default()).await?;
-//! let engine = Engine::spawn(config.engine_config()?, transport.clone());
+//! let engine = Engine::spawn(config.engine_config().build()?, transport.clone());
 //! # let _ = (q, engine); Ok(()) }
 //! ```
 
@@ -143,27 +143,22 @@ impl AmqpTransport {
     /// [`AmqpError::InvalidUri`] when a URI does not parse;
     /// [`AmqpError::Config`] when the configuration cannot work (TLS
     /// settings with an `amqp://` URI, a duration out of range, endpoints
-    /// of one cluster that differ in credentials or vhost).
+    /// of one cluster that differ in credentials or vhost, a URI query
+    /// parameter that contradicts a setter).
     pub fn new(config: AmqpConfig) -> Result<Self, AmqpError> {
-        let uris = config
+        let mut uris = config
             .uris
             .iter()
             .map(|uri| {
-                let mut uri: AMQPUri = uri.parse().map_err(|reason| AmqpError::InvalidUri {
-                    uri: crate::redact::uri(uri),
-                    reason,
-                })?;
-                uri.query.heartbeat = Some(config.heartbeat.proposal());
-                if let Some(f) = config.frame_max {
-                    uri.query.frame_max = Some(f);
-                }
-                if let Some(c) = config.channel_max {
-                    uri.query.channel_max = Some(c);
-                }
-                Ok(uri)
+                uri.parse::<AMQPUri>()
+                    .map_err(|reason| AmqpError::InvalidUri {
+                        uri: crate::redact::uri(uri),
+                        reason,
+                    })
             })
             .collect::<Result<Vec<_>, AmqpError>>()?;
-        config.check(&uris)?;
+        // Sets the negotiated parameters (the URIs' own or the setters').
+        config.check(&mut uris)?;
         let (replay_errors, _) = broadcast::channel(64);
         let message_id_prefix = config.message_id_prefix.clone().unwrap_or_else(|| {
             use std::hash::{BuildHasher, RandomState};

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::backoff::{Backoff, MAX_DELAY_MS};
+use crate::backoff::{Backoff, BackoffBuilder, Jitter, MAX_DELAY_MS};
+use crate::env::{EnvError, Vars};
 
 /// A configuration that cannot work, rejected by [`ConfigBuilder::build`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -81,10 +82,13 @@ pub enum ConfigError {
 /// retries at once, then one more per `refill`; past that, early losses back
 /// off as usual, so a flapping link still slows down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct RetryBudget {
     /// Immediate retries available at once (at least 1).
     pub burst: u32,
     /// The time that earns one more (at least 1 ms).
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration"))]
     pub refill: Duration,
 }
 
@@ -113,8 +117,18 @@ pub const MAX_ENDPOINTS: usize = 1024;
 /// included) holds exactly.
 pub const MAX_FIRST_GENERATION: u64 = 1 << 52;
 
-/// A validated machine configuration. Build one with [`Config::builder`].
+/// A validated machine configuration. Build one with [`Config::builder`],
+/// change one with [`Config::to_builder`].
+///
+/// With the `serde` feature it (de)serializes as a [`ConfigBuilder`]:
+/// deserializing runs [`ConfigBuilder::build`], so an invalid configuration
+/// is an error carrying the [`ConfigError`]'s message.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(try_from = "ConfigBuilder", into = "ConfigBuilder")
+)]
 pub struct Config {
     pub(crate) backoff: Backoff,
     pub(crate) immediate_first_retry: bool,
@@ -222,21 +236,96 @@ impl Config {
     }
 }
 
+impl Config {
+    /// A builder holding this configuration's settings (its seed included),
+    /// to change some of them: `config.to_builder().build()` gives back an
+    /// equal configuration.
+    pub fn to_builder(&self) -> ConfigBuilder {
+        let ms = Duration::from_millis;
+        ConfigBuilder {
+            backoff: self.backoff.to_builder(),
+            immediate_first_retry: self.immediate_first_retry,
+            retry_budget: self.retry_budget(),
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_elapsed_ms.map(ms),
+            stable_period: ms(self.stable_period_ms),
+            connect_timeout: self.connect_timeout_ms.map(ms),
+            liveness_timeout: self.liveness_timeout_ms.map(ms),
+            blocked_timeout: self.blocked_timeout_ms.map(ms),
+            close_timeout: ms(self.close_timeout_ms),
+            resume_grace: self.resume_grace_ms.map(ms),
+            permanent_retries: self.permanent_retries,
+            probe_interval: self.probe_interval_ms.map(ms),
+            endpoints: self.endpoints as usize,
+            first_generation: self.first_generation,
+            seed: Some(self.seed),
+        }
+    }
+}
+
+impl From<Config> for ConfigBuilder {
+    fn from(config: Config) -> Self {
+        config.to_builder()
+    }
+}
+
+impl TryFrom<ConfigBuilder> for Config {
+    type Error = ConfigError;
+    fn try_from(builder: ConfigBuilder) -> Result<Self, ConfigError> {
+        builder.build()
+    }
+}
+
 /// Builds a [`Config`]; every setting is checked by [`ConfigBuilder::build`].
-#[derive(Debug, Clone)]
+///
+/// Setters take plain values; a setting that can be off has a `no_*`
+/// setter (`liveness_timeout(d)` / `no_liveness_timeout()`).
+///
+/// With the `serde` feature it deserializes from an object holding any of
+/// the setters' names (durations in `humantime` form, `null` or `"off"`
+/// for a setting turned off, the backoff as [`BackoffBuilder`]); so does
+/// [`Config`], through [`ConfigBuilder::build`], so that an invalid
+/// configuration is rejected with the [`ConfigError`]'s message.
+///
+/// ```
+/// use std::time::Duration;
+/// use redial::machine::Config;
+///
+/// let config = Config::builder()
+///     .liveness_timeout(Duration::from_secs(30))
+///     .blocked_timeout(Duration::from_secs(120))
+///     .resume_grace(Duration::from_secs(2))
+///     .seed(7)
+///     .build()?;
+/// let again = config.to_builder().no_resume_grace().build()?;
+/// assert_eq!(again.resume_grace(), None);
+/// assert_eq!(again.liveness_timeout(), config.liveness_timeout());
+/// # Ok::<(), redial::machine::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct ConfigBuilder {
-    backoff: Backoff,
+    backoff: BackoffBuilder,
     immediate_first_retry: bool,
     retry_budget: Option<RetryBudget>,
     max_attempts: Option<u32>,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration::option"))]
     max_elapsed: Option<Duration>,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration"))]
     stable_period: Duration,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration::option"))]
     connect_timeout: Option<Duration>,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration::option"))]
     liveness_timeout: Option<Duration>,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration::option"))]
     blocked_timeout: Option<Duration>,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration"))]
     close_timeout: Duration,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration::option"))]
     resume_grace: Option<Duration>,
     permanent_retries: u32,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration::option"))]
     probe_interval: Option<Duration>,
     endpoints: usize,
     first_generation: u64,
@@ -246,7 +335,7 @@ pub struct ConfigBuilder {
 impl Default for ConfigBuilder {
     fn default() -> Self {
         Self {
-            backoff: Backoff::default(),
+            backoff: BackoffBuilder::default(),
             immediate_first_retry: true,
             retry_budget: Some(RetryBudget::default()),
             max_attempts: None,
@@ -269,7 +358,7 @@ impl Default for ConfigBuilder {
 impl ConfigBuilder {
     /// The backoff policy (default: 1 s, x2, cap 60 s, +-50 % jitter).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
+        self.backoff = backoff.to_builder();
         self
     }
     /// Retry at once after losing a link that had been stable (default: true,
@@ -279,23 +368,38 @@ impl ConfigBuilder {
         self
     }
     /// Immediate retries after links that dropped before the stable period
-    /// (default: 3 at once, one more every 2 s; `None`: every such loss
-    /// waits its backoff delay). Used only with `immediate_first_retry`.
-    pub fn retry_budget(mut self, budget: Option<RetryBudget>) -> Self {
-        self.retry_budget = budget;
+    /// (default: 3 at once, one more every 2 s). Used only with
+    /// `immediate_first_retry`.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.retry_budget = Some(budget);
+        self
+    }
+    /// No retry budget: every early loss waits its backoff delay.
+    pub fn no_retry_budget(mut self) -> Self {
+        self.retry_budget = None;
         self
     }
     /// Give up after this many failed attempts in one outage (default: never).
     /// Probes are not attempts: with [`ConfigBuilder::probe_interval`] set,
     /// an outage whose probes go unanswered makes no attempts, so bound it
     /// with [`ConfigBuilder::max_elapsed`] instead.
-    pub fn max_attempts(mut self, attempts: Option<u32>) -> Self {
-        self.max_attempts = attempts;
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+    /// No limit on the attempts of one outage (the default).
+    pub fn no_max_attempts(mut self) -> Self {
+        self.max_attempts = None;
         self
     }
     /// Give up when an outage would last longer than this (default: never).
-    pub fn max_elapsed(mut self, elapsed: Option<Duration>) -> Self {
-        self.max_elapsed = elapsed;
+    pub fn max_elapsed(mut self, elapsed: Duration) -> Self {
+        self.max_elapsed = Some(elapsed);
+        self
+    }
+    /// No limit on an outage's length (the default).
+    pub fn no_max_elapsed(mut self) -> Self {
+        self.max_elapsed = None;
         self
     }
     /// A link must stay up this long before the attempt counter resets
@@ -311,22 +415,19 @@ impl ConfigBuilder {
     }
     /// No connect timeout: an attempt takes as long as the transport's own
     /// timeouts let it (for SDKs that enforce their own).
-    pub fn without_connect_timeout(mut self) -> Self {
+    pub fn no_connect_timeout(mut self) -> Self {
         self.connect_timeout = None;
         self
     }
     /// Never give up on failures: no `max_attempts`, no `max_elapsed` (the
     /// default; spelled out for readers). A permanent error still gives up
     /// unless [`ConfigBuilder::permanent_retries`] allows it.
-    pub fn never_give_up(mut self) -> Self {
-        self.max_attempts = None;
-        self.max_elapsed = None;
-        self
+    pub fn never_give_up(self) -> Self {
+        self.no_max_attempts().no_max_elapsed()
     }
     /// No retries: the first failed attempt gives up (`max_attempts` 1).
-    pub fn no_retries(mut self) -> Self {
-        self.max_attempts = Some(1);
-        self
+    pub fn no_retries(self) -> Self {
+        self.max_attempts(1)
     }
     /// The generation of the machine's first link (default: 1). An
     /// application that replaces a machine while callbacks of the old one's
@@ -338,15 +439,25 @@ impl ConfigBuilder {
         self
     }
     /// Declare a link dead after this much inbound silence (default: 60 s).
-    /// `None` disables the watchdog and must be asked for explicitly.
-    pub fn liveness_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.liveness_timeout = timeout;
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.liveness_timeout = Some(timeout);
+        self
+    }
+    /// No liveness watchdog: a half-open link goes unnoticed until the
+    /// transport reports it. Must be asked for explicitly.
+    pub fn no_liveness_timeout(mut self) -> Self {
+        self.liveness_timeout = None;
         self
     }
     /// Replace a link that stays blocked longer than this (default: never);
     /// must be at least twice the liveness timeout.
-    pub fn blocked_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.blocked_timeout = timeout;
+    pub fn blocked_timeout(mut self, timeout: Duration) -> Self {
+        self.blocked_timeout = Some(timeout);
+        self
+    }
+    /// A blocked link is kept however long it stays blocked (the default).
+    pub fn no_blocked_timeout(mut self) -> Self {
+        self.blocked_timeout = None;
         self
     }
     /// How long the driver may take to close after a shutdown (default: 5 s).
@@ -356,9 +467,14 @@ impl ConfigBuilder {
     }
     /// For transports that reconnect underneath (SDK callbacks): how long a
     /// lost link is given to resume by itself before the machine replaces it
-    /// (default: `None`, the machine replaces it at once).
-    pub fn resume_grace(mut self, grace: Option<Duration>) -> Self {
-        self.resume_grace = grace;
+    /// (default: none, the machine replaces it at once).
+    pub fn resume_grace(mut self, grace: Duration) -> Self {
+        self.resume_grace = Some(grace);
+        self
+    }
+    /// A lost link is replaced at once (the default).
+    pub fn no_resume_grace(mut self) -> Self {
+        self.resume_grace = None;
         self
     }
     /// Retry this many permanent failures per outage before giving up
@@ -368,12 +484,18 @@ impl ConfigBuilder {
         self
     }
     /// Probe the broker every `interval` once a backoff wait is over, and
-    /// make the attempt when a probe finds it reachable (default: `None`, no
+    /// make the attempt when a probe finds it reachable (default: no
     /// probes: a generic transport may not implement
-    /// [`crate::runtime::Transport::probe`]; the AMQP and MQTT adapters turn
-    /// them on). A probe unanswered after `interval` counts as unreachable.
-    pub fn probe_interval(mut self, interval: Option<Duration>) -> Self {
-        self.probe_interval = interval;
+    /// [`crate::runtime::Transport::probe`]; the AMQP and MQTT adapters'
+    /// `engine_config()` turns them on). A probe unanswered after
+    /// `interval` counts as unreachable.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = Some(interval);
+        self
+    }
+    /// No probes: attempts on the backoff schedule alone (the default).
+    pub fn no_probe_interval(mut self) -> Self {
+        self.probe_interval = None;
         self
     }
     /// How many endpoints (the nodes of a cluster, the brokers of a
@@ -393,8 +515,84 @@ impl ConfigBuilder {
         self
     }
 
+    /// Overrides settings from the process environment, `{prefix}_*`
+    /// variables (`prefix` `"REDIAL"` gives `REDIAL_BACKOFF_INITIAL`, ...);
+    /// the names are listed in docs/configuration.md. Unset or empty variables
+    /// change nothing; the values are checked by [`ConfigBuilder::build`].
+    ///
+    /// # Errors
+    /// [`EnvError`] names the variable that does not parse.
+    pub fn apply_env(self, prefix: &str) -> Result<Self, EnvError> {
+        self.apply_env_with(prefix, crate::env::process)
+    }
+
+    /// [`ConfigBuilder::apply_env`] over any lookup (a test's map, a
+    /// configuration service).
+    ///
+    /// # Errors
+    /// As [`ConfigBuilder::apply_env`].
+    pub fn apply_env_with(
+        mut self,
+        prefix: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, EnvError> {
+        let vars = Vars::new(prefix, &lookup);
+        if let Some(d) = vars.duration("BACKOFF_INITIAL")? {
+            self.backoff = self.backoff.initial(d);
+        }
+        if let Some(d) = vars.duration("BACKOFF_MAX")? {
+            self.backoff = self.backoff.max(d);
+        }
+        if let Some(m) = vars.parse("BACKOFF_MULTIPLIER", "a number >= 1")? {
+            self.backoff = self.backoff.multiplier(m);
+        }
+        if let Some(j) = vars.with("BACKOFF_JITTER", JITTER, parse_jitter)? {
+            self.backoff = self.backoff.jitter(j);
+        }
+        if let Some(v) = vars.bool("IMMEDIATE_FIRST_RETRY")? {
+            self.immediate_first_retry = v;
+        }
+        if let Some(v) = vars.with("RETRY_BUDGET", BUDGET, parse_budget)? {
+            self.retry_budget = v;
+        }
+        if let Some(v) = vars.optional_parse("MAX_ATTEMPTS", "a whole number, or off")? {
+            self.max_attempts = v;
+        }
+        for (name, slot) in [
+            ("MAX_ELAPSED", &mut self.max_elapsed),
+            ("CONNECT_TIMEOUT", &mut self.connect_timeout),
+            ("LIVENESS_TIMEOUT", &mut self.liveness_timeout),
+            ("BLOCKED_TIMEOUT", &mut self.blocked_timeout),
+            ("RESUME_GRACE", &mut self.resume_grace),
+            ("PROBE_INTERVAL", &mut self.probe_interval),
+        ] {
+            if let Some(v) = vars.optional_duration(name)? {
+                *slot = v;
+            }
+        }
+        for (name, slot) in [
+            ("STABLE_PERIOD", &mut self.stable_period),
+            ("CLOSE_TIMEOUT", &mut self.close_timeout),
+        ] {
+            if let Some(v) = vars.duration(name)? {
+                *slot = v;
+            }
+        }
+        if let Some(v) = vars.parse("PERMANENT_RETRIES", "a whole number")? {
+            self.permanent_retries = v;
+        }
+        if let Some(v) = vars.parse("SEED", "a whole number")? {
+            self.seed = Some(v);
+        }
+        Ok(self)
+    }
+
     /// Checks every setting and returns the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the setting that cannot work.
     pub fn build(self) -> Result<Config, ConfigError> {
+        let backoff = self.backoff.build()?;
         let stable_period_ms = positive_ms("stable_period", self.stable_period)?;
         let connect_timeout_ms = self
             .connect_timeout
@@ -463,7 +661,7 @@ impl ConfigBuilder {
             .transpose()?;
         let seed = self.seed.unwrap_or_else(random_seed);
         Ok(Config {
-            backoff: self.backoff,
+            backoff,
             immediate_first_retry: self.immediate_first_retry,
             retry_budget,
             max_attempts: self.max_attempts,
@@ -497,6 +695,38 @@ fn positive_ms(field: &'static str, d: Duration) -> Result<u64, ConfigError> {
     Ok(ms)
 }
 
+/// What `{prefix}_BACKOFF_JITTER` must look like.
+const JITTER: &str = "none, full, equal, decorrelated, or a proportional fraction in [0, 1]";
+/// What `{prefix}_RETRY_BUDGET` must look like.
+const BUDGET: &str = "off, or a burst and a refill time such as 3/2s";
+
+/// A jitter mode by name, or a proportional fraction (the first
+/// `REDIAL_BACKOFF_JITTER` took a fraction only).
+fn parse_jitter(v: &str) -> Option<Jitter> {
+    match v.to_ascii_lowercase().as_str() {
+        "none" => Some(Jitter::None),
+        "full" => Some(Jitter::Full),
+        "equal" => Some(Jitter::Equal),
+        "decorrelated" => Some(Jitter::Decorrelated),
+        other => other
+            .parse()
+            .ok()
+            .map(|fraction| Jitter::Proportional { fraction }),
+    }
+}
+
+/// `off`, or `BURST/REFILL` such as `3/2s`.
+fn parse_budget(v: &str) -> Option<Option<RetryBudget>> {
+    if crate::env::is_off(v) {
+        return Some(None);
+    }
+    let (burst, refill) = v.split_once('/')?;
+    Some(Some(RetryBudget {
+        burst: burst.trim().parse().ok()?,
+        refill: crate::env::parse_duration(refill)?,
+    }))
+}
+
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(0u8)
@@ -522,13 +752,13 @@ mod tests {
             })
         );
         assert_eq!(
-            Config::builder().max_attempts(Some(0)).build(),
+            Config::builder().max_attempts(0).build(),
             Err(ConfigError::ZeroAttempts)
         );
         assert!(matches!(
             Config::builder()
-                .liveness_timeout(Some(Duration::from_secs(60)))
-                .blocked_timeout(Some(Duration::from_secs(90)))
+                .liveness_timeout(Duration::from_secs(60))
+                .blocked_timeout(Duration::from_secs(90))
                 .build(),
             Err(ConfigError::BlockedTimeoutTooShort { .. })
         ));

@@ -934,12 +934,15 @@ mod tests {
     /// A probing machine (500 ms) whose first attempt failed, backing off
     /// before attempt 2; with its start and the end of its wait.
     fn probing_after_a_failure(max_elapsed: Option<Duration>) -> (Machine, Instant, Instant) {
-        let config = Config::builder()
+        let builder = Config::builder()
             .seed(3)
-            .probe_interval(Some(Duration::from_millis(500)))
-            .max_elapsed(max_elapsed)
-            .build()
-            .unwrap();
+            .probe_interval(Duration::from_millis(500));
+        let config = match max_elapsed {
+            Some(e) => builder.max_elapsed(e),
+            None => builder,
+        }
+        .build()
+        .unwrap();
         let mut m = Machine::new(config);
         let t = Instant::now();
         m.handle(t, Input::Start);
@@ -1022,17 +1025,17 @@ mod tests {
         use crate::machine::invariants::Checker;
         let mut probed_in_the_failing_step = 0;
         for seed in 0..32 {
-            let backoff = Backoff::new(
-                Duration::from_millis(1),
-                2.0,
-                Duration::from_millis(1),
-                Jitter::Full,
-            )
-            .unwrap();
+            let backoff = Backoff::builder()
+                .initial(Duration::from_millis(1))
+                .multiplier(2.0)
+                .max(Duration::from_millis(1))
+                .jitter(Jitter::Full)
+                .build()
+                .unwrap();
             let config = Config::builder()
                 .seed(seed)
                 .backoff(backoff)
-                .probe_interval(Some(Duration::from_millis(433)))
+                .probe_interval(Duration::from_millis(433))
                 .build()
                 .unwrap();
             let mut m = Machine::new(config);

@@ -23,8 +23,17 @@ use std::time::Duration;
 use rumqttc::{LastWill, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
 
 use crate::backoff::MAX_DELAY_MS;
+pub use crate::env::EnvError;
+use crate::env::Vars;
 use crate::machine::ConfigBuilder;
 use crate::redact::Redacted;
+
+/// What `{prefix}_MQTT_URL` must look like.
+const URL: &str = "an mqtt:// or mqtts:// URL such as mqtt://user:pass@host:1883?client_id=id";
+
+mod broker_url;
+#[cfg(feature = "serde")]
+mod raw;
 
 /// What the engine's connect timeout adds to rumqttc's (subscription restore).
 const ENGINE_CONNECT_SLACK: Duration = Duration::from_secs(5);
@@ -50,6 +59,18 @@ pub enum RestorePolicy {
     /// Every recorded filter is subscribed again on every link, whatever
     /// the broker kept (for brokers that lose sessions without saying so).
     Always,
+}
+
+impl std::str::FromStr for RestorePolicy {
+    type Err = &'static str;
+    /// `when_session_absent` or `always`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "when_session_absent" => Ok(Self::WhenSessionAbsent),
+            "always" => Ok(Self::Always),
+            _ => Err("when_session_absent or always"),
+        }
+    }
 }
 
 /// A configuration that cannot work, rejected by [`MqttConfig::validate`].
@@ -85,6 +106,37 @@ pub enum MqttConfigError {
     /// The inbound buffer holds at least one message.
     #[error("inbound_capacity must be at least 1")]
     ZeroInboundCapacity,
+    /// A URL that does not parse.
+    #[error("invalid MQTT URL")]
+    InvalidUrl(#[source] ::url::ParseError),
+    /// A URL that parses but is not a broker address redial takes.
+    #[error("unsupported MQTT URL: {reason}")]
+    UnsupportedUrl {
+        /// What is wrong with it.
+        reason: UrlProblem,
+    },
+    /// An `mqtts://` URL without TLS settings: the link would otherwise
+    /// connect in plain text.
+    #[error("an mqtts:// URL needs TLS settings (MqttConfig::tls)")]
+    TlsRequired,
+}
+
+/// Why a broker URL is not one redial takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlProblem {
+    /// The scheme is neither `mqtt` nor `mqtts`.
+    #[error("scheme {0:?} is neither mqtt nor mqtts")]
+    Scheme(String),
+    /// No host.
+    #[error("no host")]
+    NoHost,
+    /// A path other than `/` (MQTT over TCP has none).
+    #[error("a path ({0:?}); MQTT over TCP has none")]
+    Path(String),
+    /// A query parameter other than `client_id`.
+    #[error("unknown query parameter {0:?}; only client_id is read")]
+    Parameter(String),
 }
 
 /// How to reach and identify to one MQTT broker (MQTT 3.1.1).
@@ -104,7 +156,18 @@ pub enum MqttConfigError {
 /// let engine = config.engine_config().build().unwrap();
 /// assert_eq!(engine.liveness_timeout(), Some(Duration::from_secs(5)));
 /// ```
+///
+/// Setters take plain values and return the configuration (it is its own
+/// builder, checked by [`MqttConfig::validate`] and when the transport is
+/// built); the engine's settings are set on the builder
+/// [`MqttConfig::engine_config`] returns. [`MqttConfig::from_url`] reads an
+/// `mqtt://` URL, [`MqttConfig::apply_env`] `{prefix}_MQTT_*` variables;
+/// with the `serde` feature it deserializes from an object (see
+/// docs/configuration.md), checked by [`MqttConfig::validate`]; TLS and the
+/// last will are set in code.
 #[derive(Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "raw::RawMqttConfig"))]
 pub struct MqttConfig {
     /// The brokers (host, port), at least one.
     pub(crate) brokers: Vec<(String, u16)>,
@@ -121,7 +184,8 @@ pub struct MqttConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) disconnect_timeout: Duration,
     pub(crate) inbound_capacity: usize,
-    pub(crate) probe_interval: Option<Duration>,
+    /// From an `mqtts://` URL: TLS settings must be given.
+    pub(crate) tls_required: bool,
 }
 
 impl MqttConfig {
@@ -145,8 +209,38 @@ impl MqttConfig {
             connect_timeout: Duration::from_secs(10),
             disconnect_timeout: Duration::from_millis(500),
             inbound_capacity: 100,
-            probe_interval: Some(crate::runtime::DEFAULT_PROBE_INTERVAL),
+            tls_required: false,
         }
+    }
+
+    /// A client for the broker of an `mqtt://` or `mqtts://` URL:
+    /// `mqtt://user:password@host:port?client_id=sensor-17`. The port
+    /// defaults to 1883 (`mqtts`: 8883); credentials are percent-decoded;
+    /// the client id is empty when the URL has none (the broker assigns
+    /// one to a clean session). `mqtts://` needs TLS settings
+    /// ([`MqttConfig::tls`]): without them [`MqttConfig::validate`] fails
+    /// with [`MqttConfigError::TlsRequired`], never a plain-text link.
+    /// Otherwise the defaults of [`MqttConfig::new`].
+    ///
+    /// ```
+    /// use redial::mqtt::MqttConfig;
+    ///
+    /// let config = MqttConfig::from_url("mqtt://svc:s%40cret@10.0.0.7?client_id=sensor-17")?;
+    /// assert_eq!(config.brokers(), &[("10.0.0.7".to_owned(), 1883)]);
+    /// assert_eq!(config.client_id(), "sensor-17");
+    /// # Ok::<(), redial::mqtt::MqttConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`MqttConfigError::InvalidUrl`] when it does not parse,
+    /// [`MqttConfigError::UnsupportedUrl`] for another scheme, no host, a
+    /// path, or an unknown query parameter.
+    pub fn from_url(url: &str) -> Result<Self, MqttConfigError> {
+        let parts = broker_url::parse(url)?;
+        let mut config = Self::new(parts.host, parts.port, parts.client_id);
+        config.credentials = parts.credentials;
+        config.tls_required = parts.tls;
+        Ok(config)
     }
 
     /// Adds a broker of the same failover group: the engine shuffles the
@@ -164,16 +258,6 @@ impl MqttConfig {
     /// [`crate::runtime::OpenContext::endpoint`] indexes this list).
     pub fn brokers(&self) -> &[(String, u16)] {
         &self.brokers
-    }
-
-    /// How often the broker is probed once a backoff wait is over (default
-    /// 500 ms; `None`: attempts on the backoff schedule alone). A probe is a
-    /// TCP connect and a CONNECT the broker must refuse at once (see
-    /// docs/mqtt.md); the attempt is made as soon as one is answered, so the
-    /// engine is back within one interval of the broker's return.
-    pub fn probe_interval(mut self, interval: Option<Duration>) -> Self {
-        self.probe_interval = interval;
-        self
     }
 
     /// Username and password sent in CONNECT.
@@ -286,7 +370,13 @@ impl MqttConfig {
     }
 
     /// Checks every setting.
+    ///
+    /// # Errors
+    /// The [`MqttConfigError`] of the first setting that cannot work.
     pub fn validate(&self) -> Result<(), MqttConfigError> {
+        if self.tls_required && self.tls.is_none() {
+            return Err(MqttConfigError::TlsRequired);
+        }
         let k = self.keep_alive;
         if !k.is_zero() && (k.subsec_nanos() != 0 || k.as_secs() < 2 || k.as_secs() > 65_535) {
             return Err(MqttConfigError::KeepAlive(k));
@@ -322,7 +412,10 @@ impl MqttConfig {
         Ok(())
     }
 
-    /// A redial configuration that suits this client:
+    /// The engine configuration recommended for this client, as a builder
+    /// to set the engine's own settings on (backoff, stable period; the
+    /// same shape as
+    /// [`AmqpConfig::engine_config`](crate::amqp::AmqpConfig::engine_config)):
     ///
     /// * the liveness timeout is the keep-alive `K`. The watchdog checks
     ///   every `K/2` and declares the link dead after two silent checks in
@@ -331,21 +424,103 @@ impl MqttConfig {
     ///   healthy idle link is never silent for a whole `K`. (rumqttc itself
     ///   also fails the link when a ping is unanswered at the next one,
     ///   which usually comes first: within `K` of the last inbound packet.)
+    ///   With keep-alive off there is no inbound traffic to watch, so the
+    ///   watchdog is off too.
     /// * the connect timeout covers TCP, TLS, CONNACK and the subscription
     ///   restore: the rumqttc timeout plus one round of slack.
+    /// * probes every [`crate::runtime::DEFAULT_PROBE_INTERVAL`] once a
+    ///   backoff wait is over: a TCP connect and a CONNECT the broker must
+    ///   refuse at once (see docs/mqtt.md); the attempt is made as soon as
+    ///   one is answered (`no_probe_interval()` turns them off).
+    /// * `endpoints` = the number of brokers.
     /// * permanent refusals (bad credentials, not authorised) are not
     ///   retried: the builder's default `permanent_retries(0)`.
-    ///
-    /// With keep-alive off there is no inbound traffic to watch, so the
-    /// watchdog is off too.
     pub fn engine_config(&self) -> ConfigBuilder {
-        let liveness = (!self.keep_alive.is_zero()).then_some(self.keep_alive);
-        ConfigBuilder::default()
-            .liveness_timeout(liveness)
-            .probe_interval(self.probe_interval)
+        let builder = ConfigBuilder::default()
+            .probe_interval(crate::runtime::DEFAULT_PROBE_INTERVAL)
             .endpoints(self.brokers.len())
             // Saturating: an unvalidated huge timeout is `build`'s error.
-            .connect_timeout(self.connect_timeout.saturating_add(ENGINE_CONNECT_SLACK))
+            .connect_timeout(self.connect_timeout.saturating_add(ENGINE_CONNECT_SLACK));
+        if self.keep_alive.is_zero() {
+            builder.no_liveness_timeout()
+        } else {
+            builder.liveness_timeout(self.keep_alive)
+        }
+    }
+
+    /// Overrides settings from the process environment, `{prefix}_MQTT_*`
+    /// variables:
+    ///
+    /// | variable | meaning |
+    /// |----------|---------|
+    /// | `{prefix}_MQTT_URL` | `mqtt://` or `mqtts://` URL: replaces the brokers, and sets the credentials and client id it holds |
+    /// | `{prefix}_MQTT_CLIENT_ID` | client id |
+    /// | `{prefix}_MQTT_KEEP_ALIVE` | keep-alive, whole seconds (`30s`); `0` or `off` turns it off |
+    /// | `{prefix}_MQTT_CLEAN_SESSION` | `true` or `false` |
+    /// | `{prefix}_MQTT_CONNECT_TIMEOUT` | rumqttc's connection timeout |
+    /// | `{prefix}_MQTT_DISCONNECT_TIMEOUT` | how long `close` waits for DISCONNECT |
+    /// | `{prefix}_MQTT_MAX_INFLIGHT` | QoS 1/2 publishes in flight |
+    /// | `{prefix}_MQTT_MAX_PACKET_SIZE` | largest packet, bytes |
+    /// | `{prefix}_MQTT_INBOUND_CAPACITY` | deliveries buffered for the application |
+    ///
+    /// Durations are in `humantime` form (`250ms`, `1m30s`); a bare number
+    /// is seconds. Unset or empty variables change nothing; the values are
+    /// checked by [`MqttConfig::validate`].
+    ///
+    /// # Errors
+    /// [`EnvError`] names the variable that does not parse (a bad URL
+    /// included).
+    pub fn apply_env(self, prefix: &str) -> Result<Self, EnvError> {
+        self.apply_env_with(prefix, crate::env::process)
+    }
+
+    /// [`MqttConfig::apply_env`] over any lookup.
+    ///
+    /// # Errors
+    /// As [`MqttConfig::apply_env`].
+    pub fn apply_env_with(
+        mut self,
+        prefix: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, EnvError> {
+        let vars = Vars::new(prefix, &lookup);
+        if let Some(parts) = vars.with("MQTT_URL", URL, |v| broker_url::parse(v).ok())? {
+            self.brokers = vec![(parts.host, parts.port)];
+            self.credentials = parts.credentials;
+            self.tls_required = parts.tls;
+            if !parts.client_id.is_empty() {
+                self.client_id = parts.client_id;
+            }
+        }
+        if let Some(id) = vars.string("MQTT_CLIENT_ID") {
+            self.client_id = id;
+        }
+        if let Some(v) = vars.optional_duration("MQTT_KEEP_ALIVE")? {
+            self.keep_alive = v.unwrap_or(Duration::ZERO);
+        }
+        if let Some(v) = vars.bool("MQTT_CLEAN_SESSION")? {
+            self.clean_session = v;
+        }
+        for (name, slot) in [
+            ("MQTT_CONNECT_TIMEOUT", &mut self.connect_timeout),
+            ("MQTT_DISCONNECT_TIMEOUT", &mut self.disconnect_timeout),
+        ] {
+            if let Some(v) = vars.duration(name)? {
+                *slot = v;
+            }
+        }
+        if let Some(v) = vars.parse("MQTT_MAX_INFLIGHT", "a whole number, 1..=65535")? {
+            self.max_inflight = v;
+        }
+        for (name, slot) in [
+            ("MQTT_MAX_PACKET_SIZE", &mut self.max_packet_size),
+            ("MQTT_INBOUND_CAPACITY", &mut self.inbound_capacity),
+        ] {
+            if let Some(v) = vars.parse(name, "a whole number")? {
+                *slot = v;
+            }
+        }
+        Ok(self)
     }
 
     /// The ping interval the adapter uses after CONNACK.
@@ -417,6 +592,8 @@ impl fmt::Debug for MqttConfig {
             .field("max_packet_size", &self.max_packet_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("disconnect_timeout", &self.disconnect_timeout)
+            .field("inbound_capacity", &self.inbound_capacity)
+            .field("tls_required", &self.tls_required)
             .finish()
     }
 }

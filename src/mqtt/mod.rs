@@ -61,7 +61,7 @@ mod message;
 mod reach;
 mod transport;
 
-pub use config::{MqttConfig, MqttConfigError, RestorePolicy};
+pub use config::{EnvError, MqttConfig, MqttConfigError, RestorePolicy, UrlProblem};
 pub use deliver::DeliverConfirm;
 pub use error::{LinkPublishError, MqttError, SubscribeError};
 pub use inbound::{InboundError, Messages};

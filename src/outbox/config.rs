@@ -2,8 +2,18 @@
 
 use std::time::Duration;
 
+use crate::env::{EnvError, Vars};
+
 /// What a full outbox does with a new message.
+///
+/// With the `serde` feature: `{"policy": "wait", "deadline": "5s"}`,
+/// `{"policy": "reject_new"}`, `{"policy": "drop_oldest"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(tag = "policy", rename_all = "snake_case", deny_unknown_fields)
+)]
 pub enum OverflowPolicy {
     /// Backpressure: the caller waits for room, at most `deadline` (`None`:
     /// until the publish timeout, or as long as it takes without one), then
@@ -13,6 +23,10 @@ pub enum OverflowPolicy {
     /// down instead of failing their publishes.
     Wait {
         /// The longest wait (a deadline beyond the clock's range never comes).
+        #[cfg_attr(
+            feature = "serde",
+            serde(default, with = "crate::serde_duration::option")
+        )]
         deadline: Option<Duration>,
     },
     /// The new message fails at once with `Overflow`.
@@ -33,7 +47,12 @@ impl Default for OverflowPolicy {
 /// How long a written message may wait for its broker confirm before its
 /// link is treated as broken (replaced by the engine, the message replayed
 /// on the next link). Time while the broker blocks publishing does not count.
+///
+/// With the `serde` feature: `"from_heartbeat"`, `"off"`, or a duration
+/// such as `"30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(into = "String", try_from = "String"))]
 pub enum ConfirmTimeout {
     /// Twice the link's heartbeat as the adapter reports it
     /// ([`crate::outbox::Deliver::heartbeat`]), at least
@@ -73,6 +92,40 @@ impl ConfirmTimeout {
     }
 }
 
+impl std::str::FromStr for ConfirmTimeout {
+    type Err = &'static str;
+    /// `from_heartbeat`, `off`, or a duration in `humantime` form.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "from_heartbeat" | "heartbeat" => Ok(Self::FromHeartbeat),
+            v if v.eq_ignore_ascii_case("off") => Ok(Self::Off),
+            v => crate::env::parse_duration(v)
+                .map(Self::After)
+                .ok_or(CONFIRM_TIMEOUT),
+        }
+    }
+}
+
+impl TryFrom<String> for ConfirmTimeout {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ConfirmTimeout> for String {
+    fn from(t: ConfirmTimeout) -> String {
+        match t {
+            ConfirmTimeout::FromHeartbeat => "from_heartbeat".into(),
+            ConfirmTimeout::Off => "off".into(),
+            ConfirmTimeout::After(d) => humantime::format_duration(d).to_string(),
+        }
+    }
+}
+
+/// What a confirm timeout must look like.
+const CONFIRM_TIMEOUT: &str = "from_heartbeat, off, or a duration such as 30s";
+
 /// Why an [`OutboxConfig`] cannot work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -91,8 +144,19 @@ pub enum OutboxConfigError {
     },
 }
 
-/// The outbox's limits and defaults. Build one with [`OutboxConfig::builder`].
+/// The outbox's limits and defaults. Build one with [`OutboxConfig::builder`],
+/// change one with [`OutboxConfig::to_builder`].
+///
+/// With the `serde` feature it (de)serializes as an
+/// [`OutboxConfigBuilder`]: deserializing runs
+/// [`OutboxConfigBuilder::build`], so an invalid configuration is an error
+/// carrying the [`OutboxConfigError`]'s message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(try_from = "OutboxConfigBuilder", into = "OutboxConfigBuilder")
+)]
 pub struct OutboxConfig {
     pub(crate) max_messages: usize,
     pub(crate) max_bytes: usize,
@@ -129,8 +193,19 @@ impl OutboxConfig {
     /// 256 messages in flight, no time to live, a 60 s publish timeout, a
     /// confirm timeout from the link's heartbeat.
     pub fn builder() -> OutboxConfigBuilder {
+        Self::default().to_builder()
+    }
+    /// A builder holding this configuration's settings, to change some of
+    /// them: `config.to_builder().build()` gives back an equal configuration.
+    pub fn to_builder(&self) -> OutboxConfigBuilder {
         OutboxConfigBuilder {
-            config: Self::default(),
+            max_messages: self.max_messages,
+            max_bytes: self.max_bytes,
+            overflow: self.overflow,
+            max_in_flight: self.max_in_flight,
+            default_ttl: self.default_ttl,
+            publish_timeout: self.publish_timeout,
+            confirm_timeout: self.confirm_timeout,
         }
     }
     /// Most messages pending at once (queued plus in flight).
@@ -165,78 +240,201 @@ impl OutboxConfig {
     }
 }
 
-/// Builds an [`OutboxConfig`].
-#[derive(Debug, Clone, Copy)]
+/// Builds an [`OutboxConfig`]; setters take plain values, a setting that
+/// can be off has a `no_*` setter.
+///
+/// With the `serde` feature it deserializes from an object holding any of
+/// the setters' names (durations in `humantime` form, `null` or `"off"`
+/// for a setting turned off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct OutboxConfigBuilder {
-    config: OutboxConfig,
+    max_messages: usize,
+    max_bytes: usize,
+    overflow: OverflowPolicy,
+    max_in_flight: usize,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration::option"))]
+    default_ttl: Option<Duration>,
+    #[cfg_attr(feature = "serde", serde(with = "crate::serde_duration::option"))]
+    publish_timeout: Option<Duration>,
+    confirm_timeout: ConfirmTimeout,
+}
+
+impl Default for OutboxConfigBuilder {
+    fn default() -> Self {
+        OutboxConfig::builder()
+    }
+}
+
+impl From<OutboxConfig> for OutboxConfigBuilder {
+    fn from(config: OutboxConfig) -> Self {
+        config.to_builder()
+    }
+}
+
+impl TryFrom<OutboxConfigBuilder> for OutboxConfig {
+    type Error = OutboxConfigError;
+    fn try_from(builder: OutboxConfigBuilder) -> Result<Self, OutboxConfigError> {
+        builder.build()
+    }
 }
 
 impl OutboxConfigBuilder {
     /// Most messages pending at once (default 10,000).
     pub fn max_messages(mut self, n: usize) -> Self {
-        self.config.max_messages = n;
+        self.max_messages = n;
         self
     }
     /// Most bytes pending at once (default 64 MiB). Sizes come from
     /// [`SubmitOptions::size_bytes`] (the publisher fills it in from the
     /// adapter's `Deliver::size_of`).
     pub fn max_bytes(mut self, n: usize) -> Self {
-        self.config.max_bytes = n;
+        self.max_bytes = n;
         self
     }
     /// The overflow policy (default `Wait` with no deadline of its own:
     /// a caller waits for room at most until its publish timeout).
     pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
-        self.config.overflow = policy;
+        self.overflow = policy;
         self
     }
     /// Most messages in flight (default 256).
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.config.max_in_flight = n;
+        self.max_in_flight = n;
         self
     }
-    /// The default time to live (default none).
-    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.config.default_ttl = ttl;
+    /// The time to live of a message that does not set its own (default none).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
         self
     }
-    /// The publish timeout (default 60 s; `None` opts out: a publish may
-    /// then wait for its outcome as long as the engine keeps reconnecting).
-    pub fn publish_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.publish_timeout = timeout;
+    /// Messages live until their outcome unless they set a time to live
+    /// (the default).
+    pub fn no_default_ttl(mut self) -> Self {
+        self.default_ttl = None;
+        self
+    }
+    /// The publish timeout (default 60 s).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = Some(timeout);
+        self
+    }
+    /// No publish timeout: a publish may wait for its outcome as long as
+    /// the engine keeps reconnecting.
+    pub fn no_publish_timeout(mut self) -> Self {
+        self.publish_timeout = None;
         self
     }
     /// The confirm timeout (default [`ConfirmTimeout::FromHeartbeat`]).
     pub fn confirm_timeout(mut self, timeout: ConfirmTimeout) -> Self {
-        self.config.confirm_timeout = timeout;
+        self.confirm_timeout = timeout;
         self
     }
+
+    /// Overrides settings from the process environment, `{prefix}_OUTBOX_*`
+    /// variables (listed in docs/configuration.md). Unset or empty variables
+    /// change nothing; the values are checked by
+    /// [`OutboxConfigBuilder::build`].
+    ///
+    /// # Errors
+    /// [`EnvError`] names the variable that does not parse.
+    pub fn apply_env(self, prefix: &str) -> Result<Self, EnvError> {
+        self.apply_env_with(prefix, crate::env::process)
+    }
+
+    /// [`OutboxConfigBuilder::apply_env`] over any lookup.
+    ///
+    /// # Errors
+    /// As [`OutboxConfigBuilder::apply_env`].
+    pub fn apply_env_with(
+        mut self,
+        prefix: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, EnvError> {
+        let vars = Vars::new(prefix, &lookup);
+        for (name, slot) in [
+            ("OUTBOX_MAX_MESSAGES", &mut self.max_messages),
+            ("OUTBOX_MAX_BYTES", &mut self.max_bytes),
+            ("OUTBOX_MAX_IN_FLIGHT", &mut self.max_in_flight),
+        ] {
+            if let Some(v) = vars.parse(name, "a whole number")? {
+                *slot = v;
+            }
+        }
+        if let Some(v) = vars.with("OUTBOX_OVERFLOW", OVERFLOW, parse_overflow)? {
+            self.overflow = v;
+        }
+        for (name, slot) in [
+            ("OUTBOX_DEFAULT_TTL", &mut self.default_ttl),
+            ("OUTBOX_PUBLISH_TIMEOUT", &mut self.publish_timeout),
+        ] {
+            if let Some(v) = vars.optional_duration(name)? {
+                *slot = v;
+            }
+        }
+        if let Some(v) = vars.with("OUTBOX_CONFIRM_TIMEOUT", CONFIRM_TIMEOUT, |v| {
+            v.parse().ok()
+        })? {
+            self.confirm_timeout = v;
+        }
+        Ok(self)
+    }
+
     /// Checks the settings. Any duration is accepted except a zero timeout:
     /// a deadline beyond the clock's range never comes.
+    ///
+    /// # Errors
+    /// [`OutboxConfigError`] naming the setting that cannot work.
     pub fn build(self) -> Result<OutboxConfig, OutboxConfigError> {
-        let c = self.config;
         for (field, v) in [
-            ("max_messages", c.max_messages),
-            ("max_bytes", c.max_bytes),
-            ("max_in_flight", c.max_in_flight),
+            ("max_messages", self.max_messages),
+            ("max_bytes", self.max_bytes),
+            ("max_in_flight", self.max_in_flight),
         ] {
             if v == 0 {
                 return Err(OutboxConfigError::Zero { field });
             }
         }
-        let confirm = match c.confirm_timeout {
+        let confirm = match self.confirm_timeout {
             ConfirmTimeout::After(d) => Some(d),
             _ => None,
         };
         for (field, d) in [
-            ("publish_timeout", c.publish_timeout),
+            ("publish_timeout", self.publish_timeout),
             ("confirm_timeout", confirm),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
                 return Err(OutboxConfigError::ZeroDuration { field });
             }
         }
-        Ok(c)
+        Ok(OutboxConfig {
+            max_messages: self.max_messages,
+            max_bytes: self.max_bytes,
+            overflow: self.overflow,
+            max_in_flight: self.max_in_flight,
+            default_ttl: self.default_ttl,
+            publish_timeout: self.publish_timeout,
+            confirm_timeout: self.confirm_timeout,
+        })
+    }
+}
+
+/// What `{prefix}_OUTBOX_OVERFLOW` must look like.
+const OVERFLOW: &str = "wait, wait DURATION (such as wait 5s), reject_new or drop_oldest";
+
+/// `wait`, `wait 5s`, `reject_new`, `drop_oldest`.
+fn parse_overflow(v: &str) -> Option<OverflowPolicy> {
+    match v {
+        "wait" => Some(OverflowPolicy::Wait { deadline: None }),
+        "reject_new" => Some(OverflowPolicy::RejectNew),
+        "drop_oldest" => Some(OverflowPolicy::DropOldest),
+        other => {
+            let deadline = crate::env::parse_duration(other.strip_prefix("wait ")?)?;
+            Some(OverflowPolicy::Wait {
+                deadline: Some(deadline),
+            })
+        }
     }
 }
 
@@ -297,7 +495,7 @@ mod tests {
         );
         assert_eq!(
             OutboxConfig::builder()
-                .publish_timeout(Some(Duration::ZERO))
+                .publish_timeout(Duration::ZERO)
                 .build(),
             Err(OutboxConfigError::ZeroDuration {
                 field: "publish_timeout"
@@ -316,8 +514,8 @@ mod tests {
     #[test]
     fn huge_durations_are_accepted() {
         let c = OutboxConfig::builder()
-            .publish_timeout(Some(Duration::MAX))
-            .default_ttl(Some(Duration::MAX))
+            .publish_timeout(Duration::MAX)
+            .default_ttl(Duration::MAX)
             .confirm_timeout(ConfirmTimeout::After(Duration::MAX))
             .overflow(OverflowPolicy::Wait {
                 deadline: Some(Duration::MAX),

@@ -44,7 +44,7 @@ fn config(seed: u64) -> Config {
     // As the fleet's idle engines: liveness on, everything else default.
     Config::builder()
         .seed(seed)
-        .liveness_timeout(Some(Duration::from_secs(60)))
+        .liveness_timeout(Duration::from_secs(60))
         .build()
         .unwrap()
 }

@@ -324,7 +324,7 @@ fn has_resumed(batch: &Batch) -> bool {
 fn config() -> Config {
     Config::builder()
         .seed(1)
-        .liveness_timeout(None)
+        .no_liveness_timeout()
         .build()
         .unwrap()
 }
@@ -334,8 +334,8 @@ fn config() -> Config {
 fn config_without_budget() -> Config {
     Config::builder()
         .seed(1)
-        .liveness_timeout(None)
-        .retry_budget(None)
+        .no_liveness_timeout()
+        .no_retry_budget()
         .build()
         .unwrap()
 }
@@ -343,8 +343,8 @@ fn config_without_budget() -> Config {
 fn config_with_grace() -> Config {
     Config::builder()
         .seed(1)
-        .liveness_timeout(None)
-        .resume_grace(Some(Duration::from_secs(5)))
+        .no_liveness_timeout()
+        .resume_grace(Duration::from_secs(5))
         .build()
         .unwrap()
 }
@@ -676,9 +676,9 @@ fn probe_answer_racing_a_reconnect_request_and_a_shutdown() {
         let clock_ms = ms.clone();
         let config = Config::builder()
             .seed(1)
-            .liveness_timeout(None)
-            .retry_budget(None)
-            .probe_interval(Some(Duration::from_millis(500)))
+            .no_liveness_timeout()
+            .no_retry_budget()
+            .probe_interval(Duration::from_millis(500))
             .build()
             .unwrap();
         let mut d = ModelDriver::connected_on(config, |t0| Clock::Moving {

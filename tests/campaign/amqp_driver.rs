@@ -186,8 +186,6 @@ pub async fn run(schedule: Schedule, settings: Settings) -> Run {
         .connection_name(connection_name.clone())
         .heartbeat(Heartbeat::secs(settings.liveness.as_secs() as u16))
         .connect_timeout(settings.connect_timeout)
-        .backoff(settings.backoff.clone())
-        .stable_period(settings.stable_period)
         .consumer_buffer(settings.consumer_buffer)
         .message_id_prefix(tag.clone());
     let transport = AmqpTransport::new(config.clone()).expect("a transport");
@@ -210,7 +208,12 @@ pub async fn run(schedule: Schedule, settings: Settings) -> Run {
         )
         .await
         .expect("consume");
-    let engine_config = config.engine_config().expect("a valid engine config");
+    let engine_config = config
+        .engine_config()
+        .backoff(settings.backoff.clone())
+        .stable_period(settings.stable_period)
+        .build()
+        .expect("a valid engine config");
     let (engine, events) = Engine::spawn_with_events(engine_config.clone(), transport.clone());
     let outbox = OutboxConfig::builder()
         .max_messages(settings.max_messages)

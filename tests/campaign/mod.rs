@@ -64,13 +64,13 @@ impl Settings {
         Settings {
             liveness: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(3),
-            backoff: Backoff::new(
-                Duration::from_millis(250),
-                2.0,
-                Duration::from_secs(2),
-                Jitter::Proportional { fraction: 0.5 },
-            )
-            .expect("a valid backoff"),
+            backoff: Backoff::builder()
+                .initial(Duration::from_millis(250))
+                .multiplier(2.0)
+                .max(Duration::from_secs(2))
+                .jitter(Jitter::Proportional { fraction: 0.5 })
+                .build()
+                .expect("a valid backoff"),
             stable_period: Duration::from_secs(2),
             rate_per_sec: if quick { 100 } else { 200 },
             ttl: Duration::from_secs(4),

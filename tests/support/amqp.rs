@@ -284,6 +284,7 @@ impl Timeline {
 /// first event.
 pub async fn engine_on_queue(
     config: &AmqpConfig,
+    engine_config: redial::machine::Config,
     queue: &str,
 ) -> (AmqpTransport, Engine<AmqpTransport>, Timeline) {
     let transport = AmqpTransport::new(config.clone()).unwrap();
@@ -291,7 +292,7 @@ pub async fn engine_on_queue(
         .declare_queue(queue, QueueDeclareOptions::default(), FieldTable::default())
         .await
         .unwrap();
-    let engine = Engine::spawn(config.engine_config().unwrap(), transport.clone());
+    let engine = Engine::spawn(engine_config, transport.clone());
     let timeline = Timeline::start(&engine.handle());
     (transport, engine, timeline)
 }

@@ -43,7 +43,7 @@ pub fn secs(v: u64) -> Duration {
 /// links send no heartbeats, so tests that are not about liveness would see
 /// them declared dead after 60-90 s of virtual time.
 pub fn builder() -> ConfigBuilder {
-    Config::builder().seed(SEED).liveness_timeout(None)
+    Config::builder().seed(SEED).no_liveness_timeout()
 }
 
 pub fn config() -> Config {
