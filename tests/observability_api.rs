@@ -308,6 +308,9 @@ mod metrics_feature {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
     use metrics_util::{CompositeKey, MetricKind};
 
+    use redial::machine::ErrorKind;
+    use redial::testing::Plan;
+
     use super::*;
 
     /// The process's recorder: this binary's tests share it, and each
@@ -382,6 +385,12 @@ mod metrics_feature {
         snapshotter();
         let transport = MemoryTransport::new();
         let control = transport.control();
+        // The first connect, then one failed attempt in the outage.
+        control.plan([
+            Plan::Succeed,
+            Plan::Fail(ErrorKind::Transient),
+            Plan::Succeed,
+        ]);
         let engine = Engine::prepare(
             Config::builder().seed(9).build().unwrap(),
             transport.clone(),
@@ -413,17 +422,20 @@ mod metrics_feature {
         for (name, expected) in engine_counters {
             assert_eq!(counter(&v, name, &[]), Some(expected), "{name}");
         }
-        assert_eq!((stats.connects, stats.losses, stats.outages), (2, 1, 1));
+        assert_eq!(
+            (stats.attempts, stats.connects, stats.losses, stats.outages),
+            (3, 2, 1, 1)
+        );
         assert_eq!(counter(&v, "redial_engine_resumes_total", &[]), None);
         assert_eq!(
             counter(&v, "redial_engine_attempts_failed_total", &[]),
-            None
+            Some(1)
         );
         assert_eq!(
             gauge(&v, "redial_engine_state", &[("state", "connected")]),
             Some(1.0)
         );
-        for left in ["idle", "connecting"] {
+        for left in ["idle", "connecting", "backing_off"] {
             assert_eq!(
                 gauge(&v, "redial_engine_state", &[("state", left)]),
                 Some(0.0),
