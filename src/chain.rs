@@ -29,7 +29,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::Chain;
-    use crate::machine::{FailCause, Generation};
+    use crate::machine::FailCause;
     use crate::outbox::{DeliveryError, PublishError};
 
     /// The first layer of `error`'s chain whose message repeats the
@@ -194,7 +194,7 @@ mod tests {
         check(&AckError::Failed(lapin()), true);
         check(&AckError::Unusable, false);
         let replay = ReplayError {
-            generation: Generation(4),
+            generation: crate::machine::Generation(4),
             index: 1,
             entry: "queue q".into(),
             error: lapin(),

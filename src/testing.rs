@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::machine::{ErrorKind, Generation, ProbeOutcome};
 use crate::outbox::{Deliver, DeliveryError, MessageId};
@@ -360,15 +361,18 @@ impl Transport for MemoryTransport {
             if let Some(interval) = inner.heartbeat {
                 let reporter = ctx.reporter.clone();
                 let open = open.clone();
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(interval);
-                    while open.load(Ordering::Acquire) {
-                        tick.tick().await;
-                        if !silent.load(Ordering::Acquire) && open.load(Ordering::Acquire) {
-                            reporter.activity();
+                tokio::spawn(
+                    async move {
+                        let mut tick = tokio::time::interval(interval);
+                        while open.load(Ordering::Acquire) {
+                            tick.tick().await;
+                            if !silent.load(Ordering::Acquire) && open.load(Ordering::Acquire) {
+                                reporter.activity();
+                            }
                         }
                     }
-                });
+                    .in_current_span(),
+                );
             }
             Ok(MemoryLink { generation, open })
         }
@@ -628,15 +632,18 @@ impl Deliver for MemoryTransport {
                     Script::CloseChannel { code, text, after } => {
                         let inner = inner.clone();
                         let generation = link.generation;
-                        tokio::spawn(async move {
-                            tokio::time::sleep(after).await;
-                            close_channel(
-                                &inner,
-                                generation,
-                                channel,
-                                &DeliveryError::ChannelClosed { code, text },
-                            );
-                        });
+                        tokio::spawn(
+                            async move {
+                                tokio::time::sleep(after).await;
+                                close_channel(
+                                    &inner,
+                                    generation,
+                                    channel,
+                                    &DeliveryError::ChannelClosed { code, text },
+                                );
+                            }
+                            .in_current_span(),
+                        );
                         Box::pin(std::future::pending())
                     }
                     _ => Box::pin(std::future::ready(Ok(()))),

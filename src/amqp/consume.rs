@@ -225,7 +225,9 @@ impl Drop for Consumer {
         if let Some(shared) = self.shared.upgrade() {
             let id = self.id;
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { shared.cancel_consumer(id).await });
+                rt.spawn(tracing::Instrument::in_current_span(async move {
+                    shared.cancel_consumer(id).await
+                }));
             }
         }
     }

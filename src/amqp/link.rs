@@ -15,6 +15,7 @@ use lapin::tcp::AsyncTcpStream;
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::task::AbortHandle;
+use tracing::Instrument;
 
 use crate::amqp::consume::{ConsumeState, ForwardEnd, forward};
 use crate::amqp::error::{AmqpError, is_connection_error, is_refusal};
@@ -315,7 +316,8 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
     // Connection-level events: errors, blocked, unblocked. lapin only sends
     // events while someone listens, so listen before anything else.
     let events = connection.events_listener();
-    let monitor = tokio::spawn(monitor(events, probe.clone()));
+    // The link's tasks log in the link's span (docs/observability.md).
+    let monitor = tokio::spawn(monitor(events, probe.clone()).in_current_span());
     guard.tasks.push(monitor.abort_handle());
     if !connection.status().connected() {
         return Err(AmqpError::Connection(
@@ -370,7 +372,7 @@ pub(crate) async fn open(shared: Arc<Shared>, ctx: OpenContext) -> Result<AmqpLi
     // and 1.5 x H after the last inbound byte, whatever the engine's
     // liveness timeout (lapin alone waits for 2 x H, checked every H/2).
     if let Some(h) = heartbeat {
-        let task = tokio::spawn(watchdog(probe.clone(), h));
+        let task = tokio::spawn(watchdog(probe.clone(), h).in_current_span());
         guard.tasks.push(task.abort_handle());
     }
 
@@ -773,25 +775,28 @@ async fn run(
             let generation = link.generation();
             let weak_shared = Arc::downgrade(shared);
             let weak_link = Arc::downgrade(&link.inner);
-            let task = tokio::spawn(async move {
-                match forward(consumer, sink, generation, epoch, state).await {
-                    ForwardEnd::ReceiverGone => {
-                        if let Some(shared) = weak_shared.upgrade() {
-                            shared.cancel_consumer(id).await;
+            let task = tokio::spawn(
+                async move {
+                    match forward(consumer, sink, generation, epoch, state).await {
+                        ForwardEnd::ReceiverGone => {
+                            if let Some(shared) = weak_shared.upgrade() {
+                                shared.cancel_consumer(id).await;
+                            }
                         }
-                    }
-                    ForwardEnd::ChannelEnded => {
-                        // The connection is fine but the broker closed the
-                        // consumer channel: reopen it and restart its consumers.
-                        if let (Some(shared), Some(link)) =
-                            (weak_shared.upgrade(), weak_link.upgrade())
-                            && link.is_alive()
-                        {
-                            restart_consumers(shared, AmqpLink { inner: link }, epoch).await;
+                        ForwardEnd::ChannelEnded => {
+                            // The connection is fine but the broker closed the
+                            // consumer channel: reopen it and restart its consumers.
+                            if let (Some(shared), Some(link)) =
+                                (weak_shared.upgrade(), weak_link.upgrade())
+                                && link.is_alive()
+                            {
+                                restart_consumers(shared, AmqpLink { inner: link }, epoch).await;
+                            }
                         }
                     }
                 }
-            });
+                .in_current_span(),
+            );
             inner
                 .consumers
                 .lock()

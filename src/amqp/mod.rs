@@ -546,6 +546,12 @@ impl Transport for AmqpTransport {
         }
     }
 
+    /// `host:port` of the endpoint's URI: never its user info.
+    fn peer(&self, endpoint: usize) -> Option<String> {
+        let uri = self.shared.uris.get(endpoint)?;
+        Some(format!("{}:{}", uri.authority.host, uri.authority.port))
+    }
+
     /// A TCP connect and the protocol header, no session (see docs/amqp.md).
     fn probe(&self, endpoint: usize) -> impl Future<Output = ProbeOutcome> + Send + 'static {
         // An endpoint out of range: let the open report it.

@@ -19,6 +19,7 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::machine::Generation;
 use crate::mqtt::error::{LinkPublishError, is_ping_timeout, link_error_kind};
@@ -315,14 +316,13 @@ impl MqttLink {
             closing: AtomicBool::new(false),
         });
         let (cmds, rx) = mpsc::channel(p.queue.max(1));
-        let poll = tokio::spawn(run(shared.clone(), eventloop, p.session));
-        let forwarder = tokio::spawn(forward(shared.clone(), client.clone(), rx));
-        let announcer = tokio::spawn(announce(shared.reporter.clone()));
-        let acknowledger = tokio::spawn(acknowledge(
-            client.clone(),
-            acks_rx,
-            shared.inbound.counters.clone(),
-        ));
+        // The link's tasks log in the link's span (docs/observability.md).
+        let poll = tokio::spawn(run(shared.clone(), eventloop, p.session).in_current_span());
+        let forwarder = tokio::spawn(forward(shared.clone(), client.clone(), rx).in_current_span());
+        let announcer = tokio::spawn(announce(shared.reporter.clone()).in_current_span());
+        let acknowledger = tokio::spawn(
+            acknowledge(client.clone(), acks_rx, shared.inbound.counters.clone()).in_current_span(),
+        );
         Self {
             inner: Arc::new(LinkInner {
                 shared,

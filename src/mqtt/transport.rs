@@ -450,6 +450,12 @@ impl Transport for MqttTransport {
         }
     }
 
+    /// `host:port` of the broker (credentials are not part of it).
+    fn peer(&self, endpoint: usize) -> Option<String> {
+        let (host, port) = self.inner.config.brokers().get(endpoint)?;
+        Some(format!("{host}:{port}"))
+    }
+
     /// A TCP connect and a CONNECT every broker refuses, no session (see
     /// docs/mqtt.md).
     fn probe(&self, endpoint: usize) -> impl Future<Output = ProbeOutcome> + Send + 'static {

@@ -84,6 +84,10 @@ struct Hub<M> {
     /// Signalled whenever messages resolve (room may have freed up).
     room: Notify,
     handle: Handle,
+    /// The outbox's metrics, set under the lock at every pass, before any
+    /// receipt hears its outcome (a reader woken by one sees it counted).
+    #[cfg(feature = "metrics")]
+    metrics: crate::runtime::metrics::OutboxMetrics,
 }
 
 impl<M> Hub<M> {
@@ -94,6 +98,8 @@ impl<M> Hub<M> {
             let mut g = self.shared.lock();
             g.observe(&self.handle);
             let r = f(&mut g.core);
+            #[cfg(feature = "metrics")]
+            self.metrics.export(&g.core.stats());
             let mut done = Vec::new();
             if g.core.has_resolved() {
                 // A buffer kept for this, so that a batch allocates nothing.
@@ -278,6 +284,8 @@ impl<T: Deliver> Publisher<T> {
             shared: Shared::new(guarded),
             room: Notify::new(),
             handle: handle.clone(),
+            #[cfg(feature = "metrics")]
+            metrics: crate::runtime::metrics::OutboxMetrics::new(handle.inner.name.get()),
         });
         let flusher = Flusher {
             hub: hub.clone(),
@@ -286,7 +294,9 @@ impl<T: Deliver> Publisher<T> {
             snapshots: handle.watch(),
             links,
         };
-        let task = tokio::spawn(flusher.run());
+        // The engine's name on the flush task's logs, and the deliverer's.
+        let span = tracing::info_span!("redial.outbox", engine = handle.name());
+        let task = tokio::spawn(tracing::Instrument::instrument(flusher.run(), span));
         let cancel: Arc<dyn Cancel> = hub.clone();
         Self {
             cancel: Arc::downgrade(&cancel),

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::chain::Chain;
 use crate::machine::{
@@ -18,6 +19,7 @@ use crate::machine::{
 };
 use crate::runtime::events::{Event, SharedError};
 use crate::runtime::handle::{Handle, Inner, Snapshot};
+use crate::runtime::metrics;
 use crate::runtime::step::{Effects, Step, Work};
 use crate::runtime::transport::{Classify, OpenContext, Transport};
 
@@ -99,6 +101,31 @@ enum Wake<T: Transport> {
     Timer,
     Opened(Result<OpenResult<T>, tokio::task::JoinError>),
     Probed(u64, Result<ProbeOutcome, tokio::task::JoinError>),
+}
+
+/// The span of one link's work (its open, close and restore, and the tasks
+/// the transport spawns from them): a child of the engine's span, so the
+/// generation stays fixed for the span's life (docs/observability.md).
+/// `peer` is recorded only when a subscriber keeps the span.
+pub(crate) fn link_span<T: Transport>(
+    transport: &T,
+    generation: Generation,
+    attempt: Option<u32>,
+    endpoint: Option<usize>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "redial.link",
+        generation = generation.0,
+        attempt,
+        endpoint,
+        peer = tracing::field::Empty,
+    );
+    if let Some(endpoint) = endpoint
+        && !span.is_disabled()
+    {
+        span.record("peer", transport.peer(endpoint).as_deref());
+    }
+    span
 }
 
 pub(crate) fn now() -> Instant {
@@ -260,11 +287,13 @@ impl<T: Transport> Driver<T> {
                 return;
             }
             Ok(Err(error)) => {
+                metrics::count(self.io.name(), metrics::ENGINE_ATTEMPTS_FAILED);
                 let kind = error.kind();
                 tracing::warn!(generation = generation.0, attempt, endpoint, ?kind, error = %Chain(&error), "attempt failed");
                 (Arc::new(error) as SharedError, kind)
             }
             Err(join) => {
+                metrics::count(self.io.name(), metrics::ENGINE_ATTEMPTS_FAILED);
                 // The open task panicked: a bug in the transport, treated as transient.
                 tracing::error!(generation = generation.0, attempt, endpoint, %join, "open task failed");
                 (Arc::new(join) as SharedError, ErrorKind::Transient)
@@ -315,6 +344,7 @@ impl<T: Transport> Driver<T> {
                     .counters
                     .attempts
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::count(io.name(), metrics::ENGINE_ATTEMPTS);
                 io.emit(Event::AttemptStarted {
                     generation,
                     attempt,
@@ -327,7 +357,10 @@ impl<T: Transport> Driver<T> {
                     endpoint,
                     reporter: io.handle.reporter(generation),
                 };
-                let task = tokio::spawn(io.transport.open(ctx));
+                let span = link_span(&io.transport, generation, Some(attempt), Some(endpoint));
+                // The transport's own tasks, spawned from `open`, inherit it.
+                let open = span.in_scope(|| io.transport.open(ctx));
+                let task = tokio::spawn(open.instrument(span));
                 io.opening = Some(Opening {
                     generation,
                     attempt,
@@ -352,9 +385,20 @@ impl<T: Transport> Driver<T> {
                     .counters
                     .probes
                     .fetch_add(1, Ordering::Relaxed);
+                metrics::count(io.name(), metrics::ENGINE_PROBES);
                 // The machine ignores the older probe's answer: stop its work.
                 io.drop_probe();
-                let task = tokio::spawn(io.transport.probe(endpoint));
+                let span = tracing::info_span!(
+                    "redial.probe",
+                    probe,
+                    endpoint,
+                    peer = tracing::field::Empty
+                );
+                if !span.is_disabled() {
+                    span.record("peer", io.transport.peer(endpoint).as_deref());
+                }
+                let probed = span.in_scope(|| io.transport.probe(endpoint));
+                let task = tokio::spawn(probed.instrument(span));
                 io.probing = Some(Probing { probe, task });
             }
             report => io.report(self.step.machine(), report),
@@ -428,12 +472,14 @@ impl<T: Transport> Effects for Io<T> {
                         tracing::info!(generation = generation.0, from = %from, to = %to, ?reason, "state changed")
                     }
                 }
+                metrics::state_changed(self.name(), from, to);
                 self.account(from, to, reason, generation, lost);
                 if reason == Reason::ConnectTimeout
                     && let Some(opening) = &self.opening
                 {
                     let (generation, attempt) = (opening.generation, opening.attempt);
                     let endpoint = opening.endpoint;
+                    metrics::count(self.name(), metrics::ENGINE_ATTEMPTS_FAILED);
                     let error: SharedError = Arc::new(ConnectTimedOut {
                         after: machine.config().connect_timeout().unwrap_or_default(),
                     });
@@ -480,6 +526,7 @@ impl<T: Transport> Effects for Io<T> {
                 cause, attempts, ..
             } => {
                 tracing::error!(%cause, attempts, "gave up reconnecting");
+                metrics::count(self.name(), metrics::ENGINE_GIVE_UPS);
                 let error = self.give_up_error();
                 self.emit(Event::GaveUp {
                     cause,
@@ -540,15 +587,19 @@ impl<T: Transport> Io<T> {
             generation = generation.0,
             "restoring a link that resumed without its session"
         );
-        let restore = self.transport.restore(link.clone());
+        let span = link_span(&self.transport, generation, None, None);
+        let restore = span.in_scope(|| self.transport.restore(link.clone()));
         self.drop_restore();
         let reporter = self.handle.reporter(generation);
-        let task = tokio::spawn(async move {
-            if let Err(error) = restore.await {
-                tracing::warn!(generation = generation.0, error = %Chain(&error), "restore failed");
-                reporter.lost_because(error.kind(), Arc::new(error));
+        let task = tokio::spawn(
+            async move {
+                if let Err(error) = restore.await {
+                    tracing::warn!(generation = generation.0, error = %Chain(&error), "restore failed");
+                    reporter.lost_because(error.kind(), Arc::new(error));
+                }
             }
-        });
+            .instrument(span),
+        );
         self.restoring = Some((generation, task));
     }
 
@@ -576,14 +627,18 @@ impl<T: Transport> Io<T> {
             opening.task.abort();
             // An open that finished just before the abort still built a link.
             if let Ok(Ok(link)) = opening.task.await {
-                let _ = tokio::time::timeout(timeout, self.transport.close(link, reason)).await;
+                let span = link_span(&self.transport, generation, None, None);
+                let close = span.in_scope(|| self.transport.close(link, reason));
+                let _ = tokio::time::timeout(timeout, close.instrument(span)).await;
             }
         }
         if self.link.as_ref().is_some_and(|(g, _)| *g == generation) {
             let (_, link) = self.link.take().expect("checked above");
             self.links_tx.send_replace(None);
             tracing::debug!(generation = generation.0, ?reason, "closing link");
-            if tokio::time::timeout(timeout, self.transport.close(link, reason))
+            let span = link_span(&self.transport, generation, None, None);
+            let close = span.in_scope(|| self.transport.close(link, reason));
+            if tokio::time::timeout(timeout, close.instrument(span))
                 .await
                 .is_err()
             {
@@ -604,20 +659,24 @@ impl<T: Transport> Io<T> {
         let counters = &self.handle.inner.counters;
         let t = now();
         // A lingering link's grace ends: resumed, or an outage after all.
+        let name = self.handle.inner.name.get();
         if from == StateKind::BackingOff
             && std::mem::take(&mut self.lingering)
             && reason != Reason::LinkResumed
         {
             counters.outages.fetch_add(1, Ordering::Relaxed);
+            metrics::count(name, metrics::ENGINE_OUTAGES);
         }
         // Our own shutdown is not a loss.
         if from.is_link_up() && !to.is_link_up() && !to.is_shutting_down() {
             counters.losses.fetch_add(1, Ordering::Relaxed);
+            metrics::count(name, metrics::ENGINE_LOSSES);
             // A retired link moved the generation on; a lingering one did not.
             if lost == Some(generation) && to == StateKind::BackingOff {
                 self.lingering = true;
             } else {
                 counters.outages.fetch_add(1, Ordering::Relaxed);
+                metrics::count(name, metrics::ENGINE_OUTAGES);
             }
             self.down_since = Some(DownSince {
                 at: t,
@@ -634,6 +693,12 @@ impl<T: Transport> Io<T> {
                 &counters.connects
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            let metric = if resumed {
+                metrics::ENGINE_RESUMES
+            } else {
+                metrics::ENGINE_CONNECTS
+            };
+            metrics::count(name, metric);
             if let Some(down) = self.down_since.take() {
                 let down_for = t.saturating_duration_since(down.at);
                 let ms = u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX);
@@ -644,8 +709,10 @@ impl<T: Transport> Io<T> {
                         .store(ms.saturating_add(1), Ordering::Relaxed);
                     let histograms = counters.histograms.get_or_init(Box::default);
                     histograms.recovery_time.record(down_for);
+                    metrics::record(name, metrics::ENGINE_RECOVERY, down_for);
                     if !resumed {
                         histograms.outage_length.record(down_for);
+                        metrics::record(name, metrics::ENGINE_OUTAGE, down_for);
                     }
                 }
                 counters
@@ -657,6 +724,11 @@ impl<T: Transport> Io<T> {
 
     fn emit(&mut self, event: Event) {
         self.handle.inner.emit(event);
+    }
+
+    /// The engine's name, for its metrics' label.
+    fn name(&self) -> Option<&Arc<str>> {
+        self.handle.inner.name.get()
     }
 
     /// The error a give-up is blamed on: the loss's, else the last attempt's.

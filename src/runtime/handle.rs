@@ -161,6 +161,9 @@ pub(crate) struct Inner {
     /// `Failed`: what a publisher fails its messages with, without
     /// subscribing to the events.
     pub(crate) failure_error: Mutex<Option<SharedError>>,
+    /// The embedder's name for the engine ([`crate::runtime::Prepared::name`]):
+    /// the `engine` field of its spans and the label of its metrics.
+    pub(crate) name: OnceLock<Arc<str>>,
 }
 
 /// Locks, ignoring poisoning: the slot holds plain data.
@@ -255,6 +258,12 @@ impl Handle {
             handle: self.clone(),
             generation,
         }
+    }
+
+    /// The engine's name, as given to [`crate::runtime::Prepared::name`]
+    /// (`None` for an unnamed engine, and before the engine starts).
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.get().map(|n| &**n)
     }
 
     /// A link is up. One atomic load.

@@ -43,6 +43,7 @@ mod driver;
 mod events;
 mod handle;
 mod histogram;
+pub(crate) mod metrics;
 mod owner;
 mod prepared;
 pub(crate) mod shared;
@@ -112,6 +113,7 @@ impl<T: Transport> Engine<T> {
             counters: DriverCounters::default(),
             loss_error: std::sync::Mutex::new(None),
             failure_error: std::sync::Mutex::new(None),
+            name: std::sync::OnceLock::new(),
         });
         Prepared::new(machine, transport, Handle { inner }, channels)
     }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::chain::Chain;
 use crate::machine::{Generation, Machine};
 use crate::runtime::Engine;
@@ -32,6 +34,7 @@ pub struct Prepared<T: Transport> {
     transport: T,
     handle: Handle,
     channels: Channels<T::Link>,
+    name: Option<Arc<str>>,
 }
 
 impl<T: Transport> std::fmt::Debug for Prepared<T> {
@@ -39,6 +42,7 @@ impl<T: Transport> std::fmt::Debug for Prepared<T> {
         f.debug_struct("Prepared")
             .field("machine", &self.machine)
             .field("handle", &self.handle)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -55,7 +59,29 @@ impl<T: Transport> Prepared<T> {
             transport,
             handle,
             channels,
+            name: None,
         }
+    }
+
+    /// Names the engine, for observers: the `engine` field of its spans and
+    /// the `engine` label of its metrics (docs/observability.md), and
+    /// [`Handle::name`] once it starts. Without a name the field is absent
+    /// and the label empty. Its configuration is not involved: one
+    /// [`crate::machine::Config`] can serve several named engines.
+    ///
+    /// The engine's span is made when it starts, as a child of the span
+    /// current then: start it inside an application span to nest the
+    /// engine's logs under it.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The engine's span: named `redial`, with the `engine` field, a child
+    /// of the caller's current span.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("redial", engine = self.name.as_deref())
     }
 
     /// The engine's handle, usable before it starts (subscribe to
@@ -99,7 +125,8 @@ impl<T: Transport> Prepared<T> {
     /// # Panics
     /// When called outside a tokio runtime, as `tokio::spawn` does.
     pub fn start(self) -> Engine<T> {
-        self.run(None)
+        let span = self.span();
+        self.run(None, span)
     }
 
     /// Starts the engine on a link the application opened itself for
@@ -110,7 +137,8 @@ impl<T: Transport> Prepared<T> {
     /// # Panics
     /// When called outside a tokio runtime, as `tokio::spawn` does.
     pub fn adopt(self, link: T::Link) -> Engine<T> {
-        self.run(Some(link))
+        let span = self.span();
+        self.run(Some(link), span)
     }
 
     /// Opens the first link once, through the transport, with the connect
@@ -133,7 +161,13 @@ impl<T: Transport> Prepared<T> {
             attempt: 0,
             endpoint,
         });
-        let open = self.transport.open(ctx);
+        let span = self.span();
+        let link_span = span.in_scope(|| {
+            crate::runtime::driver::link_span(&self.transport, generation, Some(0), Some(endpoint))
+        });
+        let open = link_span
+            .in_scope(|| self.transport.open(ctx))
+            .instrument(link_span);
         let opened = match self.machine.config().connect_timeout() {
             Some(after) => match tokio::time::timeout(after, open).await {
                 Ok(opened) => opened,
@@ -152,9 +186,11 @@ impl<T: Transport> Prepared<T> {
             None => open.await,
         };
         match opened {
-            Ok(link) => Ok(self.adopt(link)),
+            Ok(link) => Ok(self.run(Some(link), span)),
             Err(error) => {
-                tracing::warn!(error = %Chain(&error), "the first connect failed");
+                span.in_scope(
+                    || tracing::warn!(error = %Chain(&error), "the first connect failed"),
+                );
                 let error = Arc::new(error);
                 inner.emit(Event::AttemptFailed {
                     generation,
@@ -168,7 +204,7 @@ impl<T: Transport> Prepared<T> {
         }
     }
 
-    fn run(self, adopted: Option<T::Link>) -> Engine<T> {
+    fn run(self, adopted: Option<T::Link>, span: tracing::Span) -> Engine<T> {
         let Channels {
             snapshot_tx,
             snapshot_rx: _,
@@ -176,11 +212,12 @@ impl<T: Transport> Prepared<T> {
         } = self.channels;
         let links = links_tx.subscribe();
         let inner = Arc::clone(&self.handle.inner);
+        if let Some(name) = self.name {
+            // Set once: `run` consumes the only `Prepared`.
+            let _ = inner.name.set(name);
+        }
         let driver = Driver::new(self.machine, self.transport, inner, snapshot_tx, links_tx);
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            driver.run(adopted),
-            tracing::info_span!("redial"),
-        ));
+        let task = tokio::spawn(driver.run(adopted).instrument(span));
         Engine {
             owner: crate::runtime::Owner::first(self.handle),
             links,

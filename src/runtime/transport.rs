@@ -147,6 +147,18 @@ pub trait Transport: Send + Sync + 'static {
         let _ = endpoint;
         std::future::ready(ProbeOutcome::Unsupported)
     }
+
+    /// Where `endpoint` (as in [`OpenContext::endpoint`]) is, for logs: the
+    /// `peer` field of the link's span (docs/observability.md), such as
+    /// `host:port`. Never credentials: the span reaches every log line.
+    /// Asked at each attempt and probe, only when a subscriber records the
+    /// span.
+    ///
+    /// The default names none: the span then carries only the index.
+    fn peer(&self, endpoint: usize) -> Option<String> {
+        let _ = endpoint;
+        None
+    }
 }
 
 #[cfg(test)]
