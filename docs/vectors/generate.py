@@ -7,7 +7,7 @@
 Each vector below is a script of (time, input) steps; the expected outputs,
 state, effect and timeout of every step are computed by `model.py`, the
 Python port of docs/spec.md. The committed JSON is the contract: the Rust
-runner (`cargo test --all-features --test vectors`) replays it against the
+runner (`cargo test --all-features --test engine vectors::conformance_vectors`) replays it against the
 real machine. This script is a convenience for writing vectors, not part of
 the contract; a vector may just as well be written by hand.
 """
@@ -2077,7 +2077,7 @@ def ordering():
 
 
 def check_trace(v):
-    """The trace invariants the Rust runner checks (tests/vectors.rs,
+    """The trace invariants the Rust runner checks (tests/engine/vectors.rs,
     `Links::check`; the rules are in README.md), applied to a generated vector."""
     last = v.m.c["first_generation"] - 1  # the last generation opened or adopted
     live = None  # the generation of the open link, if any

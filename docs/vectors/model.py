@@ -2,7 +2,7 @@
 
 This is a second, independent implementation of the specification (a "port"
 in Python). `generate.py` uses it to compute the expected outputs of every
-conformance vector; `cargo test --all-features --test vectors` then checks
+conformance vector; `cargo test --all-features --test engine vectors::conformance_vectors` then checks
 the committed JSON against the real Rust machine. When the two disagree, one
 of them (or the spec) is wrong.
 

@@ -96,7 +96,7 @@ pub fn mermaid() -> String {
 pub fn dot() -> String {
     let mut out = String::from(
         "// Generated from redial::machine::table::EDGES by table::dot().\n\
-         // Regenerate: REDIAL_BLESS=1 cargo test --test diagram\n\
+         // Regenerate: REDIAL_BLESS=1 cargo test --test engine diagram::\n\
          digraph redial {\n    \
          rankdir=LR;\n    \
          node [shape=box, style=rounded, fontname=\"Helvetica\"];\n    \

@@ -1,4 +1,4 @@
-//! Helpers shared by the MQTT broker tests (`mod mqtt_util;`).
+//! Helpers shared by the MQTT broker tests (declared once in a test binary's `main.rs`).
 #![allow(dead_code)]
 
 use std::collections::HashMap;

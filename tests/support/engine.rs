@@ -1,9 +1,9 @@
-//! Shared helpers for the engine-level scenario tests (`tests/scenarios_*.rs`,
-//! `tests/liveness.rs`, `tests/observability.rs`): an event recorder, a
+//! Shared helpers for the engine-level tests (the `engine` test binary:
+//! `tests/engine/scenarios_*.rs`, `liveness.rs`, `observability.rs`): an event recorder, a
 //! probing transport over the in-memory one, waits on the snapshot, and the
 //! reference backoff schedule.
 //!
-//! Include it with `#[path = "support/engine.rs"] mod engine;` (the broker
+//! `tests/engine/main.rs` declares it once as `mod engine` (the broker
 //! helpers in `support/mod.rs` are not needed here).
 
 // Each test binary uses a different part of these helpers.

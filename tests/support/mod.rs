@@ -1,4 +1,5 @@
-//! Support code shared by the broker tests: `mod support;` in a test file.
+//! Support code shared by the broker tests: each test binary's `main.rs` declares it once
+//! (`#[path = "../support/mod.rs"] mod support;`), its modules `use crate::support;`.
 // Each test binary uses only part of the support code.
 #![allow(dead_code)]
 
