@@ -105,10 +105,7 @@ async fn wait_connected_returns_the_error_of_a_permanent_first_connect_failure()
 async fn wait_for_timeout_times_out_and_stops_at_shutdown() {
     let transport = MemoryTransport::new();
     transport.control().set_default(Plan::Hang);
-    let engine = Engine::spawn(
-        builder().no_connect_timeout().build().unwrap(),
-        transport,
-    );
+    let engine = Engine::spawn(builder().no_connect_timeout().build().unwrap(), transport);
     let handle = engine.handle();
 
     let start = Instant::now();
