@@ -187,22 +187,21 @@ fn wait_reconnected(rt: &tokio::runtime::Runtime, handle: &Handle, old: Generati
 }
 
 fn delta(a: Stats, b: Stats) -> Stats {
-    Stats {
-        attempts: b.attempts - a.attempts,
-        connects: b.connects - a.connects,
-        resumes: b.resumes - a.resumes,
-        probes: b.probes - a.probes,
-        losses: b.losses - a.losses,
-        outages: b.outages - a.outages,
-        reports: b.reports - a.reports,
-        stale_reports: b.stale_reports - a.stale_reports,
-        coalesced_reports: b.coalesced_reports - a.coalesced_reports,
-        wakeups: b.wakeups - a.wakeups,
-        last_recovery: b.last_recovery,
-        recovery_time: b.recovery_time,
-        outage_length: b.outage_length,
-        disconnected_total: b.disconnected_total - a.disconnected_total,
-    }
+    // `Stats` is non-exhaustive: start from `b` (the histograms and the
+    // last recovery stay as they are) and subtract the counters.
+    let mut d = b;
+    d.attempts = b.attempts - a.attempts;
+    d.connects = b.connects - a.connects;
+    d.resumes = b.resumes - a.resumes;
+    d.probes = b.probes - a.probes;
+    d.losses = b.losses - a.losses;
+    d.outages = b.outages - a.outages;
+    d.reports = b.reports - a.reports;
+    d.stale_reports = b.stale_reports - a.stale_reports;
+    d.coalesced_reports = b.coalesced_reports - a.coalesced_reports;
+    d.wakeups = b.wakeups - a.wakeups;
+    d.disconnected_total = b.disconnected_total - a.disconnected_total;
+    d
 }
 
 criterion_group!(benches, bench);

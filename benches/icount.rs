@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 mod support;
 
 use redial::machine::{Config, ErrorKind, Generation, Input, Machine, StateKind};
-use redial::outbox::{OutboxConfig, OutboxCore, Publisher, SubmitOptions};
+use redial::outbox::{OutboxConfig, Publisher, SubmitOptions};
 use redial::runtime::{Engine, Handle};
 use redial::testing::MemoryTransport;
+use redial::unstable::OutboxCore;
 use support::NullBroker;
 
 /// Repetitions of the short run of a cheap operation; the long run does

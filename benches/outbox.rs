@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use redial::machine::{Config, Generation, StateKind};
-use redial::outbox::{OutboxConfig, OutboxCore, Publisher, Submit, SubmitOptions};
+use redial::outbox::{OutboxConfig, Publisher, SubmitOptions};
 use redial::runtime::Engine;
+use redial::unstable::{OutboxCore, Submit};
 use support::NullBroker;
 
 /// Messages per batch: the publisher's default in-flight window.

@@ -17,6 +17,7 @@ pub const MAX_DELAY_MS: u64 = 1 << 30;
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(tag = "mode", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum Jitter {
     /// No randomisation: `delay = base`.
     None,

@@ -10,8 +10,8 @@
 //!
 //! * [`machine`]: the state machine (no threads, no I/O, time passed in),
 //!   specified language-neutrally in `docs/spec.md` with conformance vectors.
-//! * [`backoff`] and [`rng`]: exponential backoff with five jitter modes on a
-//!   portable PRNG.
+//! * [`backoff`]: exponential backoff with five jitter modes on a portable
+//!   PRNG (SplitMix64, `docs/spec.md`).
 //! * `runtime` (feature `tokio`): the lock-free, `Send + Sync`
 //!   [`Handle`](runtime::Handle) foreign threads report through, the tokio
 //!   driver, the [`Transport`](runtime::Transport) trait adapters implement.
@@ -19,8 +19,25 @@
 //!   or a typed error; unconfirmed messages are replayed on the next link.
 //! * `amqp` (feature `amqp`, lapin) and `mqtt` (feature `mqtt`, rumqttc): the
 //!   adapters.
-//! * `testing` (feature `tokio`): an in-memory transport that fails, hangs,
-//!   flaps and fires late callbacks on command.
+//! * `testing` (feature `test-util`): an in-memory transport that fails,
+//!   hangs, flaps and fires late callbacks on command.
+//!
+//! # Stability
+//!
+//! Everything public outside `unstable` follows semver. Types that will
+//! grow (states, reasons, outputs, reports, events, errors, counters) are
+//! `#[non_exhaustive]`: match their enums with a `_` arm (and their
+//! variants' fields with `..`), and read their structs' fields rather than
+//! building them (configurations have builders), so a new case or counter
+//! is a minor release, not a breaking one.
+//!
+//! * `testing` (feature `test-util`, off by default, like tokio's) is for
+//!   tests: its scripting API follows semver, but it may grow cases.
+//! * `unstable` (feature `unstable`, off by default) has **no semver
+//!   guarantees**: the machine's invariant checker and transition table, the
+//!   PRNG and the sans-IO outbox core, for redial's own tests, benches and
+//!   fuzzer and for ports checking against the reference. They may change
+//!   in any release.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 // docs.rs (package.metadata.docs.rs) builds with `--cfg docsrs` on nightly:
@@ -41,7 +58,7 @@ pub mod outbox;
 mod reach;
 #[cfg(any(feature = "amqp", feature = "mqtt"))]
 mod redact;
-pub mod rng;
+mod rng;
 #[cfg(feature = "serde")]
 mod serde_duration;
 #[cfg(all(feature = "serde", any(feature = "amqp", feature = "mqtt")))]
@@ -69,6 +86,10 @@ pub(crate) mod loom;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod runtime;
-#[cfg(feature = "tokio")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
+
+#[cfg(feature = "unstable")]
+#[cfg_attr(docsrs, doc(cfg(feature = "unstable")))]
+pub mod unstable;

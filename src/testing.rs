@@ -52,6 +52,7 @@ impl Classify for MemoryError {
 
 /// One entry of the transport's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LogEntry {
     /// `open` was called for this generation and attempt.
     Open(Generation, u32),

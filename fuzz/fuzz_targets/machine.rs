@@ -1,6 +1,6 @@
 //! Fuzzes the reconnect machine: an arbitrary configuration and an arbitrary
 //! sequence of (time step, input) operations, with the invariant checker
-//! (`redial::machine::invariants`) asserted after every step.
+//! (`redial::unstable::invariants`) asserted after every step.
 //!
 //! The configuration is used twice: its raw values go through the builder
 //! unchanged (any value must give `Ok` or a typed `Err`, never a panic), and
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use redial::backoff::{Backoff, Jitter};
-use redial::machine::invariants::Checker;
+use redial::unstable::invariants::Checker;
 use redial::machine::{Config, ConfigBuilder, Generation, Input, Machine};
 
 /// Longest sequence one run drives (keeps every execution fast).

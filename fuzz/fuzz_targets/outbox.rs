@@ -16,10 +16,8 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use redial::machine::{FailCause, Generation};
-use redial::outbox::{
-    ChannelClosed, ConfirmTimeout, MessageId, OutboxConfig, OutboxCore, OverflowPolicy,
-    PublishError, Submit, SubmitOptions,
-};
+use redial::outbox::{ConfirmTimeout, MessageId, OutboxConfig, OverflowPolicy, PublishError, SubmitOptions};
+use redial::unstable::{ChannelClosed, OutboxCore, Submit};
 
 const MAX_OPS: usize = 1_024;
 

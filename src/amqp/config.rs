@@ -32,6 +32,7 @@ mod raw;
 /// [`Heartbeat::DEFAULT`] (20 s), and proposing 0 takes an explicit
 /// [`Heartbeat::Disabled`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Heartbeat {
     /// Propose this many seconds.
     Enabled(NonZeroU16),
@@ -129,6 +130,7 @@ pub const REPLAY_ALLOWANCE: Duration = Duration::from_secs(600);
 
 /// What to do when replaying one topology entry fails on a new link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ReplayPolicy {
     /// Fail the open with a transient error: the engine backs off and tries
     /// a new link (the default: a broker that lost a definition usually

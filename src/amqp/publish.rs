@@ -33,6 +33,7 @@ use crate::outbox::{Deliver, DeliveryError, MessageId};
 
 /// One message to publish.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AmqpMessage {
     /// The exchange (`""`: the default exchange, routing by queue name).
     pub exchange: String,

@@ -14,7 +14,7 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use redial::machine::invariants::Checker;
+//! use redial::unstable::invariants::Checker;
 //! use redial::machine::{Config, ErrorKind, Generation, Input, Machine};
 //!
 //! let mut m = Machine::new(Config::builder().seed(1).build().unwrap());
@@ -187,7 +187,7 @@ fn half_ms(timeout: Duration) -> Duration {
 pub const MAX_OUTPUTS_PER_STEP: usize = 64;
 
 /// Watches a machine step by step and checks every [`Invariant`].
-/// See the [module docs](self) for the contract.
+/// See the module docs (`redial::unstable::invariants`) for the contract.
 #[derive(Debug, Clone)]
 pub struct Checker {
     config: Config,

@@ -34,6 +34,7 @@ impl fmt::Display for Generation {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// Network trouble, timeouts, a broker restarting: retry with backoff.
     Transient,
@@ -47,6 +48,7 @@ pub enum ErrorKind {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum ProbeOutcome {
     /// The broker answered: an attempt now would reach it.
     Reachable,
@@ -62,6 +64,7 @@ pub enum ProbeOutcome {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(tag = "type", rename_all = "snake_case"))]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum Input {
     /// Begin connecting (only meaningful in `Idle`).
     Start,
@@ -209,8 +212,10 @@ impl Input {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(tag = "type", rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum Output {
     /// Open link `generation`; answer with `AttemptSucceeded` or `AttemptFailed`.
+    #[non_exhaustive]
     Open {
         /// The fresh generation of the new link.
         generation: Generation,
@@ -224,6 +229,7 @@ pub enum Output {
     /// Release everything that belongs to link `generation`, aborting its open if it
     /// is still in progress. Emitted exactly once per `Open`, always before
     /// the next `Open`.
+    #[non_exhaustive]
     Close {
         /// The retired link.
         generation: Generation,
@@ -234,11 +240,13 @@ pub enum Output {
     /// Link `generation` resumed without its session: restore what the
     /// broker forgot (subscriptions, consumers); if that fails, report the
     /// link lost.
+    #[non_exhaustive]
     Restore {
         /// The resumed link.
         generation: Generation,
     },
     /// The state changed.
+    #[non_exhaustive]
     StateChanged {
         /// The state before.
         from: StateKind,
@@ -262,6 +270,7 @@ pub enum Output {
     /// once the backoff delay has passed, and never while another probe is
     /// unanswered. A probe has until the next one is due: an answer after
     /// that is ignored, so the driver may drop an older probe's work.
+    #[non_exhaustive]
     Probe {
         /// The probe's number (strictly increasing).
         probe: u64,
@@ -270,11 +279,13 @@ pub enum Output {
         endpoint: u32,
     },
     /// No inbound traffic on link `generation` for the liveness timeout: it is dead.
+    #[non_exhaustive]
     LivenessLost {
         /// The link.
         generation: Generation,
     },
     /// The machine stopped retrying and entered `Failed`.
+    #[non_exhaustive]
     GaveUp {
         /// Why.
         cause: FailCause,
@@ -310,6 +321,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum StateKind {
     /// Built, not started.
     Idle,
@@ -330,8 +342,9 @@ pub enum StateKind {
 }
 
 impl StateKind {
-    /// Every state, in the order of the spec's transition table.
-    pub const ALL: [StateKind; 8] = [
+    /// Every state, in the order of the spec's transition table (a slice:
+    /// its length grows with the states).
+    pub const ALL: &'static [StateKind] = &[
         StateKind::Idle,
         StateKind::Connecting,
         StateKind::Connected,
@@ -356,13 +369,16 @@ impl StateKind {
         }
     }
 
-    /// Stable small integer, used to pack the state into an atomic.
-    pub const fn to_u8(self) -> u8 {
+    /// Stable small integer, used to pack the state into an atomic (the
+    /// runtime's; internal, so the numbering may change).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) const fn to_u8(self) -> u8 {
         self as u8
     }
 
     /// Inverse of [`StateKind::to_u8`].
-    pub const fn from_u8(v: u8) -> Option<Self> {
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) const fn from_u8(v: u8) -> Option<Self> {
         match v {
             0 => Some(StateKind::Idle),
             1 => Some(StateKind::Connecting),
@@ -402,6 +418,7 @@ impl fmt::Display for StateKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum Reason {
     /// `Start` was handled.
     Start,
@@ -443,6 +460,7 @@ pub enum Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum FailCause {
     /// `max_attempts` attempts failed in one outage.
     RetriesExhausted,

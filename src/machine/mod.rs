@@ -37,10 +37,13 @@
 //! ```
 
 mod config;
-pub mod invariants;
+// Public through `crate::unstable` only (no semver guarantees).
+#[cfg_attr(not(feature = "unstable"), allow(dead_code, unreachable_pub))]
+pub(crate) mod invariants;
 mod io;
 mod state;
-pub mod table;
+#[cfg_attr(not(feature = "unstable"), allow(dead_code))]
+pub(crate) mod table;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -56,6 +59,7 @@ use crate::rng::SplitMix64;
 
 /// Counters kept by the machine.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MachineStats {
     /// Inputs naming a generation other than the current one (dropped).
     pub stale_inputs: u64,

@@ -6,6 +6,7 @@ use super::io::{FailCause, Generation, StateKind};
 
 /// The state of the machine. Read it with [`crate::machine::Machine::state`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum State {
     /// Built, not started.
     Idle,
@@ -57,6 +58,7 @@ pub enum State {
 
 /// An open link and its liveness bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Link {
     /// The link's generation.
     pub generation: Generation,
@@ -72,6 +74,7 @@ pub struct Link {
 /// checks in a row without inbound activity declare the link dead, so death
 /// comes between 1x and 1.5x the timeout after the last inbound frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Liveness {
     /// When the next check runs.
     pub next_check: Instant,

@@ -104,7 +104,7 @@ pub fn dot() -> String {
          __start [shape=point, width=0.15, label=\"\"];\n    \
          __end [shape=doublecircle, width=0.1, style=filled, fillcolor=black, label=\"\"];\n",
     );
-    for kind in StateKind::ALL {
+    for &kind in StateKind::ALL {
         let extra = match kind {
             S::Closed => ", peripheries=2",
             S::Failed => ", style=\"rounded,dashed\"",

@@ -49,6 +49,7 @@ const MAX_CONNECT_TIMEOUT: Duration =
 
 /// When the recorded subscriptions are sent again on a new link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum RestorePolicy {
     /// When the broker kept no session for us (CONNACK `session_present =
     /// false`), every recorded filter is subscribed again; when it kept one,

@@ -59,6 +59,7 @@ impl MqttMessage {
 
 /// A message the broker delivered, tagged with the link that received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// The link (generation) it arrived on.
     pub generation: Generation,

@@ -23,6 +23,7 @@ const RESTORE_CHUNK: usize = 64;
 
 /// What a subscribe call achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SubscribeOutcome {
     /// The broker granted the subscription at this QoS on the current link.
     Granted(QoS),
@@ -77,6 +78,7 @@ impl Subscriptions {
 
 /// Session counters of one transport (all its clones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct TransportStats {
     /// Sessions established (successful CONNACKs).
     pub sessions_opened: u64,

@@ -14,11 +14,12 @@ use crate::env::{EnvError, Vars};
     feature = "serde",
     serde(tag = "policy", rename_all = "snake_case", deny_unknown_fields)
 )]
+#[non_exhaustive]
 pub enum OverflowPolicy {
     /// Backpressure: the caller waits for room, at most `deadline` (`None`:
     /// until the publish timeout, or as long as it takes without one), then
     /// gets [`crate::outbox::PublishError::Overflow`]. The core answers
-    /// [`crate::outbox::Submit::Full`]; the async publisher does the waiting.
+    /// the outbox core's `Submit::Full`; the async publisher does the waiting.
     /// The default, with no deadline of its own: an outage slows publishers
     /// down instead of failing their publishes.
     Wait {
@@ -53,6 +54,7 @@ impl Default for OverflowPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(into = "String", try_from = "String"))]
+#[non_exhaustive]
 pub enum ConfirmTimeout {
     /// Twice the link's heartbeat as the adapter reports it
     /// ([`crate::outbox::Deliver::heartbeat`]), at least

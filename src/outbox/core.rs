@@ -23,6 +23,7 @@ impl fmt::Display for MessageId {
 
 /// A broker confirm: the message was accepted on link `generation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Confirmed {
     /// The message.
     pub id: MessageId,
@@ -85,6 +86,7 @@ pub enum PublishError {
 
 /// The name of a [`PublishError`], without its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum PublishErrorKind {
     /// [`PublishError::Nacked`].
     Nacked,
@@ -174,6 +176,7 @@ pub enum Submit<M> {
 
 /// Failure counts, by reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct FailedCounts {
     /// Nacked by the broker.
     pub nacked: u64,
@@ -212,6 +215,7 @@ impl FailedCounts {
 /// Invariant, at every instant: `submitted = confirmed + failed.total() +
 /// expired + dropped + pending()`, checked by [`OutboxStats::is_balanced`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct OutboxStats {
     /// Messages submitted (every message that got an id).
     pub submitted: u64,
@@ -231,7 +235,7 @@ pub struct OutboxStats {
     /// (or a message not in flight).
     pub stale_reports: u64,
     /// Channel closes that sent several messages back as suspects (see
-    /// [`OutboxCore::channel_closed`]).
+    /// the outbox core's `channel_closed`).
     pub channel_closes: u64,
     /// Waiting to be sent.
     pub queued: u64,
@@ -259,7 +263,14 @@ impl OutboxStats {
 /// A broken internal invariant (a bug in the outbox).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("outbox invariant broken: {0}")]
-pub struct InvariantViolation(pub String);
+pub struct InvariantViolation(String);
+
+impl InvariantViolation {
+    /// What is broken.
+    pub fn detail(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Whether the outbox takes new messages.
 #[derive(Debug, Clone)]
@@ -378,7 +389,8 @@ impl ActiveClock {
 /// ```
 /// use std::time::Instant;
 /// use redial::machine::Generation;
-/// use redial::outbox::{OutboxConfig, OutboxCore, Submit, SubmitOptions};
+/// use redial::outbox::{OutboxConfig, SubmitOptions};
+/// use redial::unstable::{OutboxCore, Submit};
 ///
 /// let mut core = OutboxCore::new(OutboxConfig::default());
 /// let t0 = Instant::now();

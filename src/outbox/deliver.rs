@@ -36,7 +36,7 @@ pub enum DeliveryError {
     /// while this message was unconfirmed on it; the link itself is fine.
     /// Every message unconfirmed on that channel gets this answer. The
     /// outbox blames the message only when it was alone in flight
-    /// ([`crate::outbox::OutboxCore::channel_closed`]).
+    /// (the outbox core's `channel_closed`).
     #[error("the broker closed the publishing channel: {code} {text}")]
     ChannelClosed {
         /// The broker's reply code (AMQP `channel.close`), 0 when none.

@@ -2,8 +2,10 @@
 //! confirmed by the broker or a typed error, and success is never reported
 //! without a broker confirm. See `docs/delivery.md` for the full semantics.
 //!
-//! * [`OutboxCore`] is the sans-IO heart (always compiled): a bounded queue
-//!   with per-generation in-flight tracking, time passed in.
+//! * `OutboxCore` is the sans-IO heart (always compiled): a bounded queue
+//!   with per-generation in-flight tracking, time passed in. It is public
+//!   only through `redial::unstable` (feature `unstable`, no semver
+//!   guarantees).
 //! * [`Publisher`] (feature `tokio`) is the async front: it feeds the core
 //!   from any thread and flushes it through the engine's current link with
 //!   an adapter's [`Deliver`] implementation.
@@ -32,7 +34,9 @@
 //! ```
 
 mod config;
-mod core;
+// Parts of the core only the publisher's tests and `crate::unstable` use.
+#[cfg_attr(not(feature = "unstable"), allow(dead_code))]
+pub(crate) mod core;
 #[cfg(feature = "tokio")]
 mod deliver;
 #[cfg(feature = "tokio")]
@@ -41,6 +45,7 @@ pub(crate) mod flush;
 mod publisher;
 #[cfg(feature = "tokio")]
 pub(crate) mod shared;
+#[cfg_attr(not(feature = "unstable"), allow(dead_code))]
 mod store;
 
 #[cfg(all(test, loom))]
@@ -51,9 +56,12 @@ pub use self::config::{
     SubmitOptions,
 };
 pub use self::core::{
-    ChannelClosed, Confirmed, FailedCounts, Gate, InvariantViolation, MessageId, OutboxCore,
-    OutboxStats, Outcome, PublishError, PublishErrorKind, Resolved, SharedError, Submit,
+    Confirmed, FailedCounts, MessageId, OutboxStats, Outcome, PublishError, PublishErrorKind,
+    SharedError,
 };
+// The sans-IO core: public through `crate::unstable` only (no semver guarantees).
+#[cfg(feature = "tokio")]
+pub(crate) use self::core::Gate;
 #[cfg(feature = "tokio")]
 pub use deliver::{Deliver, DeliveryError};
 #[cfg(feature = "tokio")]

@@ -25,6 +25,7 @@ use crate::runtime::transport::{Classify, OpenContext, Transport};
 
 /// The link the driver currently holds, shared with publishers.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CurrentLink<L> {
     /// Its generation.
     pub generation: Generation,
@@ -35,6 +36,7 @@ pub struct CurrentLink<L> {
 /// An attempt that the machine ended because it exceeded the connect timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("connect timed out after {after:?}")]
+#[non_exhaustive]
 pub struct ConnectTimedOut {
     /// The configured connect timeout.
     pub after: std::time::Duration,

@@ -81,6 +81,7 @@ pub enum Event {
 /// read. The stream goes on with the oldest event still kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{missed} events were missed")]
+#[non_exhaustive]
 pub struct Lagged {
     /// How many events were skipped.
     pub missed: u64,

@@ -14,6 +14,7 @@ use crate::runtime::shared::{LinkEvent, Report, Shared};
 
 /// What the driver last published about the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The state.
     pub state: StateKind,
@@ -37,6 +38,7 @@ pub struct Snapshot {
 /// up or shut down without it), so `losses` is `resumes + outages`, plus
 /// one while a lost link may still resume (within the resume grace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Stats {
     /// Links the driver asked the transport to open.
     pub attempts: u64,

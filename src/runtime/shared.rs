@@ -44,6 +44,7 @@ const CMD_SHUTDOWN: u32 = 0b10;
 
 /// One report from a link or an SDK callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LinkEvent {
     /// The link died.
     Lost(ErrorKind),
@@ -62,6 +63,7 @@ pub enum LinkEvent {
 
 /// What happened to a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Report {
     /// It names a generation that is not current: dropped without waking anyone.
     Stale,

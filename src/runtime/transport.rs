@@ -68,6 +68,7 @@ fn io_kind(kind: std::io::ErrorKind) -> ErrorKind {
 
 /// Everything an adapter needs to open one link.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct OpenContext {
     /// The link's generation; every report about the link must carry it
     /// (the reporter does so for you).

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use redial::rng::SplitMix64;
+use redial::unstable::SplitMix64;
 
 /// Which adapter a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

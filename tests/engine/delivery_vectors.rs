@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use redial::machine::{FailCause, Generation};
 use redial::outbox::{
-    ChannelClosed, Gate, MessageId, OutboxConfig, OutboxCore, OutboxStats, OverflowPolicy,
-    PublishError, Submit, SubmitOptions,
+    MessageId, OutboxConfig, OutboxStats, OverflowPolicy, PublishError, SubmitOptions,
 };
+use redial::unstable::{ChannelClosed, Gate, OutboxCore, Submit};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 

@@ -1,6 +1,6 @@
 //! The committed state diagrams (`docs/state-diagram.{dot,mmd,svg}` and the
 //! Mermaid block embedded in `docs/spec.md`) must match what
-//! `redial::machine::table` generates from the transition table the machine
+//! `redial::unstable::table` generates from the transition table the machine
 //! itself checks every transition against.
 //!
 //! Regenerate everything with:
@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redial::machine::table::{self, EDGES};
+use redial::unstable::table::{self, EDGES};
 
 const REGENERATE: &str = "REDIAL_BLESS=1 cargo test --test engine diagram::";
 const SPEC_BEGIN: &str = "<!-- BEGIN GENERATED state-diagram: table::mermaid() -->";

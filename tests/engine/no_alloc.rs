@@ -98,6 +98,7 @@ fn reporting_does_not_allocate() {
                                     Report::Queued => 0,
                                     Report::Coalesced => 1,
                                     Report::Stale => 2,
+                                    other => panic!("a new report case: {other:?}"),
                                 };
                                 outcomes[slot] += 1;
                             }

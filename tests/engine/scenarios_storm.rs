@@ -408,6 +408,7 @@ async fn s43_concurrent_interrupts_from_16_threads_reconnect_once_per_outage() {
                             Report::Queued => 0,
                             Report::Coalesced => 1,
                             Report::Stale => 2,
+                            other => panic!("a new report case: {other:?}"),
                         };
                         tally[slot] += 1;
                     }

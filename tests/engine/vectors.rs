@@ -169,7 +169,7 @@ fn conformance_vectors() {
     // state naming the current generation (or none), and each input that
     // names a generation also with a stale one.
     let mut missing = Vec::new();
-    for kind in StateKind::ALL {
+    for &kind in StateKind::ALL {
         for input in INPUTS {
             let carries_generation = !matches!(
                 input,
@@ -510,6 +510,7 @@ fn input_name(input: &Input) -> &'static str {
         Input::CloseCompleted => "close_completed",
         Input::Timeout => "timeout",
         Input::Probed { .. } => "probed",
+        _ => panic!("an input the vectors do not know: {input:?}"),
     }
 }
 

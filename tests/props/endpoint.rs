@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use redial::machine::invariants::Checker;
 use redial::machine::{Config, ErrorKind, Input, Machine, Output, ProbeOutcome};
+use redial::unstable::invariants::Checker;
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use redial::machine::{FailCause, Generation};
 use redial::outbox::{
-    ChannelClosed, MessageId, OutboxConfig, OutboxCore, OverflowPolicy, PublishError,
-    PublishErrorKind, Submit, SubmitOptions,
+    MessageId, OutboxConfig, OverflowPolicy, PublishError, PublishErrorKind, SubmitOptions,
 };
+use redial::unstable::{ChannelClosed, OutboxCore, Submit};
 
 // ---- the reference model --------------------------------------------------
 
