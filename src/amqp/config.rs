@@ -14,7 +14,7 @@ use crate::redact::{self, Redacted};
 
 /// The heartbeat redial proposes to the broker in `connection.tune-ok`.
 ///
-/// The negotiation rule (S29), applied by lapin during the handshake and
+/// The negotiation rule ([S29](crate#scenario-ids-and-failure-reports)), applied by lapin during the handshake and
 /// spelled out by [`negotiate_heartbeat`]:
 ///
 /// | client proposal | server proposal | negotiated |
@@ -353,7 +353,7 @@ impl AmqpConfig {
     ///
     /// # Errors
     /// The engine's own validation, e.g. a blocked timeout below twice the
-    /// liveness timeout (S29, 001's rule).
+    /// liveness timeout ([S29](crate#scenario-ids-and-failure-reports), the rule of report 001).
     pub fn engine_config(&self) -> Result<Config, ConfigError> {
         self.engine_config_for(self.heartbeat.as_duration())
     }
@@ -416,7 +416,7 @@ impl AmqpConfig {
     }
 
     /// A configuration read from the environment, for deployments that tune
-    /// these per site (the seeds' operators did):
+    /// these per site (as the operators in the failure reports did):
     ///
     /// | variable | meaning | default |
     /// |----------|---------|---------|
