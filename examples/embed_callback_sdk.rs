@@ -216,7 +216,7 @@ mod sdk {
         }
 
         /// Disconnects, gracefully (tells the broker) or not. Like the
-        /// seeds' SDK, tearing a connection down fires its interrupt
+        /// SDK of failure report 003, tearing a connection down fires its interrupt
         /// callback from an SDK thread (UNEXPECTED_HANGUP), and the hook's.
         pub fn disconnect(&self, graceful: bool) -> Option<thread::JoinHandle<()>> {
             if !self.open.swap(false, Ordering::AcqRel) {

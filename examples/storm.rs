@@ -1,5 +1,6 @@
-//! The seeds' MQTT reconnection storm (seed 003), replayed against the
-//! engine with the in-memory transport on a real multi-thread runtime.
+//! The MQTT reconnection storm of failure report 003 (docs/scenarios.md),
+//! replayed against the engine with the in-memory transport on a real
+//! multi-thread runtime.
 //!
 //! ```sh
 //! cargo run --example storm
@@ -132,7 +133,7 @@ fn fire(
 }
 
 /// Counts the generations alive at once: an attempt in flight (a running
-/// reconnect loop) or an open link. The seeds' bug shows here as 2 or more.
+/// reconnect loop) or an open link. Report 003's bug shows here as 2 or more.
 #[derive(Default)]
 struct Gauge {
     alive: AtomicU64,

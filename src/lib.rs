@@ -8,6 +8,17 @@
 //! naming any other generation than the current one changes nothing, so a
 //! late or duplicated callback can never start a second reconnect.
 //!
+//! ## Scenario ids and failure reports
+//!
+//! redial was designed from five public failure reports about broker
+//! clients, numbered 000 to 004 (report 003: an SDK's queued "connection
+//! interrupted" callbacks started competing reconnect loops, the reconnect
+//! storm), and from the failure scenarios drawn from them, numbered S01 to
+//! S44 (S05: an interrupt that runs after its link already resumed). The
+//! docs, tests and conformance vectors refer to both by these ids;
+//! `docs/scenarios.md`, shipped with the crate, defines every id and the
+//! words the docs use (link, generation, outage, resume, probe).
+//!
 //! * [`machine`]: the state machine (no threads, no I/O, time passed in),
 //!   specified language-neutrally in `docs/spec.md` with conformance vectors.
 //! * [`backoff`]: exponential backoff with five jitter modes on a portable

@@ -124,6 +124,41 @@ struct Inner {
 
 /// The transport (give it to the engine) and, via [`MemoryTransport::control`],
 /// its remote control (keep it in the test).
+///
+/// # Examples
+///
+/// A test of an application's retry handling: the broker refuses twice,
+/// then accepts; and a message the broker nacks.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), redial::runtime::WaitError> {
+/// use std::time::Duration;
+/// use redial::machine::{Config, ErrorKind};
+/// use redial::outbox::{OutboxConfig, PublishError, Publisher};
+/// use redial::runtime::Engine;
+/// use redial::testing::{MemoryTransport, Plan, Script};
+///
+/// let transport = MemoryTransport::new();
+/// let control = transport.control();
+/// // Opens fail twice, then succeed (the default plan).
+/// control.plan([Plan::Fail(ErrorKind::Transient), Plan::Fail(ErrorKind::Transient)]);
+/// // Messages are confirmed (the default script), but this one is nacked.
+/// control.script("bad", [Script::Nack]);
+///
+/// let engine = Engine::spawn(Config::default(), transport.clone());
+/// let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+/// engine.handle().wait_connected(Duration::from_secs(60)).await?;
+/// assert_eq!(control.connect_calls(), 3);
+///
+/// let receipt = publisher.publish("bad".to_string()).await;
+/// assert!(matches!(receipt.await, Err(PublishError::Nacked)));
+/// assert_eq!(control.sent().len(), 1);
+/// engine.shutdown().await;
+/// assert_eq!(control.open_links(), 0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct MemoryTransport {
     inner: Arc<Inner>,

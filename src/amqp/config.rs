@@ -18,7 +18,7 @@ mod raw;
 
 /// The heartbeat redial proposes to the broker in `connection.tune-ok`.
 ///
-/// The negotiation rule (S29), applied by lapin during the handshake and
+/// The negotiation rule ([S29](crate#scenario-ids-and-failure-reports)), applied by lapin during the handshake and
 /// spelled out by [`negotiate_heartbeat`]:
 ///
 /// | client proposal | server proposal | negotiated |

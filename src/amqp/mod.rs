@@ -115,6 +115,41 @@ pub struct ReplayError {
 
 /// The AMQP transport: give a clone to [`crate::runtime::Engine::spawn`]
 /// and keep one to declare topology and consume.
+///
+/// # Examples
+///
+/// A queue, a consumer and a publisher that all survive reconnects (needs
+/// a broker on 127.0.0.1:5672):
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use redial::amqp::{AmqpConfig, AmqpMessage, AmqpTransport};
+/// use redial::outbox::{OutboxConfig, Publisher};
+/// use redial::runtime::Engine;
+///
+/// let config = AmqpConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f");
+/// let transport = AmqpTransport::new(config.clone())?;
+/// // Recorded, and declared again on every new link before publishes flow.
+/// let queue = transport.declare_queue("jobs", Default::default(), Default::default()).await?;
+/// let mut consumer = transport.consume(&queue, "", Default::default(), Default::default()).await?;
+///
+/// let engine = Engine::spawn(config.engine_config().build()?, transport.clone());
+/// engine.handle().wait_connected(Duration::from_secs(10)).await?;
+/// let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+/// let receipt = publisher.publish(AmqpMessage::new("", "jobs", &b"job 1"[..]).persistent()).await;
+/// receipt.await?; // the broker's confirm
+///
+/// if let Some(delivery) = consumer.recv().await {
+///     println!("{:?} on link {}", delivery.data(), delivery.generation());
+///     delivery.ack().await?;
+/// }
+/// publisher.shutdown(Duration::from_secs(5)).await;
+/// engine.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct AmqpTransport {
     shared: Arc<Shared>,

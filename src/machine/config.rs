@@ -62,8 +62,8 @@ pub enum ConfigError {
         /// The largest accepted one.
         max: u64,
     },
-    /// The blocked timeout is shorter than twice the liveness timeout (seed
-    /// 001's rule: throttled links must not be replaced faster than dead
+    /// The blocked timeout is shorter than twice the liveness timeout (the
+    /// rule of [report 001](crate#scenario-ids-and-failure-reports): throttled links must not be replaced faster than dead
     /// ones are detected).
     #[error(
         "blocked_timeout ({blocked_ms} ms) must be at least twice the liveness timeout ({min_ms} ms)"
@@ -123,6 +123,30 @@ pub const MAX_FIRST_GENERATION: u64 = 1 << 52;
 /// With the `serde` feature it (de)serializes as a [`ConfigBuilder`]:
 /// deserializing runs [`ConfigBuilder::build`], so an invalid configuration
 /// is an error carrying the [`ConfigError`]'s message.
+///
+/// # Examples
+///
+/// Settings are checked when the configuration is built, never later: an
+/// engine never starts with a configuration it cannot run.
+///
+/// ```
+/// use std::time::Duration;
+/// use redial::machine::{Config, ConfigError};
+///
+/// # fn main() -> Result<(), ConfigError> {
+/// let config = Config::builder()
+///     .connect_timeout(Duration::from_secs(5))
+///     .stable_period(Duration::from_secs(30))
+///     .seed(42) // reproducible jitter; random when unset
+///     .build()?;
+/// assert_eq!(config.connect_timeout(), Some(Duration::from_secs(5)));
+/// assert_eq!(config.seed(), 42);
+///
+/// let refused = Config::builder().connect_timeout(Duration::ZERO).build();
+/// assert!(matches!(refused, Err(ConfigError::Zero { .. })));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(

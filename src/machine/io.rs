@@ -397,7 +397,8 @@ impl StateKind {
         matches!(self, StateKind::Connected | StateKind::Blocked)
     }
 
-    /// The seeds' "actively reconnecting" flag, derived from the state.
+    /// The "actively reconnecting" flag that callback-SDK clients keep by
+    /// hand ([report 003](crate#scenario-ids-and-failure-reports)), derived from the state.
     pub const fn is_reconnecting(self) -> bool {
         matches!(self, StateKind::Connecting | StateKind::BackingOff)
     }

@@ -92,6 +92,53 @@ struct Outage {
 }
 
 /// The reconnect state machine. See the [module docs](self) for the contract.
+///
+/// # Examples
+///
+/// A driver's loop, with time passed in: a link comes up and dies; the
+/// machine closes it and, once the backoff delay has passed, asks for the
+/// next link. Sleeping until [`Machine::poll_timeout`] is the driver's job.
+///
+/// ```
+/// use std::time::Instant;
+/// use redial::machine::{Config, ErrorKind, Generation, Input, Machine, Output};
+///
+/// /// Executes the outputs due at `now`; returns the link to open, if any.
+/// fn drain(machine: &mut Machine, now: Instant) -> Option<Generation> {
+///     let mut open = None;
+///     while let Some(output) = machine.poll(now) {
+///         match output {
+///             Output::Open { generation, .. } => open = Some(generation),
+///             Output::Close { generation, .. } => println!("close link {generation}"),
+///             _ => {} // state changes (and probes, when configured)
+///         }
+///     }
+///     open
+/// }
+///
+/// # fn main() -> Result<(), redial::machine::ConfigError> {
+/// let mut machine = Machine::new(Config::builder().seed(1).build()?);
+/// let mut now = Instant::now();
+/// machine.handle(now, Input::Start);
+/// let first = drain(&mut machine, now).expect("the first link is opened at once");
+/// machine.handle(now, Input::AttemptSucceeded { generation: first });
+/// drain(&mut machine, now);
+/// assert!(machine.is_connected());
+///
+/// // The link's socket reports an error: the link is closed, and the next
+/// // one opened when the backoff delay has passed.
+/// machine.handle(now, Input::lost(first, ErrorKind::Transient));
+/// let next = loop {
+///     if let Some(generation) = drain(&mut machine, now) {
+///         break generation;
+///     }
+///     now = machine.poll_timeout().expect("the next attempt is scheduled");
+/// };
+/// assert_eq!(next, first.next());
+/// assert_eq!(machine.stats().closes, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Machine {
     config: Config,
@@ -170,7 +217,8 @@ impl Machine {
     pub fn is_connected(&self) -> bool {
         self.kind().is_link_up()
     }
-    /// The seeds' "actively reconnecting" flag, derived from the state.
+    /// The "actively reconnecting" flag that callback-SDK clients keep by
+    /// hand ([report 003](crate#scenario-ids-and-failure-reports)), derived from the state.
     pub fn is_reconnecting(&self) -> bool {
         self.kind().is_reconnecting()
     }

@@ -11,7 +11,7 @@
 //! * **Refusals are classified.** CONNACK "bad user name or password",
 //!   "not authorised", "bad client id" and "protocol version", and TLS
 //!   configuration or verification failures are permanent (the engine gives
-//!   up at once by default, S38); "server unavailable" and I/O errors are
+//!   up at once by default, [S38](crate#scenario-ids-and-failure-reports)); "server unavailable" and I/O errors are
 //!   transient.
 //! * **Liveness.** Pings go out every half keep-alive from the link's task,
 //!   whatever the application does; every inbound packet is reported as

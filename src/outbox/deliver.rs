@@ -11,7 +11,7 @@ use crate::runtime::Transport;
 ///
 /// `LinkLost` and `Timeout` send the message back for replay on the next
 /// link (at least once); `Timeout` also reports the link as lost so that the
-/// engine replaces it (a half-open link, S22). `ChannelClosed` and
+/// engine replaces it (a half-open link, [S22](crate#scenario-ids-and-failure-reports)). `ChannelClosed` and
 /// `NotWritten` keep the link (see each). The others resolve the publish
 /// with the matching [`crate::outbox::PublishError`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -144,6 +144,33 @@ impl<M: Send + Sync> Cancel for Hub<M> {
 /// counted); call [`Receipt::cancel`] for that. It resolves exactly once
 /// and never stays pending forever: a shutdown, an engine that gives up or
 /// a runtime that stops resolve it with an error.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use redial::machine::Config;
+/// use redial::outbox::{OutboxConfig, PublishError, Publisher};
+/// use redial::runtime::Engine;
+/// use redial::testing::MemoryTransport;
+///
+/// let transport = MemoryTransport::new();
+/// let engine = Engine::spawn(Config::default(), transport.clone());
+/// let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+///
+/// // Nothing has run yet: both messages wait in the outbox.
+/// let mut first = publisher.publish("first".to_string()).await;
+/// let second = publisher.publish("second".to_string()).await;
+/// assert!(first.try_result().is_none()); // pending
+/// assert!(second.cancel()); // still queued: removed, never written
+/// assert!(matches!(second.await, Err(PublishError::Cancelled)));
+///
+/// let confirmed = first.await.expect("confirmed");
+/// println!("{} confirmed on link {}", confirmed.id, confirmed.generation);
+/// engine.shutdown().await;
+/// # }
+/// ```
 pub struct Receipt {
     id: MessageId,
     rx: oneshot::Receiver<Outcome>,
@@ -169,6 +196,36 @@ impl Receipt {
     /// The outcome if the message has reached it, without waiting: `None`
     /// while it is pending. Awaiting the receipt afterwards still yields
     /// the outcome.
+    ///
+    /// # Examples
+    ///
+    /// Polling receipts from a loop that must not await, such as a
+    /// synchronous caller's:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use redial::machine::Config;
+    /// use redial::outbox::{OutboxConfig, Publisher, SubmitOptions};
+    /// use redial::runtime::Engine;
+    /// use redial::testing::MemoryTransport;
+    ///
+    /// let transport = MemoryTransport::new();
+    /// let engine = Engine::spawn(Config::default(), transport.clone());
+    /// let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+    /// let mut receipt = publisher.try_publish("ping".to_string(), SubmitOptions::new());
+    /// let outcome = loop {
+    ///     match receipt.try_result() {
+    ///         Some(outcome) => break outcome,
+    ///         None => tokio::time::sleep(Duration::from_millis(1)).await, // other work
+    ///     }
+    /// };
+    /// assert!(outcome.is_ok());
+    /// assert!(receipt.await.is_ok()); // awaiting afterwards yields it too
+    /// engine.shutdown().await;
+    /// # }
+    /// ```
     pub fn try_result(&mut self) -> Option<Outcome> {
         if self.taken.is_none() {
             self.taken = match self.rx.try_recv() {
@@ -222,6 +279,40 @@ impl fmt::Debug for Receipt {
 /// the engine keeps running while it or any clone of it exists, even once
 /// the [`Engine`] is dropped, and shuts down when the last owner goes (see
 /// [`Engine`]). [`Publisher::shutdown`] ends this publisher only.
+///
+/// # Examples
+///
+/// A message written to a link that dies before the broker confirms it is
+/// replayed on the next link, and its receipt resolves once, there:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use redial::machine::Config;
+/// use redial::outbox::{OutboxConfig, Publisher};
+/// use redial::runtime::Engine;
+/// use redial::testing::{MemoryTransport, Script};
+///
+/// let transport = MemoryTransport::new();
+/// let control = transport.control();
+/// control.script("order-1", [Script::ConfirmLinkLost]); // first write: the link dies
+///
+/// let engine = Engine::spawn(Config::default(), transport.clone());
+/// let publisher = Publisher::new(&engine, transport, OutboxConfig::default());
+/// // Accepted at once, while the first link is still opening.
+/// let receipt = publisher.publish("order-1".to_string()).await;
+///
+/// let confirmed = receipt.await.expect("confirmed on the next link");
+/// let writes = control.sent();
+/// assert_eq!(writes.len(), 2); // written twice: at least once
+/// assert_eq!(confirmed.generation, writes[1].generation);
+/// assert_eq!(confirmed.generation, writes[0].generation.next());
+///
+/// publisher.shutdown(Duration::from_secs(5)).await;
+/// engine.shutdown().await;
+/// # }
+/// ```
 pub struct Publisher<T: Deliver> {
     hub: Arc<Hub<T::Message>>,
     /// Keeps the engine running (`None` from [`Publisher::from_parts`]).

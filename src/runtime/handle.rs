@@ -188,6 +188,47 @@ impl Inner {
 
 /// The engine's handle: cheap to clone, `Send + Sync`, every method but
 /// [`Handle::shutdown`] is a plain call that never blocks.
+///
+/// # Examples
+///
+/// Callbacks report from their own threads, with the generation of the
+/// link they are about; duplicates and late reports change nothing.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), redial::runtime::WaitError> {
+/// use std::time::Duration;
+/// use redial::machine::{Config, ErrorKind};
+/// use redial::runtime::{Engine, Report};
+/// use redial::testing::MemoryTransport;
+///
+/// let engine = Engine::spawn(Config::default(), MemoryTransport::new());
+/// let handle = engine.handle();
+/// let first = handle.wait_connected(Duration::from_secs(30)).await?;
+///
+/// // An SDK fires its "connection interrupted" callback from three threads.
+/// let threads: Vec<_> = (0..3)
+///     .map(|_| {
+///         let handle = handle.clone();
+///         std::thread::spawn(move || handle.report_lost(first, ErrorKind::Transient))
+///     })
+///     .collect();
+/// for thread in threads {
+///     thread.join().unwrap();
+/// }
+/// let mut snapshots = handle.watch();
+/// snapshots
+///     .wait_for(|s| s.state.is_link_up() && s.generation > first)
+///     .await
+///     .expect("the engine is running");
+///
+/// // A callback about the replaced link, however late, is stale.
+/// assert_eq!(handle.report_lost(first, ErrorKind::Transient), Report::Stale);
+/// assert_eq!(handle.stats().outages, 1); // one outage, one reconnect
+/// engine.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Handle {
     pub(crate) inner: Arc<Inner>,
@@ -274,7 +315,8 @@ impl Handle {
         self.inner.shared.snapshot().1.is_link_up()
     }
 
-    /// The seeds' "actively reconnecting" flag, derived from the state
+    /// The "actively reconnecting" flag that callback-SDK clients keep by
+    /// hand ([report 003](crate#scenario-ids-and-failure-reports)), derived from the state
     /// (connecting or backing off). One atomic load.
     #[inline]
     pub fn is_reconnecting(&self) -> bool {
@@ -311,6 +353,42 @@ impl Handle {
     /// Every event from now on, as a [`futures::Stream`]. Events before
     /// the call are not kept: subscribe before the engine starts
     /// ([`crate::runtime::Prepared::events`]) to see every one.
+    ///
+    /// # Examples
+    ///
+    /// Logging an outage as it happens:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), redial::runtime::WaitError> {
+    /// use std::time::Duration;
+    /// use futures::StreamExt;
+    /// use redial::machine::{Config, StateKind};
+    /// use redial::runtime::{Engine, Event};
+    /// use redial::testing::MemoryTransport;
+    ///
+    /// let transport = MemoryTransport::new();
+    /// let control = transport.control();
+    /// let engine = Engine::spawn(Config::default(), transport);
+    /// let handle = engine.handle();
+    /// let first = handle.wait_connected(Duration::from_secs(30)).await?;
+    ///
+    /// let mut events = handle.event_stream();
+    /// control.sever();
+    /// let mut lost = None;
+    /// while let Some(event) = events.next().await {
+    ///     match event {
+    ///         Ok(Event::StateChanged { to: StateKind::Connected, .. }) => break,
+    ///         Ok(Event::StateChanged { lost: Some(link), reason, .. }) => lost = Some((link, reason)),
+    ///         Ok(other) => println!("{other:?}"),
+    ///         Err(lagged) => println!("missed {} events", lagged.missed),
+    ///     }
+    /// }
+    /// assert_eq!(lost.map(|(link, _)| link), Some(first));
+    /// engine.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn event_stream(&self) -> EventStream {
         EventStream::new(self.events())
     }
@@ -416,6 +494,32 @@ impl Handle {
     /// At once when the engine is `Failed` ([`WaitError::Failed`], with the
     /// error it gave up on) or shutting down ([`WaitError::ShutDown`]);
     /// [`WaitError::TimedOut`] when the time runs out.
+    ///
+    /// # Examples
+    ///
+    /// Bad credentials are a permanent error: the engine gives up and the
+    /// wait says so at once, with the error, instead of waiting it out.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use redial::machine::{Config, ErrorKind};
+    /// use redial::runtime::{Engine, WaitError};
+    /// use redial::testing::{MemoryTransport, Plan};
+    ///
+    /// let transport = MemoryTransport::new();
+    /// transport.control().set_default(Plan::Fail(ErrorKind::Permanent));
+    /// let engine = Engine::spawn(Config::default(), transport);
+    /// match engine.handle().wait_connected(Duration::from_secs(30)).await {
+    ///     Err(WaitError::Failed { cause, error }) => {
+    ///         println!("gave up ({cause}): {error:?}");
+    ///     }
+    ///     other => panic!("expected a give-up, got {other:?}"),
+    /// }
+    /// engine.shutdown().await;
+    /// # }
+    /// ```
     pub async fn wait_connected(&self, timeout: Duration) -> Result<Generation, WaitError> {
         self.wait_until(timeout, StateKind::is_link_up)
             .await
@@ -519,6 +623,38 @@ impl Handle {
 
 /// A [`Handle`] bound to one link's generation; what a transport keeps in
 /// its I/O tasks and callbacks.
+///
+/// # Examples
+///
+/// An SDK's interrupt callback that captures its link's reporter: fired
+/// late, after its link was replaced, it is stale and changes nothing (the
+/// reconnect storm of report 003 cannot start).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), redial::runtime::WaitError> {
+/// use std::time::Duration;
+/// use redial::machine::{Config, ErrorKind};
+/// use redial::runtime::{Engine, Report};
+/// use redial::testing::MemoryTransport;
+///
+/// let transport = MemoryTransport::new();
+/// let control = transport.control();
+/// let engine = Engine::spawn(Config::default(), transport);
+/// let first = engine.handle().wait_connected(Duration::from_secs(30)).await?;
+///
+/// // What the transport handed link `first`'s callbacks (`OpenContext::reporter`).
+/// let reporter = control.reporter(first).expect("link opened");
+/// let on_interrupted = move || reporter.lost(ErrorKind::Transient);
+///
+/// assert_eq!(on_interrupted(), Report::Queued);
+/// let mut snapshots = engine.handle().watch();
+/// snapshots.wait_for(|s| s.state.is_link_up() && s.generation > first).await.unwrap();
+/// assert_eq!(on_interrupted(), Report::Stale); // the same callback, queued and run late
+/// engine.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct LinkReporter {
     handle: Handle,

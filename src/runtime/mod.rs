@@ -81,6 +81,42 @@ use shared::Shared;
 /// [`crate::outbox::Publisher`] made with [`crate::outbox::Publisher::new`]
 /// own it; handles only observe. Dropping the last owner asks the driver
 /// to shut down gracefully in the background.
+///
+/// # Examples
+///
+/// An engine over the in-memory transport (an adapter's transport takes its
+/// place in an application): it connects, a link dies, and it opens the
+/// next one. Time is tokio's paused clock, so the backoff costs no real time.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), redial::runtime::WaitError> {
+/// use std::time::Duration;
+/// use redial::machine::Config;
+/// use redial::runtime::Engine;
+/// use redial::testing::MemoryTransport;
+///
+/// let transport = MemoryTransport::new();
+/// let control = transport.control(); // the test's remote control
+/// let engine = Engine::spawn(Config::default(), transport);
+/// let handle = engine.handle();
+/// let first = handle.wait_connected(Duration::from_secs(30)).await?;
+///
+/// control.sever(); // the link's socket fails and reports its loss
+/// let mut snapshots = handle.watch();
+/// // Copied out: a held borrow of the watch would block the driver.
+/// let replaced = *snapshots
+///     .wait_for(|s| s.state.is_link_up() && s.generation > first)
+///     .await
+///     .expect("the engine is running");
+/// assert_eq!(replaced.generation, first.next());
+/// assert_eq!(control.max_open_links(), 1); // never two links at once
+///
+/// engine.shutdown().await;
+/// assert_eq!(control.open_links(), 0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Engine<T: Transport> {
     owner: Owner,

@@ -29,6 +29,43 @@ pub enum FirstConnectError<E: std::error::Error + 'static> {
 
 /// An engine that exists but does not run yet: see [`Engine::prepare`].
 /// Dropping it drops the engine; nothing was started.
+///
+/// # Examples
+///
+/// A client's `connect()` that fails to its caller instead of retrying,
+/// and retries once it has connected ([`Prepared::connect_once`]):
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use futures::StreamExt;
+/// use redial::machine::{Config, ErrorKind};
+/// use redial::runtime::{Engine, Event, FirstConnectError};
+/// use redial::testing::{MemoryTransport, Plan};
+///
+/// let transport = MemoryTransport::new();
+/// transport.control().plan([Plan::Fail(ErrorKind::Transient)]);
+///
+/// // The broker refuses: the error goes to the caller, nothing keeps running.
+/// let refused = Engine::prepare(Config::default(), transport.clone())
+///     .connect_once()
+///     .await;
+/// assert!(matches!(refused, Err(FirstConnectError::Failed(_))));
+///
+/// // Called again, it connects; the engine then supervises the link.
+/// let prepared = Engine::prepare(Config::default(), transport);
+/// let mut events = prepared.events(); // from the very first event
+/// let first = prepared.generation();
+/// let engine = prepared.connect_once().await?;
+/// assert_eq!(engine.handle().wait_connected(Duration::from_secs(1)).await?, first);
+/// // The first link's open is not an attempt of the engine: attempt 0.
+/// let started = events.next().await;
+/// assert!(matches!(started, Some(Ok(Event::AttemptStarted { attempt: 0, .. }))));
+/// engine.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Prepared<T: Transport> {
     machine: Machine,
     transport: T,

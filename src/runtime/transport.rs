@@ -101,6 +101,79 @@ pub struct OpenContext {
 /// * An SDK whose connection object binds its callbacks when it is built
 ///   builds it inside `open`, with closures that capture `ctx.reporter`
 ///   (or `ctx.generation`): every report then names its own link.
+///
+/// # Examples
+///
+/// A transport of plain TCP connections (a real adapter adds the
+/// protocol's handshake in `open`): the link's reader task feeds the
+/// liveness watchdog and reports the link's death.
+///
+/// ```
+/// use std::io;
+/// use std::net::SocketAddr;
+/// use redial::machine::{ErrorKind, Reason};
+/// use redial::runtime::{OpenContext, Transport};
+/// use tokio::io::AsyncReadExt;
+/// use tokio::net::TcpStream;
+/// use tokio::task::AbortHandle;
+///
+/// /// Opens TCP connections to one address.
+/// struct Tcp {
+///     addr: SocketAddr,
+/// }
+///
+/// /// One open connection, owned by its reader task.
+/// #[derive(Clone)]
+/// struct TcpLink {
+///     reader: AbortHandle,
+/// }
+///
+/// impl Transport for Tcp {
+///     type Link = TcpLink;
+///     // redial classifies I/O errors by kind: refused or reset is
+///     // transient, permission denied is permanent.
+///     type Error = io::Error;
+///
+///     fn open(&self, ctx: OpenContext) -> impl Future<Output = io::Result<TcpLink>> + Send + 'static {
+///         let addr = self.addr;
+///         // Cancel-safe: a connect aborted by the timeout drops its socket.
+///         async move {
+///             let mut stream = TcpStream::connect(addr).await?;
+///             let reader = tokio::spawn(async move {
+///                 let mut buf = [0u8; 1024];
+///                 while let Ok(1..) = stream.read(&mut buf).await {
+///                     ctx.reporter.activity();
+///                 }
+///                 // EOF or an error: the link reports its own death.
+///                 ctx.reporter.lost(ErrorKind::Transient);
+///             });
+///             Ok(TcpLink { reader: reader.abort_handle() })
+///         }
+///     }
+///
+///     fn close(&self, link: TcpLink, _reason: Reason) -> impl Future<Output = ()> + Send + 'static {
+///         // Dropping the reader's stream closes the socket.
+///         link.reader.abort();
+///         std::future::ready(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use redial::machine::Config;
+/// use redial::runtime::Engine;
+/// use tokio::net::TcpListener;
+///
+/// let broker = TcpListener::bind("127.0.0.1:0").await?;
+/// let engine = Engine::spawn(Config::default(), Tcp { addr: broker.local_addr()? });
+/// let (mut peer, _) = broker.accept().await?;
+/// engine.handle().wait_connected(Duration::from_secs(5)).await?;
+/// engine.shutdown().await;
+/// assert_eq!(peer.read(&mut [0u8; 8]).await?, 0); // the engine hung up
+/// # Ok(())
+/// # }
+/// ```
 pub trait Transport: Send + Sync + 'static {
     /// An open link. The driver keeps it until it closes it and shares a
     /// clone with publishers through [`crate::runtime::Engine::links`].

@@ -1,5 +1,5 @@
 //! The outbox end to end: engine, publisher and the in-memory transport,
-//! with paused time. Scenario ids refer to `shared/SCENARIOS.md`.
+//! with paused time. Scenario ids refer to `docs/scenarios.md`.
 
 use std::collections::HashMap;
 use std::time::Duration;

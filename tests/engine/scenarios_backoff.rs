@@ -1,5 +1,5 @@
 //! Backoff and retry-budget scenarios S23, S24, S34, S37, S38 and S40 of
-//! `SCENARIOS.md`, on the engine with the in-memory transport and paused
+//! `docs/scenarios.md`, on the engine with the in-memory transport and paused
 //! time. Every expected schedule is computed from `BackoffState` with the
 //! engine's seed and policy (see `Schedule` in `support/engine.rs`).
 

@@ -1,4 +1,4 @@
-//! Liveness scenarios of `SCENARIOS.md`: S22 (the watchdog part: a
+//! Liveness scenarios of `docs/scenarios.md`: S22 (the watchdog part: a
 //! half-open link is declared dead; operation timeouts belong to the
 //! outbox), S26 (busy or blocked application threads starve neither the
 //! watchdog nor the heartbeats) and S29 (the detection bound). The watchdog

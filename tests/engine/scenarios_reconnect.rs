@@ -1,11 +1,11 @@
-//! Reconnect scenarios S10-S18 and S20 of `SCENARIOS.md` (S19 is in
+//! Reconnect scenarios S10-S18 and S20 of `docs/scenarios.md` (S19 is in
 //! `scenarios_shutdown.rs`), on the engine with the in-memory transport and
 //! paused time.
 //!
 //! Mapping onto redial: an "active reconnect" is `Handle::reconnect_now`;
 //! a "deep reconnect" (refresh credentials, connect, resubscribe) is what a
 //! transport's `open` does, since `open` returns only when the link is
-//! ready. The seeds' "actively reconnecting" flag guards one attempt in
+//! ready. Report 003's "actively reconnecting" flag guards one attempt in
 //! flight: in redial that is the state `Connecting` (an open is running).
 //! `Handle::is_reconnecting` is wider on purpose: it also stays true while
 //! backing off, because the reconnect is still under way.

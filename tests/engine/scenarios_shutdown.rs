@@ -1,4 +1,4 @@
-//! Shutdown scenarios S19, S33 and S41 of `SCENARIOS.md`, on the engine
+//! Shutdown scenarios S19, S33 and S41 of `docs/scenarios.md`, on the engine
 //! with the in-memory transport and paused time. The publish and buffer
 //! parts of these scenarios belong to the outbox and are tested there.
 

@@ -1,4 +1,4 @@
-//! Storm scenarios S01-S09 and S43 of `SCENARIOS.md`, on the engine with the
+//! Storm scenarios S01-S09 and S43 of `docs/scenarios.md`, on the engine with the
 //! in-memory transport.
 //!
 //! Mapping onto redial: an SDK's interrupt callback is `report_lost(gen)`,
