@@ -153,6 +153,29 @@ pub enum OutboxConfigError {
 /// [`OutboxConfigBuilder`]: deserializing runs
 /// [`OutboxConfigBuilder::build`], so an invalid configuration is an error
 /// carrying the [`OutboxConfigError`]'s message.
+///
+/// # Examples
+///
+/// A small outbox that fails fast when full, instead of making callers
+/// wait for room; a limit of zero is refused when built.
+///
+/// ```
+/// use std::time::Duration;
+/// use redial::outbox::{OutboxConfig, OutboxConfigError, OverflowPolicy};
+///
+/// let config = OutboxConfig::builder()
+///     .max_messages(1_000)
+///     .max_bytes(1 << 20)
+///     .overflow(OverflowPolicy::RejectNew)
+///     .publish_timeout(Duration::from_secs(10))
+///     .build()?;
+/// assert_eq!(config.max_messages(), 1_000);
+/// assert_eq!(config.publish_timeout(), Some(Duration::from_secs(10)));
+///
+/// let refused = OutboxConfig::builder().max_messages(0).build();
+/// assert!(matches!(refused, Err(OutboxConfigError::Zero { .. })));
+/// # Ok::<(), OutboxConfigError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(
