@@ -17,10 +17,11 @@ use loom::thread;
 use crate::loom::model;
 use crate::loom::mutant::{self, Mutant};
 use crate::machine::{FailCause, Generation, StateKind};
+use crate::outbox::core::{OutboxCore, Submit};
 use crate::outbox::deliver::DeliveryError;
 use crate::outbox::flush::{FlushStep, NoneReady, Plan, View};
 use crate::outbox::shared::Shared;
-use crate::outbox::{MessageId, OutboxConfig, OutboxCore, PublishErrorKind, Submit, SubmitOptions};
+use crate::outbox::{MessageId, OutboxConfig, PublishErrorKind, SubmitOptions};
 
 type Core = OutboxCore<u32>;
 
