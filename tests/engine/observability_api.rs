@@ -303,86 +303,160 @@ async fn connect_once_opens_in_the_engine_span() {
 
 #[cfg(feature = "metrics")]
 mod metrics_feature {
-    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, OnceLock};
 
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-    use metrics_util::{CompositeKey, MetricKind};
+    use metrics::{
+        Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata,
+        Recorder, SharedString, Unit,
+    };
 
     use redial::machine::ErrorKind;
     use redial::testing::Plan;
 
     use super::*;
 
-    /// The process's recorder: this binary's tests share it, and each
-    /// labels its engine with its own name.
-    fn snapshotter() -> &'static Snapshotter {
-        static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
-        SNAPSHOTTER.get_or_init(|| {
-            let recorder = DebuggingRecorder::new();
-            let snapshotter = recorder.snapshotter();
-            recorder.install().expect("the only recorder");
-            snapshotter
-        })
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    enum Kind {
+        Counter,
+        Gauge,
+        Histogram,
     }
 
-    /// Every metric of engine `engine` now: (kind, name, other labels) -> value.
-    type Values = HashMap<(MetricKind, String, Vec<(String, String)>), DebugValue>;
+    /// One metric's value: whichever of the three its kind uses.
+    #[derive(Default)]
+    struct Cell {
+        count: AtomicU64,
+        gauge: Mutex<f64>,
+        samples: Mutex<Vec<f64>>,
+    }
 
-    fn values(engine: &str) -> Values {
-        let mut out = HashMap::new();
-        for (key, _, _, value) in snapshotter().snapshot().into_vec() {
-            let key: CompositeKey = key;
-            let labels: Vec<(String, String)> = key
-                .key()
+    impl CounterFn for Cell {
+        fn increment(&self, value: u64) {
+            self.count.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.count.fetch_max(value, Ordering::Relaxed);
+        }
+    }
+
+    impl GaugeFn for Cell {
+        fn increment(&self, value: f64) {
+            *self.gauge.lock().unwrap() += value;
+        }
+        fn decrement(&self, value: f64) {
+            *self.gauge.lock().unwrap() -= value;
+        }
+        fn set(&self, value: f64) {
+            *self.gauge.lock().unwrap() = value;
+        }
+    }
+
+    impl HistogramFn for Cell {
+        fn record(&self, value: f64) {
+            self.samples.lock().unwrap().push(value);
+        }
+    }
+
+    type Labels = Vec<(String, String)>;
+
+    /// A recorder that keeps every metric in memory, by kind, name and labels.
+    #[derive(Default)]
+    struct Recorded {
+        cells: Mutex<HashMap<(Kind, String, Labels), Arc<Cell>>>,
+    }
+
+    impl Recorded {
+        fn cell(&self, kind: Kind, key: &Key) -> Arc<Cell> {
+            let labels = key
                 .labels()
                 .map(|l| (l.key().to_owned(), l.value().to_owned()))
                 .collect();
+            let mut cells = self.cells.lock().unwrap();
+            let entry = cells.entry((kind, key.name().to_owned(), labels));
+            entry.or_default().clone()
+        }
+    }
+
+    impl Recorder for Recorded {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.cell(Kind::Counter, key))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(self.cell(Kind::Gauge, key))
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(self.cell(Kind::Histogram, key))
+        }
+    }
+
+    /// The process's recorder: this binary's tests share it, and each
+    /// labels its engine with its own name.
+    fn recorded() -> &'static Recorded {
+        static RECORDED: OnceLock<&'static Recorded> = OnceLock::new();
+        RECORDED.get_or_init(|| {
+            let recorded: &'static Recorded = Box::leak(Box::default());
+            metrics::set_global_recorder(recorded).expect("the only recorder");
+            recorded
+        })
+    }
+
+    /// Every metric of engine `engine` now: (kind, name, other labels) -> cell.
+    type Values = HashMap<(Kind, String, Labels), Arc<Cell>>;
+
+    fn values(engine: &str) -> Values {
+        let cells = recorded().cells.lock().unwrap();
+        let mut out = HashMap::new();
+        for ((kind, name, labels), cell) in cells.iter() {
             if !labels.iter().any(|(k, v)| k == "engine" && v == engine) {
                 continue;
             }
-            let rest = labels.into_iter().filter(|(k, _)| k != "engine").collect();
-            out.insert((key.kind(), key.key().name().to_owned(), rest), value);
+            let rest = labels
+                .iter()
+                .filter(|(k, _)| k != "engine")
+                .cloned()
+                .collect();
+            out.insert((*kind, name.clone(), rest), cell.clone());
         }
         out
     }
 
-    fn counter(values: &Values, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    fn lookup<'a>(
+        values: &'a Values,
+        kind: Kind,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<&'a Arc<Cell>> {
         let labels = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        match values.get(&(MetricKind::Counter, name.to_owned(), labels))? {
-            DebugValue::Counter(n) => Some(*n),
-            other => panic!("{name}: {other:?}"),
-        }
+        values.get(&(kind, name.to_owned(), labels))
+    }
+
+    fn counter(values: &Values, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        lookup(values, Kind::Counter, name, labels).map(|c| c.count.load(Ordering::Relaxed))
     }
 
     fn gauge(values: &Values, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        match values.get(&(MetricKind::Gauge, name.to_owned(), labels))? {
-            DebugValue::Gauge(g) => Some(g.into_inner()),
-            other => panic!("{name}: {other:?}"),
-        }
+        lookup(values, Kind::Gauge, name, labels).map(|c| *c.gauge.lock().unwrap())
     }
 
     fn histogram(values: &Values, name: &str) -> Vec<f64> {
-        match values.get(&(MetricKind::Histogram, name.to_owned(), Vec::new())) {
-            Some(DebugValue::Histogram(samples)) => {
-                samples.iter().map(|s| s.into_inner()).collect()
-            }
-            None => Vec::new(),
-            other => panic!("{name}: {other:?}"),
-        }
+        lookup(values, Kind::Histogram, name, &[])
+            .map(|c| c.samples.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     /// Connect, lose the link, reconnect, publish: every engine and outbox
     /// metric says so, under the engine's name, and matches `Stats`.
     #[tokio::test(start_paused = true)]
     async fn engine_and_outbox_metrics_follow_a_recovery() {
-        snapshotter();
+        recorded();
         let transport = MemoryTransport::new();
         let control = transport.control();
         // The first connect, then one failed attempt in the outage.
