@@ -1033,16 +1033,17 @@ async fn left_connected(handle: &Handle, t: Instant, limit: Duration) -> Option<
 
 /// The start of the first attempt after `t`, from the engine's events.
 async fn next_attempt(
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    events: &mut redial::runtime::EventStream,
     t: Instant,
     limit: Duration,
 ) -> Option<Duration> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(Event::AttemptStarted { .. })) if Instant::now() > t => return Some(t.elapsed()),
-            Ok(Ok(_)) => {}
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Some(Ok(Event::AttemptStarted { .. }))) if Instant::now() > t => {
+                return Some(t.elapsed());
+            }
+            Ok(Some(Ok(_) | Err(_))) => {}
             _ => return None,
         }
     }
@@ -1239,7 +1240,7 @@ async fn mqtt_recovery(runs: usize) {
 async fn measure_recovery(
     proxy: &chaos::ChaosProxy,
     handle: &Handle,
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    events: &mut redial::runtime::EventStream,
     confirms: &Mutex<Vec<(Instant, Generation)>>,
     r: &mut Recovery,
 ) {
@@ -1263,7 +1264,7 @@ async fn measure_recovery(
     proxy.refuse(true);
     proxy.sever();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    while events.try_recv().is_ok() {}
+    while let Some(Ok(_)) = events.try_recv() {}
     let t = Instant::now();
     proxy.refuse(false);
     let (attempt, confirm) = tokio::join!(

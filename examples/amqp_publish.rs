@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut events = engine.handle().events();
     tokio::spawn(async move {
         let started = Instant::now();
-        while let Ok(event) = events.recv().await {
+        while let Some(Ok(event)) = events.recv().await {
             let t = started.elapsed().as_secs_f64();
             match event {
                 Event::StateChanged {

@@ -563,7 +563,7 @@ async fn main() {
     network.interrupt(1);
     wait_until(&handle, "the grace", |s, _| s == StateKind::BackingOff).await;
     let loss = loop {
-        match events.recv().await.expect("events") {
+        match events.recv().await.expect("events").expect("no lag") {
             Event::StateChanged {
                 reason: Reason::LinkLost,
                 error: Some(error),

@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut events = engine.handle().events();
     tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
+        while let Some(Ok(event)) = events.recv().await {
             let t = started.elapsed().as_secs_f64();
             match event {
                 Event::StateChanged {

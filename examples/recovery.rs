@@ -543,17 +543,17 @@ fn watch_redial(handle: &Handle, rec: Rec) -> JoinHandle<()> {
         let live = |s: StateKind| matches!(s, StateKind::Connected | StateKind::Blocked);
         loop {
             match events.recv().await {
-                Ok(Event::StateChanged { from, to, .. }) => {
+                Some(Ok(Event::StateChanged { from, to, .. })) => {
                     if to == StateKind::Connected && !live(from) {
                         rec.up();
                     } else if live(from) && !live(to) {
                         rec.down(|| format!("{from} -> {to}"));
                     }
                 }
-                Ok(Event::LivenessLost { .. }) => rec.down(|| "liveness lost".into()),
-                Ok(Event::AttemptStarted { .. }) => rec.attempt(),
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Some(Ok(Event::LivenessLost { .. })) => rec.down(|| "liveness lost".into()),
+                Some(Ok(Event::AttemptStarted { .. })) => rec.attempt(),
+                Some(Ok(_) | Err(_)) => {}
+                None => break,
             }
         }
     })

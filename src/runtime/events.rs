@@ -5,7 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 
 use crate::machine::{ErrorKind, FailCause, Generation, Reason, StateKind};
 
@@ -93,15 +96,23 @@ type Next = (Result<Event, RecvError>, broadcast::Receiver<Event>);
 /// `Err(Lagged)` where a slow reader missed some (never a silent gap), and
 /// the end once the engine is gone. Take it before the engine starts
 /// ([`crate::runtime::Prepared::events`]) to see every event from the first.
+///
+/// Without `StreamExt` at hand, [`EventStream::recv`] waits for the next
+/// item and [`EventStream::try_recv`] takes one already queued.
 pub struct EventStream {
-    next: Pin<Box<dyn Future<Output = Next> + Send>>,
+    /// The receiver, while no read waits (a waiting read holds it).
+    rx: Option<broadcast::Receiver<Event>>,
+    /// The read waiting for the next event, made only when none is queued:
+    /// the receiver's own `recv` future borrows it, so it moves in here.
+    waiting: Option<Pin<Box<dyn Future<Output = Next> + Send>>>,
     missed: u64,
 }
 
 impl EventStream {
     pub(crate) fn new(rx: broadcast::Receiver<Event>) -> Self {
         Self {
-            next: Box::pin(recv(rx)),
+            rx: Some(rx),
+            waiting: None,
             missed: 0,
         }
     }
@@ -110,6 +121,55 @@ impl EventStream {
     /// [`Lagged`] items it yielded).
     pub fn missed(&self) -> u64 {
         self.missed
+    }
+
+    /// The next item, waiting for it: the same as `StreamExt::next`.
+    /// `None` once the engine is gone. Cancel-safe (e.g. in `select!`):
+    /// dropping the future loses no event.
+    pub async fn recv(&mut self) -> Option<Result<Event, Lagged>> {
+        futures::StreamExt::next(self).await
+    }
+
+    /// An item already queued, without waiting: `None` when there is none
+    /// right now (or the engine is gone; [`EventStream::recv`] tells them
+    /// apart). For draining what happened so far.
+    pub fn try_recv(&mut self) -> Option<Result<Event, Lagged>> {
+        let result = self.ready()?;
+        self.item(result)
+    }
+
+    /// What the receiver has ready now, or `None` if nothing is queued.
+    fn ready(&mut self) -> Option<Result<Event, RecvError>> {
+        if let Some(waiting) = self.waiting.as_mut() {
+            // A read already waits and holds the receiver: poll it once.
+            // The no-op waker replaces the read's; the next `poll_next`
+            // registers a real one again before anything waits on it.
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            let Poll::Ready((result, rx)) = waiting.as_mut().poll(&mut cx) else {
+                return None;
+            };
+            self.waiting = None;
+            self.rx = Some(rx);
+            return Some(result);
+        }
+        match self.rx.as_mut()?.try_recv() {
+            Ok(event) => Some(Ok(event)),
+            Err(TryRecvError::Lagged(missed)) => Some(Err(RecvError::Lagged(missed))),
+            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+            Err(TryRecvError::Empty) => None,
+        }
+    }
+
+    /// The stream's item for a receiver's result, counting what was missed.
+    fn item(&mut self, result: Result<Event, RecvError>) -> Option<Result<Event, Lagged>> {
+        match result {
+            Ok(event) => Some(Ok(event)),
+            Err(RecvError::Lagged(missed)) => {
+                self.missed = self.missed.saturating_add(missed);
+                Some(Err(Lagged { missed }))
+            }
+            Err(RecvError::Closed) => None,
+        }
     }
 }
 
@@ -121,19 +181,25 @@ async fn recv(mut rx: broadcast::Receiver<Event>) -> Next {
 impl futures::Stream for EventStream {
     type Item = Result<Event, Lagged>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let (result, rx) = std::task::ready!(self.next.as_mut().poll(cx));
-        // One short-lived box per event: events are rare, and the
-        // receiver's own `recv` future borrows it.
-        self.next = Box::pin(recv(rx));
-        Poll::Ready(match result {
-            Ok(event) => Some(Ok(event)),
-            Err(RecvError::Lagged(missed)) => {
-                self.missed = self.missed.saturating_add(missed);
-                Some(Err(Lagged { missed }))
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.waiting.is_none() {
+            // An event already queued needs no future (and no box).
+            if let Some(result) = this.ready() {
+                return Poll::Ready(this.item(result));
             }
-            Err(RecvError::Closed) => None,
-        })
+            if let Some(rx) = this.rx.take() {
+                this.waiting = Some(Box::pin(recv(rx)));
+            }
+        }
+        // Neither a receiver nor a read cannot happen; ending is the safe answer.
+        let Some(waiting) = this.waiting.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (result, rx) = std::task::ready!(waiting.as_mut().poll(cx));
+        this.waiting = None;
+        this.rx = Some(rx);
+        Poll::Ready(this.item(result))
     }
 }
 
@@ -178,5 +244,39 @@ mod tests {
             );
         }
         assert!(events.next().await.is_none());
+    }
+
+    /// `try_recv` takes what is queued without waiting, also while a read
+    /// is waiting (cancelled in a `select!`), and loses nothing either way.
+    #[tokio::test]
+    async fn try_recv_drains_without_waiting() {
+        let (tx, rx) = broadcast::channel(4);
+        let mut events = EventStream::new(rx);
+        assert!(events.try_recv().is_none(), "nothing queued yet");
+        // A read that waits and is dropped leaves its receiver behind.
+        assert!(futures::FutureExt::now_or_never(events.recv()).is_none());
+        tx.send(liveness(1)).unwrap();
+        tx.send(liveness(2)).unwrap();
+        for n in [1, 2] {
+            let event = events.try_recv().expect("queued").expect("no lag");
+            assert!(
+                matches!(event, Event::LivenessLost { generation } if generation == Generation(n)),
+                "{event:?}"
+            );
+        }
+        assert!(events.try_recv().is_none(), "drained");
+        // A waiting read that `try_recv` polled still wakes the next reader.
+        assert!(futures::FutureExt::now_or_never(events.recv()).is_none());
+        assert!(events.try_recv().is_none());
+        let sender = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx.send(liveness(3)).unwrap();
+            tx
+        });
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv()).await;
+        assert!(matches!(woken, Ok(Some(Ok(_)))), "{woken:?}");
+        drop(sender.await.unwrap());
+        assert!(events.try_recv().is_none());
+        assert!(events.recv().await.is_none(), "ends with the engine");
     }
 }

@@ -350,8 +350,12 @@ impl Handle {
         self.inner.snapshot.clone()
     }
 
-    /// Every event from now on, as a [`futures::Stream`]. Events before
-    /// the call are not kept: subscribe before the engine starts
+    /// Every event from now on, as a [`futures::Stream`] (or with
+    /// [`EventStream::recv`] and [`EventStream::try_recv`]). The ring holds
+    /// the last 1024 events; a reader that falls further behind gets an
+    /// `Err(Lagged)` item telling how many it missed, never a silent gap.
+    /// The first call allocates the ring; events before it are not kept:
+    /// subscribe before the engine starts
     /// ([`crate::runtime::Prepared::events`]) to see every one.
     ///
     /// # Examples
@@ -373,7 +377,7 @@ impl Handle {
     /// let handle = engine.handle();
     /// let first = handle.wait_connected(Duration::from_secs(30)).await?;
     ///
-    /// let mut events = handle.event_stream();
+    /// let mut events = handle.events();
     /// control.sever();
     /// let mut lost = None;
     /// while let Some(event) = events.next().await {
@@ -389,21 +393,12 @@ impl Handle {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn event_stream(&self) -> EventStream {
-        EventStream::new(self.events())
-    }
-
-    /// Every event from now on, as tokio's broadcast receiver (see
-    /// [`Handle::event_stream`] for a `Stream`). The channel holds the last
-    /// 1024 events; a reader that falls further behind gets
-    /// `RecvError::Lagged(n)` telling how many it missed, never a silent
-    /// gap. The first call allocates the ring; events before it are not
-    /// kept (see [`crate::runtime::Prepared::events`] for all of them).
-    pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.inner
+    pub fn events(&self) -> EventStream {
+        let sender = self
+            .inner
             .events
-            .get_or_init(|| broadcast::channel(EVENT_CAPACITY).0)
-            .subscribe()
+            .get_or_init(|| broadcast::channel(EVENT_CAPACITY).0);
+        EventStream::new(sender.subscribe())
     }
 
     /// The error behind the latest give-up (see `Inner::failure_error`).

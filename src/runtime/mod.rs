@@ -168,23 +168,6 @@ impl<T: Transport> Engine<T> {
         Self::prepare(config, transport).connect_once().await
     }
 
-    /// Like [`Engine::spawn`], and also returns a subscription to the
-    /// engine's events taken before the driver starts, so that not even the
-    /// first attempt's events can be missed: tokio's receiver; for a
-    /// [`futures::Stream`], [`Engine::prepare`] then [`Prepared::events`]
-    /// and [`Prepared::start`].
-    ///
-    /// # Panics
-    /// When called outside a tokio runtime, as `tokio::spawn` does.
-    pub fn spawn_with_events(
-        config: Config,
-        transport: T,
-    ) -> (Self, tokio::sync::broadcast::Receiver<Event>) {
-        let prepared = Self::prepare(config, transport);
-        let events = prepared.handle().events();
-        (prepared.start(), events)
-    }
-
     /// A clone of the handle.
     pub fn handle(&self) -> Handle {
         self.owner.handle().clone()
@@ -241,14 +224,21 @@ mod tests {
         let event = events
             .recv()
             .await
-            .expect("an event after the subscription");
+            .expect("an event after the subscription")
+            .expect("no lag");
         assert!(matches!(event, Event::StateChanged { .. }), "{event:?}");
 
-        let (with_events, mut early) = Engine::spawn_with_events(
+        let prepared = Engine::prepare(
             Config::builder().seed(2).build().unwrap(),
             MemoryTransport::new(),
         );
-        let first = early.recv().await.expect("the first event is kept");
+        let mut early = prepared.events();
+        let with_events = prepared.start();
+        let first = early
+            .recv()
+            .await
+            .expect("the first event is kept")
+            .expect("no lag");
         assert!(
             matches!(
                 first,
@@ -264,15 +254,13 @@ mod tests {
     }
 
     /// The error on the next state change caused by a link's loss.
-    async fn next_loss_error(
-        events: &mut tokio::sync::broadcast::Receiver<Event>,
-    ) -> Option<SharedError> {
+    async fn next_loss_error(events: &mut EventStream) -> Option<SharedError> {
         loop {
             if let Event::StateChanged {
                 reason: crate::machine::Reason::LinkLost,
                 error,
                 ..
-            } = events.recv().await.expect("events flow")
+            } = events.recv().await.expect("events flow").expect("no lag")
             {
                 return error;
             }

@@ -265,6 +265,6 @@ impl<T: Transport> Prepared<T> {
     /// Every event from the very first (the first `idle -> connecting`
     /// included), as a [`futures::Stream`]: subscribe here, then start.
     pub fn events(&self) -> EventStream {
-        self.handle.event_stream()
+        self.handle.events()
     }
 }

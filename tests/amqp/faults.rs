@@ -418,7 +418,7 @@ async fn permanent(
             .await
             .expect("the engine gave up");
     let error = loop {
-        match events.recv().await.unwrap() {
+        match events.recv().await.unwrap().unwrap() {
             Event::AttemptFailed { error, kind, .. } => {
                 assert_eq!(kind, ErrorKind::Permanent);
                 break error;

@@ -452,7 +452,7 @@ async fn replay_error_policy_skip_fail_retry() {
         .await
         .unwrap();
     let error = loop {
-        if let Event::AttemptFailed { error, .. } = events.recv().await.unwrap() {
+        if let Event::AttemptFailed { error, .. } = events.recv().await.unwrap().unwrap() {
             break error;
         }
     };

@@ -263,7 +263,8 @@ async fn a_stalled_handshake_still_fails_after_the_connect_timeout() {
     let mut events = engine.handle().events();
     let error = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            if let Event::AttemptFailed { error, kind, .. } = events.recv().await.unwrap() {
+            if let Event::AttemptFailed { error, kind, .. } = events.recv().await.unwrap().unwrap()
+            {
                 assert_eq!(kind, ErrorKind::Transient);
                 break error;
             }

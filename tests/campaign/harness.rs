@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use redial::machine::StateKind;
 use redial::outbox::{Deliver, Publisher, SubmitOptions};
-use redial::runtime::{Engine, Event};
-use tokio::sync::{Notify, broadcast};
+use redial::runtime::{Engine, Event, EventStream};
+use tokio::sync::Notify;
 
 use super::Settings;
 use super::record::{
@@ -73,7 +73,7 @@ pub struct Drive<T: Deliver, I: Inbound, S: Special> {
     /// The engine (already spawned) and its first events.
     pub engine: Engine<T>,
     /// Events subscribed before the driver started.
-    pub events: broadcast::Receiver<Event>,
+    pub events: EventStream,
     /// The publisher on it.
     pub publisher: Publisher<T>,
     /// The proxy the transport connects through.
@@ -98,18 +98,16 @@ pub struct Drive<T: Deliver, I: Inbound, S: Special> {
 type Timeline = Arc<Mutex<Vec<(Instant, Event)>>>;
 
 /// Records events from `rx`; the flag says whether any were lost.
-fn record_events(mut rx: broadcast::Receiver<Event>) -> (Timeline, Arc<AtomicBool>) {
+fn record_events(mut rx: EventStream) -> (Timeline, Arc<AtomicBool>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let lagged = Arc::new(AtomicBool::new(false));
     let (out, lag) = (log.clone(), lagged.clone());
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(e) => log.lock().unwrap().push((Instant::now(), e)),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    lagged.store(true, Ordering::Relaxed)
-                }
-                Err(_) => break,
+                Some(Ok(e)) => log.lock().unwrap().push((Instant::now(), e)),
+                Some(Err(_lagged)) => lagged.store(true, Ordering::Relaxed),
+                None => break,
             }
         }
     });

@@ -182,7 +182,9 @@ pub async fn run(schedule: Schedule, settings: Settings) -> Result<Run, String> 
         .stable_period(settings.stable_period)
         .build()
         .map_err(|e| e.to_string())?;
-    let (engine, events) = Engine::spawn_with_events(engine_config.clone(), transport.clone());
+    let prepared = Engine::prepare(engine_config.clone(), transport.clone());
+    let events = prepared.events();
+    let engine = prepared.start();
     let outbox = OutboxConfig::builder()
         .max_messages(settings.max_messages)
         .build()

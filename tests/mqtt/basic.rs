@@ -149,11 +149,12 @@ async fn a_refused_restore_fails_the_attempt_and_is_retried() {
         .subscribe("denied/x", QoS::AtLeastOnce)
         .await
         .unwrap();
-    let (engine, mut events) =
-        redial::runtime::Engine::spawn_with_events(engine.build().unwrap(), transport.clone());
+    let prepared = redial::runtime::Engine::prepare(engine.build().unwrap(), transport.clone());
+    let mut events = prepared.events();
+    let engine = prepared.start();
     let error = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Ok(Event::AttemptFailed { error, kind, .. }) = events.recv().await {
+            if let Some(Ok(Event::AttemptFailed { error, kind, .. })) = events.recv().await {
                 return (error, kind);
             }
         }

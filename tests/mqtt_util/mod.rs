@@ -255,9 +255,9 @@ impl EventLog {
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(e) => events.lock().unwrap().push((Instant::now(), e)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => break,
+                    Some(Ok(e)) => events.lock().unwrap().push((Instant::now(), e)),
+                    Some(Err(_lagged)) => {}
+                    None => break,
                 }
             }
         });
@@ -482,15 +482,17 @@ pub async fn forget_session(addr: SocketAddr, client_id: &str) {
 /// Waits for the engine's `GaveUp` event and returns the transport error
 /// it carries (the snapshot says `Failed` a moment before the event is sent).
 pub async fn gave_up(
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    events: &mut redial::runtime::EventStream,
     timeout: Duration,
 ) -> redial::runtime::SharedError {
     tokio::time::timeout(timeout, async {
         loop {
             match events.recv().await {
-                Ok(Event::GaveUp { error, .. }) => break error.expect("the cause is surfaced"),
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("events ended: {e}"),
+                Some(Ok(Event::GaveUp { error, .. })) => {
+                    break error.expect("the cause is surfaced");
+                }
+                Some(Ok(_) | Err(_)) => {}
+                None => panic!("events ended: the engine is gone"),
             }
         }
     })

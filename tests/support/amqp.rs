@@ -243,9 +243,9 @@ impl Timeline {
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(e) => events.lock().unwrap().push((Instant::now(), e)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => break,
+                    Some(Ok(e)) => events.lock().unwrap().push((Instant::now(), e)),
+                    Some(Err(_lagged)) => {}
+                    None => break,
                 }
             }
         });

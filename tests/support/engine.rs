@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use redial::backoff::{Backoff, BackoffState};
 use redial::machine::{Config, ConfigBuilder, ErrorKind, FailCause, Generation, Reason, StateKind};
-use redial::runtime::{Engine, Event, Handle, OpenContext, Report, Snapshot, Transport};
+use redial::runtime::{
+    Engine, Event, EventStream, Handle, OpenContext, Report, Snapshot, Transport,
+};
 use redial::testing::{LogEntry, MemoryControl, MemoryError, MemoryLink, MemoryTransport};
-use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::time::Instant;
 
 /// The seed of every single-engine test.
@@ -157,7 +158,7 @@ pub async fn connected_after(handle: &Handle, generation: Generation) -> Snapsho
 
 /// Every event the engine broadcasts, read without ever skipping one.
 pub struct Recorder {
-    rx: broadcast::Receiver<Event>,
+    rx: EventStream,
     events: Vec<Event>,
 }
 
@@ -167,7 +168,7 @@ impl Recorder {
     }
 
     /// Records from a subscription taken earlier (e.g. before the engine started).
-    pub fn from_receiver(rx: tokio::sync::broadcast::Receiver<Event>) -> Self {
+    pub fn from_receiver(rx: EventStream) -> Self {
         Self {
             rx,
             events: Vec::new(),
@@ -178,9 +179,9 @@ impl Recorder {
     pub fn drain(&mut self) -> &[Event] {
         loop {
             match self.rx.try_recv() {
-                Ok(event) => self.events.push(event),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                Err(TryRecvError::Lagged(n)) => panic!("the recorder missed {n} events"),
+                Some(Ok(event)) => self.events.push(event),
+                None => break,
+                Some(Err(lagged)) => panic!("the recorder missed {} events", lagged.missed),
             }
         }
         &self.events
@@ -204,8 +205,9 @@ impl Recorder {
     pub async fn next_matching(&mut self, mut f: impl FnMut(&Event) -> bool) -> (Instant, Event) {
         loop {
             let event = match guarded("event", self.rx.recv()).await {
-                Ok(event) => event,
-                Err(e) => panic!("event stream: {e}"),
+                Some(Ok(event)) => event,
+                Some(Err(e)) => panic!("event stream: {e}"),
+                None => panic!("event stream: the engine is gone"),
             };
             self.events.push(event.clone());
             if f(&event) {
@@ -506,7 +508,9 @@ impl Rig {
         let control = probe.control();
         let log = probe.log();
         // Subscribe before the driver starts: the first attempt's events too.
-        let (engine, rx) = Engine::spawn_with_events(config, probe);
+        let prepared = Engine::prepare(config, probe);
+        let rx = prepared.events();
+        let engine = prepared.start();
         let handle = engine.handle();
         let events = Recorder::from_receiver(rx);
         Self {
