@@ -32,6 +32,13 @@
 //!   adapters.
 //! * `testing` (feature `test-util`): an in-memory transport that fails,
 //!   hangs, flaps and fires late callbacks on command.
+//! * [`env`](mod@env): configuration from environment variables under a prefix the
+//!   embedding library chooses (`docs/configuration.md`).
+//!
+//! The engine's tasks log in `tracing` spans with stable names and fields,
+//! and with feature `metrics` it exports counters, gauges and histograms
+//! through the `metrics` facade: both are listed in
+//! `docs/observability.md`, shipped with the crate.
 //!
 //! # Stability
 //!
