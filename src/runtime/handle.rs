@@ -346,6 +346,11 @@ impl Handle {
     /// its state in the snapshot, and a watcher woken by a change finds its
     /// events already queued. A slow watcher may skip intermediate states
     /// (use [`Handle::events`] for all of them).
+    ///
+    /// Copy the snapshot out of a borrow (`*rx.borrow()`, or the value
+    /// `wait_for` returns) before awaiting anything: while a borrow is held
+    /// the driver cannot publish the next snapshot, so holding one across
+    /// `engine.shutdown().await` on a `current_thread` runtime never ends.
     pub fn watch(&self) -> watch::Receiver<Snapshot> {
         self.inner.snapshot.clone()
     }
