@@ -387,7 +387,13 @@ impl<T: Deliver> Publisher<T> {
         };
         // The engine's name on the flush task's logs, and the deliverer's.
         let span = tracing::info_span!("redial.outbox", engine = handle.name());
-        let task = tokio::spawn(tracing::Instrument::instrument(flusher.run(), span));
+        // A span no subscriber wanted records nothing: skip entering it on
+        // every poll of the publish path.
+        let task = if span.is_disabled() {
+            tokio::spawn(flusher.run())
+        } else {
+            tokio::spawn(tracing::Instrument::instrument(flusher.run(), span))
+        };
         let cancel: Arc<dyn Cancel> = hub.clone();
         Self {
             cancel: Arc::downgrade(&cancel),
