@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use redial::machine::{Config, Generation, ProbeOutcome, Reason, StateKind};
 use redial::outbox::{Deliver, DeliveryError, MessageId, OutboxConfig, Publisher};
@@ -157,6 +157,21 @@ impl Capture {
     }
 }
 
+/// Makes `subscriber` this thread's default for the guard's life.
+///
+/// With a single dispatcher registered, tracing-core decides a new
+/// callsite's interest from the registering thread's default alone: a test
+/// on another thread, with no subscriber, would cache the callsite as never
+/// wanted, and this thread's spans from it would stay disabled. A second,
+/// permanent dispatcher (wanting nothing) makes it ask every registered one.
+fn capture_here(
+    subscriber: impl Subscriber + Send + Sync + 'static,
+) -> tracing::subscriber::DefaultGuard {
+    static SECOND: OnceLock<tracing::Dispatch> = OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    tracing::subscriber::set_default(subscriber)
+}
+
 /// Waits until link `after` was replaced by a new one, and returns it.
 async fn reconnected(handle: &Handle, after: Generation) -> Generation {
     let mut rx = handle.watch();
@@ -175,7 +190,7 @@ async fn reconnected(handle: &Handle, after: Generation) -> Generation {
 async fn spawned_tasks_log_in_the_engine_span() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture_here(subscriber);
 
     let transport = Named(MemoryTransport::new());
     let control = transport.0.control();
@@ -249,7 +264,7 @@ async fn spawned_tasks_log_in_the_engine_span() {
 async fn an_unnamed_engine_logs_without_a_name() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture_here(subscriber);
 
     let engine = Engine::spawn(
         Config::builder().seed(8).build().unwrap(),
@@ -279,7 +294,7 @@ async fn an_unnamed_engine_logs_without_a_name() {
 async fn connect_once_opens_in_the_engine_span() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture_here(subscriber);
 
     let prepared = Engine::prepare(
         Config::builder().seed(10).build().unwrap(),
