@@ -620,12 +620,11 @@ async fn amqp_consume_redial(queue: &str, n: usize) -> Consumed {
         config.engine_config().build().expect("config"),
         transport.clone(),
     );
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        engine.handle().wait_for(StateKind::Connected),
-    )
-    .await
-    .expect("connected");
+    engine
+        .handle()
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connected");
     let deadline = consume_deadline(n);
     let start = Instant::now();
     let mut consumer = transport
@@ -915,12 +914,11 @@ async fn mqtt_subscribe_redial(n: usize) -> (Consumed, usize) {
         config.engine_config().build().expect("config"),
         transport.clone(),
     );
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        engine.handle().wait_for(StateKind::Connected),
-    )
-    .await
-    .expect("connected");
+    engine
+        .handle()
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("connected");
 
     let window = Arc::new(Semaphore::new(MQTT_PACE));
     let publisher = PacedPublisher::start(&topic, n, window.clone());
